@@ -1,0 +1,3 @@
+from voiceassist.cli import main
+
+raise SystemExit(main())

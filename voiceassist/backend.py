@@ -1,0 +1,55 @@
+"""The model backend interface: the local session and the remote (vLLM) client both implement it.
+
+The app's model worker is the only caller, from one thread. A backend owns the conversation: the turns so far
+and whatever it needs to answer the next one cheaply (KV cache locally; chat messages for a server).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    """One user turn: audios (16 kHz mono float32, each at most 30 s) and/or typed text."""
+
+    audios: tuple[np.ndarray, ...] = ()
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ReplyResult:
+    """What one reply produced, with its figures."""
+
+    text: str
+    n_tokens: int
+    ttft_s: float  # reply() called → first token, s
+    tok_per_s: float  # decode speed after the first token
+    context_tokens: int  # tokens in the conversation after this reply
+    interrupted: bool = False  # cancel was set before the reply finished
+    prompt_ids: tuple[int, ...] = ()  # ids this turn added before the reply (local backend only)
+    reply_ids: tuple[int, ...] = ()  # the reply's ids without its closing token (local backend only)
+    dropped_turns: int = 0  # oldest turns dropped to fit the context budget before this turn
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A conversation with the model. Methods raise ``BackendError`` and leave the conversation unchanged."""
+
+    description: str  # for the status bar, e.g. "Qwen2-Audio-7B-Instruct · cuda:0 · bf16"
+
+    def reply(self, turn: UserTurn, on_text: Callable[[str], None], cancel: threading.Event) -> ReplyResult:
+        """Add ``turn``, stream the reply's text pieces to ``on_text``; stop within one token of ``cancel``."""
+        ...
+
+    def truncate_last_reply(self, spoken_text: str) -> None:
+        """Cut the last reply back to ``spoken_text`` (a prefix of it), marked as interrupted (barge-in)."""
+        ...
+
+    def reset(self) -> None:
+        """Start a new conversation (the system prompt stays)."""
+        ...

@@ -1,0 +1,62 @@
+"""The command line: ``voiceassist [COMMAND] ...``; with no command (or only flags) it runs ``chat``.
+
+Each command lives in ``voiceassist/commands/<name>.py`` with ``register(subparsers)``, which adds its parser and
+sets ``func(args) -> int``. This file only dispatches and is the edge where errors become messages and exit
+codes: a ``VoiceAssistError`` prints one line on stderr (``voiceassist: error: ...``) and exits with its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from voiceassist import __version__
+from voiceassist.errors import VoiceAssistError
+
+# Command modules, in the order `--help` lists them. A module missing here is a command that does not exist.
+COMMAND_MODULES = (
+    "chat", "ask", "segment", "devices", "make_tiny_model", "voices", "say", "kiosk", "status",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voiceassist",
+        description="Real-time voice assistant: your speech goes straight into a Qwen2-Audio conversation.",
+    )
+    parser.add_argument("--version", action="version", version=f"voiceassist {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"voiceassist.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"voiceassist.commands.{name}":
+                continue  # not written yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "chat")  # `voiceassist` and `voiceassist --model tiny` both mean `voiceassist chat`
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VoiceAssistError as err:
+        print(f"voiceassist: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("voiceassist: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0  # `voiceassist ... | head`: the reader left; nothing to report
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""Flags shared by several commands, and turning them into a validated Config."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from voiceassist import config as cfg
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH",
+                        help="configuration file (default: $XDG_CONFIG_HOME/voiceassist/config.toml)")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose and tune the model; each overrides the [model] / [generation] / [server] key."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", metavar="M", help="hub id, local folder, or 'tiny' (offline random-weight model)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
+    g.add_argument("--attn", dest="attn_implementation", help="sdpa, eager or flash_attention_2")
+    g.add_argument("--quantization", help="none, 8bit or 4bit (bitsandbytes, GPU only)")
+    g.add_argument("--context-limit", type=int, metavar="TOKENS", help="context budget in tokens")
+    g.add_argument("--max-new-tokens", type=int, metavar="N", help="longest reply in tokens")
+    g.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument("--greedy", action="store_true", help="decode greedily (temperature 0)")
+    g.add_argument("--system-prompt", metavar="TEXT", help="system prompt")
+    g.add_argument("--language", metavar="LANG", help="reply-language hint, e.g. English")
+    g.add_argument("--server", metavar="URL", help="use an OpenAI-compatible (vLLM) server instead of a local model")
+    g.add_argument("--server-model", metavar="NAME", help="model name on the server")
+
+
+# argparse dest → "section.key" in Config.
+_MODEL_FLAGS = {
+    "model": "model.name", "device": "model.device", "dtype": "model.dtype",
+    "attn_implementation": "model.attn_implementation", "quantization": "model.quantization",
+    "context_limit": "model.context_limit", "max_new_tokens": "generation.max_new_tokens",
+    "temperature": "generation.temperature", "top_p": "generation.top_p", "seed": "generation.seed",
+    "system_prompt": "generation.system_prompt", "language": "generation.language",
+    "server": "server.url", "server_model": "server.model",
+}
+
+
+def load_config(args: argparse.Namespace, extra: dict[str, str] | None = None) -> cfg.Config:
+    """Load the file named by ``--config`` (or the default), then apply the command-line flags."""
+    config = cfg.load(getattr(args, "config", None))
+    flags = dict(_MODEL_FLAGS, **(extra or {}))
+    overrides: dict[str, Any] = {key: getattr(args, dest, None) for dest, key in flags.items()}
+    if getattr(args, "greedy", False):
+        overrides["generation.temperature"] = 0.0
+    return cfg.with_overrides(config, overrides)

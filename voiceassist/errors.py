@@ -1,0 +1,47 @@
+"""The few error types a user can see.
+
+Code below the edges raises these; only the edges (CLI, UI, daemon log) turn them into messages. Each carries
+a one-line message that names the problem and says what to do, and the process exit code the CLI uses.
+"""
+
+from __future__ import annotations
+
+
+class VoiceAssistError(Exception):
+    """A problem the user can fix; ``str(err)`` is the one-line message shown to them."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        # One line: a multi-line message would break the plain and JSON front ends.
+        super().__init__(" ".join(message.split()))
+
+
+class ConfigError(VoiceAssistError):
+    """Bad configuration file, key, type or value, or a bad command-line value."""
+
+    exit_code = 2
+
+
+class AudioFileError(VoiceAssistError):
+    """An audio file that is missing, empty, corrupt or not audio."""
+
+    exit_code = 3
+
+
+class DeviceError(VoiceAssistError):
+    """An audio device that is missing, busy or lost."""
+
+    exit_code = 4
+
+
+class ModelError(VoiceAssistError):
+    """A model that cannot be found, loaded or run."""
+
+    exit_code = 5
+
+
+class BackendError(VoiceAssistError):
+    """The model backend (local or remote) failed during a turn; the conversation is unchanged."""
+
+    exit_code = 6
