@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from voiceassist.config import Config
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,15 @@ class Backend(Protocol):
     def reset(self) -> None:
         """Start a new conversation (the system prompt stays)."""
         ...
+
+
+def open_backend(config: Config) -> Backend:
+    """The backend the configuration asks for: the vLLM server at ``server.url`` when set (a thin client: no
+    torch needed), else the local model session. Imports lazily, so the thin client never imports torch."""
+    if config.server.url:
+        from voiceassist.remote import RemoteBackend
+
+        return RemoteBackend(config)
+    from voiceassist.model.loading import load_session
+
+    return load_session(config)

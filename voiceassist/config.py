@@ -66,6 +66,21 @@ class VadConfig:
                                   unit="chunks", lo=1, hi=32)
     speculate_after_ms: int = _f(150, "silence after which the audio so far is prefilled speculatively",
                                  unit="ms", lo=30, hi=5000)
+    start_gap_ms: int = _f(200, "a gap this long before the start trigger fires abandons the would-be utterance",
+                           unit="ms", lo=10, hi=2000)
+    onset_lookback_ms: int = _f(500, "a burst of speech ending this shortly before the start trigger is the"
+                                " utterance's onset (weak first syllables); 0 = off", unit="ms", lo=0, hi=2000)
+    resume_ms: int = _f(60, "speech needed to continue an utterance after a pause (single noise peaks do not)",
+                        unit="ms", lo=10, hi=1000)
+    noise_window_s: float = _f(5.0, "span of recent audio the adaptive noise floor is estimated from", unit="s",
+                               lo=0.5, hi=60.0)
+    noise_rise_s: float = _f(1.5, "a new steady noise is learned this fast: when even the quietest frame of this"
+                             " last stretch is well above the floor, the floor is re-learned from it; 0 = off",
+                             unit="s", lo=0.0, hi=10.0)
+    noise_percentile: float = _f(10.0, "the noise floor is this percentile of recent frame levels", unit="%",
+                                 lo=1.0, hi=50.0)
+    min_level_dbfs: float = _f(-60.0, "frames quieter than this are never speech", unit="dBFS",
+                               lo=-100.0, hi=0.0)
 
 
 @dataclass(frozen=True)
@@ -147,7 +162,8 @@ class ServerConfig:
     model: str = _f("", "model name on the server; empty = the first one the server lists")
     timeout_s: float = _f(60.0, "give up on a request after this long", unit="s", lo=1.0, hi=3600.0)
     context_limit: int = _f(8192, "the server's context length", unit="tokens", lo=256, hi=1048576)
-    retries: int = _f(5, "retries with backoff before a turn is reported failed", lo=0, hi=100)
+    retries: int = _f(5, "quick retries with backoff per send; then an error line, and the turn is sent again later",
+                      lo=0, hi=100)
 
 
 @dataclass(frozen=True)

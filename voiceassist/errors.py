@@ -42,6 +42,21 @@ class ModelError(VoiceAssistError):
 
 
 class BackendError(VoiceAssistError):
-    """The model backend (local or remote) failed during a turn; the conversation is unchanged."""
+    """The model backend (local or remote) failed during a turn; the conversation is unchanged.
+
+    ``retryable``: the same turn may well succeed later (a server that was unreachable, timed out, answered
+    5xx or dropped the stream), so the app keeps the turn and sends it again after a pause; False for failures
+    that would only repeat (a refused request, a local model that ran out of memory).
+    """
 
     exit_code = 6
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class SpeechError(VoiceAssistError):
+    """Speech output failed: no speech engine, an engine that crashed or hung, an unknown voice."""
+
+    exit_code = 7

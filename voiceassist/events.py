@@ -53,6 +53,33 @@ class Utterance:
         return "cap" in self.reasons
 
 
+# Segmenter events (vad.Segmenter.feed/flush), in order: SpeechStarted, then any number of SpeechPaused /
+# SpeechResumed pairs (a SpeechPaused may end the sequence), then exactly one Utterance.
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Speech was confirmed (an Utterance will follow); ``t`` is its first speech frame, capture clock, s."""
+
+    t: float
+
+
+@dataclass(frozen=True)
+class SpeechPaused:
+    """Silence inside an utterance: ``utterance`` is EXACTLY what will be emitted if speech does not resume."""
+
+    utterance: Utterance
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech came back after a SpeechPaused; the paused utterance is void. ``t``: capture clock, s."""
+
+    t: float
+
+
+SegmenterEvent = SpeechStarted | SpeechPaused | SpeechResumed | Utterance
+
+
 # ---- front-end events --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -104,6 +131,7 @@ class UtteranceEvent(Event):
     capped: bool = False  # True where the 30 s cap cut an audio
     levels: tuple[float, ...] = ()  # a few RMS levels in dBFS across the audio, for a sparkline
     speech_end_t: float | None = None  # end of speech on the capture clock, s (None for typed turns)
+    file: str = ""  # the analysed file's name, for /file turns
 
 
 @dataclass(frozen=True)

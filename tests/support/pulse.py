@@ -108,3 +108,30 @@ class PulseServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class MonitorRecorder:
+    """Records a sink's monitor with parec (10 ms latency) in the background, as 16 kHz mono; ``t0`` is the
+    capture-clock time (time.monotonic) it started. ``stop()`` returns the samples as float32 in [-1, 1]."""
+
+    def __init__(self, pulse: PulseServer, sink: str = SINK) -> None:
+        import threading
+        self.proc = subprocess.Popen(["parec", f"--device={sink}.monitor", "--format=s16le", "--rate=16000",
+                                      "--channels=1", "--raw", "--latency-msec=10"],
+                                     env=dict(os.environ, **pulse.env), stdout=subprocess.PIPE)
+        self.t0 = time.monotonic()
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := self.proc.stdout.read(320):
+            self.chunks.append(chunk)
+
+    def stop(self) -> "object":
+        import numpy as np
+        self.proc.terminate()
+        self.thread.join(timeout=5)
+        self.proc.wait(timeout=5)
+        return np.frombuffer(b"".join(self.chunks), dtype=np.int16).astype(np.float32) / 32768

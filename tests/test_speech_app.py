@@ -1,0 +1,165 @@
+"""The App speaking its replies over real PulseAudio devices: no self-answering loop, and barge-in.
+
+Real parts throughout: the tiny Qwen2-Audio (random weights, so its replies are noise text, which espeak-ng
+says anyway), the real Speaker (pyttsx3 + espeak-ng worker process, PortAudio playback), PortAudio capture
+from a null sink's monitor, and espeak-ng speech as the user.
+
+- Loopback: the Speaker plays into the sink whose monitor IS the microphone, as with loudspeakers and no echo
+  cancellation. Over several replies the assistant must never take its own voice for a user turn.
+- Headset: the Speaker plays into a second sink the microphone does not hear; the user talks over it. With
+  ``tts.barge_in`` the playback stops, the history keeps only what was heard (marked interrupted) and the
+  user's speech is the next turn.
+
+(Merged from the app engineer's tests/test_app_speech.py and the speech engineer's version of these two tests:
+every distinct assertion of both is kept, one run of each scenario.)
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from support.pulse import MonitorRecorder
+from support.speech import silence, speech_16k
+from voiceassist.app import App
+from voiceassist.audio.sources import MicrophoneSource
+from voiceassist.backend import open_backend
+from voiceassist.config import Config, with_overrides
+
+pytestmark = [pytest.mark.pulse, pytest.mark.slow]
+SR = 16000
+
+
+def config(**overrides) -> Config:
+    values = {"model.name": "tiny", "generation.temperature": 0.0, "generation.max_new_tokens": 20,
+              "tts.enabled": True, "tts.rate": 240}
+    values.update(overrides)
+    return with_overrides(Config(), values)
+
+
+@pytest.fixture(scope="module")
+def session():
+    return open_backend(config())
+
+
+def question(tmp_path, text: str, name: str) -> str:
+    wav = tmp_path / f"{name}.wav"
+    sf.write(wav, np.concatenate([silence(0.2), speech_16k(text, tmp_path), silence(0.3)]), SR)
+    return str(wav)
+
+
+def collect(app: App, seconds: float, until=None) -> list:
+    """Events (but Level) for ``seconds``, or until ``until(events)`` is true."""
+    got: list = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (until and until(got)):
+        try:
+            ev = app.events.get(timeout=0.02)
+        except queue.Empty:
+            continue
+        if ev.kind != "level":
+            got.append(ev)
+    return got
+
+
+def make_speaker(cfg: Config):
+    from voiceassist.speech import Speaker
+    sp = Speaker(cfg.tts, cfg.audio.output_device)
+    assert sp.wait_ready(15), "the speech worker or the output device did not come up"
+    return sp
+
+
+def test_loopback_the_assistant_never_answers_its_own_voice(pulse, session, tmp_path):
+    cfg = config()
+    session.reset()
+    session.generation = cfg.generation  # the module's session is shared: this test's reply length
+    speaker = make_speaker(cfg)
+    app = App(cfg, MicrophoneSource(None), session, speaker=speaker)
+    questions = ["What time is it?", "And the weather?", "Thank you."]
+    evs: list = []
+    app.start()
+    try:
+        for n, text in enumerate(questions, 1):
+            pulse.play(question(tmp_path, text, f"q{n}"))  # into the sink the microphone hears
+            evs += collect(app, 40, lambda e: any(x.kind == "reply_done" and x.turn == n for x in e))
+            # The reply is spoken into the same sink, i.e. into the microphone; wait until it has been
+            # heard and the echo tail plus the segmenter's hang-over have passed.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and (speaker.first_heard(n) is None or speaker.speaking()):
+                evs += collect(app, 0.05)
+            assert speaker.first_heard(n) is not None, f"reply {n} was never played"
+            evs += collect(app, (cfg.tts.echo_tail_ms + cfg.vad.hangover_ms) / 1000 + 0.6)
+    finally:
+        app.stop()
+    turns = [e.turn for e in evs if e.kind == "utterance"]
+    assert turns == [1, 2, 3], turns  # three questions, three turns: no reply ever became a turn
+    assert [e.turn for e in evs if e.kind == "reply_done"] == [1, 2, 3]
+    assert app.echo_ignored >= 2  # the microphone did hear the replies as speech, and they were dropped
+    assert not any(e.kind == "interrupted" for e in evs)  # barge-in is off by default: nothing cut
+    assert [h["interrupted"] for h in app.history()] == [False, False, False]
+    assert any(e.kind == "status" and e.state == "speaking" for e in evs)  # the status line showed it
+
+
+def test_barge_in_stops_playback_and_generation_and_keeps_only_what_was_heard(pulse, session, tmp_path,
+                                                                            monkeypatch):
+    pulse.load_sink("va_out")
+    monkeypatch.setenv("PULSE_SINK", "va_out")  # the Speaker's stream goes to the "headset", not the mic sink
+    # A long reply (400 tokens: many seconds of decoding), so the user talks over it while it is still being
+    # generated as well as spoken: the barge-in has to stop both.
+    cfg = config(**{"tts.barge_in": True, "tts.rate": 110, "generation.max_new_tokens": 400})
+    session.reset()
+    session.generation = cfg.generation
+    speaker = make_speaker(cfg)
+    app = App(cfg, MicrophoneSource(None), session, speaker=speaker)
+    user = question(tmp_path, "Stop please, I have another question.", "barge")
+    rec = MonitorRecorder(pulse, "va_out")
+    app.start()
+    try:
+        app.submit_text("Tell me a long story.")
+        # Wait until the reply's speech has been playing for a while (and still is).
+        evs = collect(app, 40, lambda e: speaker.first_heard(1) is not None)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (speaker.first_heard(1) is not None and speaker.speaking()
+                                                   and time.monotonic() - speaker.first_heard(1) > 1.0):
+            evs += collect(app, 0.05)
+        assert speaker.speaking(), "the reply's speech ended before the user could talk over it"
+        played_at = time.monotonic()
+        pulse.play(user, wait=False)  # the user talks over it, into the microphone
+        evs += collect(app, 30, lambda e: any(x.kind == "interrupted" for x in e))
+        inter_t = time.monotonic()
+        evs += collect(app, 40, lambda e: any(x.kind == "reply_start" and x.turn == 2 for x in e))
+        # the answer to turn 2 begins to be spoken (or not within the wait: the quiet stretch then runs to now)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and speaker.first_heard(2) is None:
+            evs += collect(app, 0.05)
+        second_heard = speaker.first_heard(2) or time.monotonic()
+    finally:
+        app.stop()
+        audio = rec.stop()
+    inter = [e for e in evs if e.kind == "interrupted"]
+    assert len(inter) == 1 and inter[0].reason == "barge_in" and inter[0].turn == 1, [
+        (e.kind, getattr(e, "state", ""), getattr(e, "message", "")) for e in evs if e.kind != "token"]
+    # the user's speech did it (the assistant's own voice goes to va_out, which the microphone does not hear)
+    assert inter[0].t >= played_at + 0.3
+    done1 = next(e for e in evs if e.kind == "reply_done" and e.turn == 1)
+    kept = inter[0].kept_text
+    # The history keeps exactly what the speaker says was heard: a prefix, shorter than the reply.
+    assert kept == speaker.spoken_text(1)
+    assert done1.text.startswith(kept) and len(kept) < len(done1.text)
+    first = app.history()[0]
+    assert first["interrupted"] and first["reply"] == kept
+    assert session.turns[0].interrupted  # the model's own history was cut back too
+    # The user's speech became turn 2 (one audio of about its length), and was answered.
+    utt2 = next(e for e in evs if e.kind == "utterance" and e.turn == 2)
+    assert len(utt2.durations) == 1 and 1.0 < utt2.durations[0] < 5.0
+    assert app.history()[1]["kind"] == "audio"
+    # The output sink went quiet after the barge-in, until the answer to turn 2 began.
+    lv = np.sqrt(np.mean(audio[: len(audio) // 160 * 160].reshape(-1, 160) ** 2, axis=1))
+    a = int((inter_t - rec.t0) * 100) + 20
+    b = int((second_heard - rec.t0) * 100) - 5
+    assert np.sum(lv[: a - 20] > 0.01) > 30  # it was speaking before
+    assert b > a and np.all(lv[a:b] < 0.01), np.flatnonzero(lv[a:b] >= 0.01)[:5]

@@ -1,0 +1,91 @@
+"""``voiceassist segment FILE [--json]``: cut a file into utterances with the live path, as fast as it can.
+
+The path is the microphone's: FileSource (streaming resampler, 20 ms blocks) → Segmenter. Times are seconds on
+the file's timeline. ``--json`` prints exactly one object:
+``{"file": PATH, "duration_s": S, "segments": [{"start": S, "end": S, "duration": S, "turn": K,
+"reason": "silence"|"cap"|"end_of_input"}, ...]}``; segments of one turn (chunks of a long stretch of speech)
+share ``turn``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from voiceassist.commands.common import add_config_arg, load_config
+
+# argparse dest → "section.key": the VAD settings worth trying from the command line.
+_VAD_FLAGS = {
+    "aggressiveness": "vad.aggressiveness", "hangover_ms": "vad.hangover_ms", "snr_gate_db": "vad.snr_gate_db",
+    "min_speech_ms": "vad.min_speech_ms", "max_chunk_s": "vad.max_chunk_s",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="cut an audio file into utterances, as the live assistant would",
+                       description="Run an audio file through the same resampler and VAD segmenter as the "
+                                   "microphone, as fast as possible, and print the utterances.")
+    p.add_argument("file", metavar="FILE", help="WAV, FLAC, OGG or MP3 file, any rate and channel count")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    g = p.add_argument_group("VAD (override the [vad] configuration)")
+    g.add_argument("--aggressiveness", type=int, metavar="0-3", help="webrtcvad aggressiveness")
+    g.add_argument("--hangover-ms", type=int, metavar="MS", help="silence that ends an utterance")
+    g.add_argument("--snr-gate-db", type=float, metavar="DB", help="speech must be this far above the noise floor")
+    g.add_argument("--min-speech-ms", type=int, metavar="MS", help="shorter bursts are ignored")
+    g.add_argument("--max-chunk-s", type=float, metavar="S", help="longest single audio (at most 30)")
+    add_config_arg(p)
+    p.set_defaults(func=run)
+
+
+def segment_file(path: str, vad_config: Any, block_ms: int = 20) -> tuple[float, list[dict[str, Any]]]:
+    """(file duration in s, segments as in the --json output) for one file."""
+    from voiceassist.audio.sources import EndOfInput, FileSource
+    from voiceassist.events import Utterance
+    from voiceassist.vad import Segmenter
+
+    source = FileSource(path, realtime=False, block_ms=block_ms)
+    source.start()
+    segmenter = Segmenter(vad_config)
+    # (start_t, chunk durations, reasons) per utterance: only the timing, so hours of speech stay small
+    turns: list[tuple[float, tuple[float, ...], tuple[str, ...]]] = []
+
+    def keep(events: list) -> None:
+        turns.extend((e.start_t, e.durations, e.reasons) for e in events if isinstance(e, Utterance))
+
+    try:
+        while True:
+            try:
+                block = source.read(timeout=1.0)
+            except EndOfInput:
+                break
+            if block is not None:
+                keep(segmenter.feed(block))
+        keep(segmenter.flush())
+    finally:
+        source.close()
+    segments = []
+    for turn, (start_t, durations, reasons) in enumerate(turns, start=1):
+        start = start_t - source.start_t
+        for chunk_s, reason in zip(durations, reasons):
+            segments.append({"start": round(start, 3), "end": round(start + chunk_s, 3),
+                             "duration": round(chunk_s, 3), "turn": turn, "reason": reason})
+            start += chunk_s
+    return source.duration_s, segments
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args, _VAD_FLAGS)
+    duration, segments = segment_file(args.file, config.vad, config.audio.block_ms)
+    if args.json:
+        print(json.dumps({"file": args.file, "duration_s": round(duration, 3), "segments": segments}))
+        return 0
+    if not segments:
+        print(f"{args.file}: {duration:.2f} s, no speech found")
+        return 0
+    turns = len({s["turn"] for s in segments})
+    print(f"{args.file}: {duration:.2f} s, {len(segments)} segment(s) in {turns} turn(s)")
+    print(f"{'#':>3}  {'start':>8}  {'end':>8}  {'length':>7}  {'turn':>4}  reason")
+    for i, s in enumerate(segments, start=1):
+        print(f"{i:>3}  {s['start']:>8.2f}  {s['end']:>8.2f}  {s['duration']:>6.2f}s  {s['turn']:>4}  {s['reason']}")
+    return 0

@@ -1,0 +1,321 @@
+"""The Speaker: reply text in as it streams, speech out sentence by sentence, stoppable within 100 ms.
+
+::
+
+    feed()/end_reply() ──► SentenceSplitter ──► jobs queue ──► speech thread ──► SynthWorker (process)
+       (model worker thread)                                     │  sound, resampled to the device rate
+                                                                 ▼
+                                            Player (sounddevice callback, 20 ms blocks) ──► output device
+
+- The first sentence is synthesised (~10-20 ms with espeak) and playing while the model still generates the
+  rest. Later sentences are synthesised while earlier ones play.
+- :meth:`Speaker.stop` bumps an epoch: queued sentences are dropped, a synthesis in flight is thrown away when
+  it returns, and the player fades out at its next block. It returns the text actually heard (see
+  :mod:`voiceassist.speech.player` for how that is counted).
+- Failures (no engine, a crash, a hang, no output device) become one message on :attr:`Speaker.errors`
+  (repeated only after speech has worked again); the sentence is skipped and the reply goes on in text. A
+  crashed worker is replaced at once; a hung one is killed after its deadline and replaced.
+
+The Speaker speaks whatever it is fed; whether replies are spoken at all (``tts.enabled``, ``/tts``) is the
+App's decision.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from voiceassist.config import TtsConfig
+from voiceassist.errors import DeviceError, SpeechError
+from voiceassist.speech.engine import SENTENCE_TIMEOUT_S, EngineUnavailable, SynthWorker
+from voiceassist.speech.player import Player, Segment
+from voiceassist.speech.sentences import SentenceSplitter, speakable
+
+IDLE_CLOSE_S = 60.0  # release the output device after this long with nothing to say
+MAX_AHEAD_S = 30.0  # synthesis waits while this much audio is already queued (bounds memory)
+RETRY_BROKEN_S = 30.0  # after "no speech engine at all", try again this much later
+RETRY_DEVICE_S = 1.0  # after an output device failure, try to open it again this much later, s
+HOUSEKEEPING_S = 0.25  # how often the speech thread checks the worker and the device
+
+
+@dataclass(frozen=True)
+class _Job:
+    epoch: int  # Speaker._epoch when queued; stale after stop()
+    turn: int
+    text: str  # exact slice of the reply
+
+
+class Speaker:
+    """Speaks streaming reply text; see the module docstring. All public methods are thread-safe and return
+    quickly (none waits for synthesis or playback)."""
+
+    def __init__(self, tts: TtsConfig, output_device: str = "", *,
+                 sentence_timeout_s: float = SENTENCE_TIMEOUT_S,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.tts = tts
+        # producer: the speech thread (and feed() when overloaded); consumer: the App / UI status bar.
+        self.errors: queue.Queue[str] = queue.Queue(maxsize=32)
+        self.on_error = on_error
+        # producer: feed()/end_reply() (the model worker thread); consumer: the speech thread. None = quit.
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=1024)
+        self._player = Player(output_device if output_device != "" else None)
+        self._worker = SynthWorker(tts.voice, tts.rate, tts.volume, sentence_timeout_s)
+        self._lock = threading.Lock()  # guards everything below; taken before the player's lock, never after
+        self._turn: int | None = None
+        self._splitter = SentenceSplitter()
+        self._stopped: set[int] = set()  # turns stop() ended: later text for them is ignored
+        self._epoch = 0
+        self._pending = 0  # jobs of the current epoch queued or being synthesised
+        self._reported: set[str] = set()  # failures already on `errors` (digits masked); cleared on success
+        self._voice_reported = False
+        self._engine_broken_until = 0.0
+        self._device_broken_until = 0.0
+        self._closed = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="speech", daemon=True)
+        self._thread.start()
+
+    # ---- the contract --------------------------------------------------------------------------------------
+
+    def feed(self, turn: int, text: str) -> None:
+        """Reply text as it streams; complete sentences are queued for speech at once."""
+        with self._lock:
+            if self._closed.is_set():
+                return
+            if turn != self._turn:
+                self._flush_locked()  # a new reply: the previous one's last words are still said
+                self._turn, self._splitter = turn, SentenceSplitter()
+            if turn in self._stopped:
+                return
+            for sentence in self._splitter.feed(text):
+                self._put_locked(turn, sentence)
+
+    def end_reply(self, turn: int) -> None:
+        """The reply is complete: speak its last partial sentence too."""
+        with self._lock:
+            if turn == self._turn:
+                self._flush_locked()
+
+    def stop(self) -> str:
+        """Stop speaking (sound ends within one 20 ms block plus the device latency); drop everything queued;
+        return the current turn's reply text actually spoken so far (a prefix of the reply)."""
+        with self._lock:
+            self._epoch += 1
+            self._pending = 0
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:  # close() is waiting for it
+                    self._jobs.put_nowait(None)
+                    break
+            self._splitter = SentenceSplitter()
+            if self._turn is None:
+                return ""
+            self._stopped.add(self._turn)
+            if len(self._stopped) > 64:
+                self._stopped = {t for t in self._stopped if t >= self._turn - 32}
+            return self._player.stop(self._turn)
+
+    def speaking(self) -> bool:
+        """Sentences are waiting, being synthesised, playing, or still on their way out of the device."""
+        with self._lock:
+            pending = self._pending > 0
+        return pending or self._player.busy()
+
+    def quiet_since(self) -> float | None:
+        """Capture-clock time playback really ended (the last sample left the device); None while speaking;
+        ``-inf`` if nothing was ever played."""
+        if self.speaking():
+            return None
+        return self._player.last_audio_end()
+
+    def close(self) -> None:
+        """Stop, end the speech thread and the worker process, release the device. Idempotent."""
+        if self._closed.is_set():
+            return
+        self.stop()
+        self._closed.set()
+        try:
+            self._jobs.put_nowait(None)
+        except queue.Full:
+            pass
+        self._worker.close()  # first: it also ends a synthesis in flight, so the join below is quick
+        self._thread.join(timeout=1)
+        self._player.close()
+
+    # ---- extras for the App, the UI, tests and benchmarks --------------------------------------------------
+
+    def spoken_text(self, turn: int) -> str:
+        """What has been heard of ``turn`` so far."""
+        return self._player.spoken_text(turn)
+
+    def echo_overlaps(self, start_t: float, end_t: float) -> bool:
+        """Did the assistant's own voice (plus ``tts.echo_tail_ms``) overlap ``[start_t, end_t]`` (capture
+        clock)? True also while speech is queued or playing: the App drops such a microphone segment."""
+        tail = self.tts.echo_tail_ms / 1000
+        if self.speaking() and end_t >= time.monotonic() - tail:
+            return True
+        return any(a <= end_t and start_t <= b + tail for a, b in self._player.intervals())
+
+    def first_heard(self, turn: int) -> float | None:
+        """Capture-clock time the first sample of ``turn`` was heard (None before)."""
+        return self._player.first_heard(turn)
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Wait until the worker runs and the output device is pulling audio (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        if not self._ready.wait(timeout):
+            return False
+        while time.monotonic() < deadline:
+            if self._player.running() and self._worker.pid is not None:
+                return True
+            if not self._player.is_open or (self._worker.pid is None and self._engine_broken_until):
+                return False  # it failed (and said why on `errors`)
+            time.sleep(0.01)
+        return False
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The synthesis worker's process id (None while it is not running)."""
+        return self._worker.pid
+
+    @property
+    def engine(self) -> str:
+        """The engine in use, e.g. "pyttsx3/espeak" ("" before the worker has started)."""
+        return self._worker.engine
+
+    @property
+    def voice_error(self) -> str:
+        """Why the configured voice was not used ("" when it was, or when none was configured)."""
+        return self._worker.voice_error
+
+    @property
+    def restarts(self) -> int:
+        """How many times a crashed or hung worker was replaced."""
+        return self._worker.restarts
+
+    # ---- internals -----------------------------------------------------------------------------------------
+
+    def _flush_locked(self) -> None:
+        if self._turn is not None and self._turn not in self._stopped:
+            for sentence in self._splitter.flush():
+                self._put_locked(self._turn, sentence)
+
+    def _put_locked(self, turn: int, sentence: str) -> None:
+        try:
+            self._jobs.put_nowait(_Job(self._epoch, turn, sentence))
+            self._pending += 1
+        except queue.Full:
+            self._report("speech output is falling behind the reply; a sentence was skipped")
+
+    def _report(self, message: str) -> None:
+        """One line for the status bar, once (until speech has worked again)."""
+        if self._closed.is_set():
+            return  # shutting down: failures caused by the shutdown are not news
+        key = re.sub(r"\d+(\.\d+)?", "#", message)  # "no sound after 0.6 s" and "... 0.9 s" are one failure
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        try:
+            self.errors.put_nowait(message)
+        except queue.Full:
+            pass
+        if self.on_error is not None:
+            self.on_error(message)
+
+    def _run(self) -> None:
+        self._start_worker()
+        self._open_device()
+        self._ready.set()
+        next_check = 0.0
+        while True:
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + HOUSEKEEPING_S
+                self._housekeeping()
+            try:
+                job = self._jobs.get(timeout=HOUSEKEEPING_S)
+            except queue.Empty:
+                continue
+            if job is None or self._closed.is_set():
+                return
+            try:
+                self._speak(job)
+            except Exception as err:  # noqa: BLE001  (the speech thread must survive anything)
+                self._report(f"speech output failed: {err}; replies continue in text")
+            finally:
+                with self._lock:
+                    if job.epoch == self._epoch:
+                        self._pending -= 1
+
+    def _start_worker(self) -> bool:
+        if time.monotonic() < self._engine_broken_until:
+            return False
+        try:
+            self._worker.start()
+            if self._worker.voice_error and not self._voice_reported:
+                self._voice_reported = True  # once per Speaker, not at every worker restart
+                self._report(f"{self._worker.voice_error}; speaking with the default voice")
+            return True
+        except SpeechError as err:
+            self._engine_broken_until = time.monotonic() + RETRY_BROKEN_S
+            self._report(f"{err}; replies continue in text")
+            return False
+
+    def _open_device(self) -> bool:
+        if self._player.is_open:
+            return True
+        if time.monotonic() < self._device_broken_until:
+            return False
+        try:
+            self._player.open()
+            return True
+        except DeviceError as err:
+            self._device_broken_until = time.monotonic() + RETRY_DEVICE_S
+            self._report(f"speech output: {err}; replies continue in text")
+            return False
+
+    def _housekeeping(self) -> None:
+        """Every HOUSEKEEPING_S: replace a dead worker early, notice a lost or stuck output device (drop what
+        it would have played, so the App is not left waiting for "speaking" to end), release an idle one."""
+        if self._worker.pid is None and not self._closed.is_set():
+            self._start_worker()
+        if self._player.stalled():
+            self._report("speech output device stopped playing; replies continue in text until it is back")
+            self._player.close()
+            self._player.discard()
+            self._device_broken_until = time.monotonic() + RETRY_DEVICE_S
+        self._player.close_if_idle(IDLE_CLOSE_S)
+
+    def _speak(self, job: _Job) -> None:
+        while self._player.queued_seconds() > MAX_AHEAD_S and job.epoch == self._epoch:
+            time.sleep(0.05)
+        if job.epoch != self._epoch:
+            return
+        samples = np.zeros(0, dtype=np.float32)
+        text = speakable(job.text)
+        device_ok = self._open_device()
+        if text and device_ok and time.monotonic() >= self._engine_broken_until:
+            try:
+                samples, rate = self._worker.synthesize(text)
+            except SpeechError as err:
+                if isinstance(err, EngineUnavailable):
+                    self._engine_broken_until = time.monotonic() + RETRY_BROKEN_S
+                self._report(f"{err}; replies continue in text")
+            else:
+                self._reported.clear()  # working again: a later failure is news
+                if rate != self._player.rate and len(samples):
+                    import soxr
+                    samples = soxr.resample(samples, rate, self._player.rate).astype(np.float32)
+        with self._lock:
+            if job.epoch == self._epoch and not self._closed.is_set():
+                # A skipped sentence is queued empty: it counts as passed when reached, so the spoken text
+                # stays a prefix of the reply.
+                self._player.enqueue(Segment.make(job.turn, job.text, samples))
