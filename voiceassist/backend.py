@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
+from typing import Any, TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -68,3 +68,28 @@ def open_backend(config: Config) -> Backend:
     from voiceassist.model.loading import load_session
 
     return load_session(config)
+
+
+class BackendWrapper:
+    """A Backend that wraps another and delegates to it; subclasses override what they add (the kiosk's fault
+    injector and turn recorder). Anything else the App asks of a backend (speculative prefill, context
+    figures) reaches the wrapped one through ``__getattr__``."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    def reply(self, turn: UserTurn, on_text: Callable[[str], None], cancel: threading.Event) -> ReplyResult:
+        return self.inner.reply(turn, on_text, cancel)
+
+    def truncate_last_reply(self, spoken_text: str) -> None:
+        self.inner.truncate_last_reply(spoken_text)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

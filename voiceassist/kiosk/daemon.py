@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 from voiceassist.config import Config
-from voiceassist.errors import ConfigError, VoiceAssistError
+from voiceassist.errors import VoiceAssistError
 from voiceassist.events import ErrorEvent, Event, Level, ReplyDone, Status, UtteranceEvent
 from voiceassist.kiosk.jsonlog import JsonLines, JsonLogHandler
 from voiceassist.kiosk.status import StatusFile, status_path

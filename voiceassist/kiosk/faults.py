@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
-from voiceassist.backend import Backend, ReplyResult, UserTurn
+from voiceassist.backend import Backend, BackendWrapper, ReplyResult, UserTurn
 from voiceassist.errors import BackendError, ConfigError
 
 ENV = "VOICEASSIST_FAULT_INJECT"
@@ -73,19 +73,15 @@ def _make_error(kind: str, n: int) -> BaseException:
     return InjectedFault(message)
 
 
-class FaultInjectingBackend:
+class FaultInjectingBackend(BackendWrapper):
     """Wraps a Backend; ``reply()`` fails on the planned calls and delegates everything else."""
 
     def __init__(self, inner: Backend, plan: FaultPlan) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.plan = plan
         self.calls = 0
         self.injected = 0
         self._lock = threading.Lock()
-
-    @property
-    def description(self) -> str:
-        return self.inner.description
 
     def reply(self, turn: UserTurn, on_text: Callable[[str], None], cancel: threading.Event) -> ReplyResult:
         with self._lock:
@@ -103,16 +99,6 @@ class FaultInjectingBackend:
             raise _make_error(self.plan.kind, n)
 
         return self.inner.reply(turn, failing_on_text, cancel)
-
-    def truncate_last_reply(self, spoken_text: str) -> None:
-        self.inner.truncate_last_reply(spoken_text)
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def __getattr__(self, name: str) -> Any:
-        # Anything else the App uses (speculative prefill, context figures) goes to the real backend.
-        return getattr(self.inner, name)
 
 
 def wrap_from_env(backend: Backend) -> Backend:

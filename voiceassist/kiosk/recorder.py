@@ -11,24 +11,20 @@ import logging
 import threading
 from typing import Any, Callable
 
-from voiceassist.backend import Backend, ReplyResult, UserTurn
+from voiceassist.backend import Backend, BackendWrapper, ReplyResult, UserTurn
 from voiceassist.kiosk.storage import Store
 
 log = logging.getLogger("voiceassist.kiosk")
 
 
-class RecordingBackend:
+class RecordingBackend(BackendWrapper):
     """Delegates to ``inner``; after each reply (or failure) records the turn in ``store``."""
 
     def __init__(self, inner: Backend, store: Store) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.store = store
         self.turn = 0  # turns of the current conversation (reset with it)
         self._lock = threading.Lock()
-
-    @property
-    def description(self) -> str:
-        return self.inner.description
 
     def reply(self, turn: UserTurn, on_text: Callable[[str], None], cancel: threading.Event) -> ReplyResult:
         with self._lock:
@@ -50,14 +46,8 @@ class RecordingBackend:
             log.error("could not store turn %d in %s: %s", n, self.store.folder, err.strerror or err,
                       extra={"fields": {"source": "storage"}})
 
-    def truncate_last_reply(self, spoken_text: str) -> None:
-        self.inner.truncate_last_reply(spoken_text)
-
     def reset(self) -> None:
         self.inner.reset()
         with self._lock:
             self.turn = 0
         self.store.new_conversation()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
