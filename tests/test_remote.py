@@ -118,8 +118,7 @@ def test_cancel_aborts_the_request_on_the_server(vllm, monkeypatch):
 
     def on_text(piece: str) -> None:
         got.append(piece)
-        if len(got) == 10:
-            cancel.set()
+        cancel.set()  # at the first piece: an idle machine's server streams thousands of tokens a second
 
     result = backend.reply(UserTurn(text="Tell me a very long story."), on_text, cancel)
     assert result.interrupted and result.text == "".join(got)
