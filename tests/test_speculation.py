@@ -98,6 +98,22 @@ def test_cancel_during_the_speculative_prefill(tiny, speech):  # noqa: F811
     finally:
         handle.remove()
     assert state(m.session) == before and not m.session.speculating
+    # Speech resumes while the audio is still being encoded: the encoder stops before its next layer, and
+    # nothing reaches the language model.
+    tower = getattr(model, "audio_tower", None) or model.model.audio_tower
+    cancel = threading.Event()
+    ran: list[str] = []
+    hooks = [tower.layers[0].register_forward_hook(lambda *_: cancel.set())]
+    hooks += [layer.register_forward_pre_hook(lambda *_, i=i: ran.append(f"encoder {i}"))
+              for i, layer in enumerate(tower.layers)]
+    hooks.append(model.model.language_model.register_forward_pre_hook(lambda *_: ran.append("language model")))
+    try:
+        assert not m.session.speculate(UserTurn(audios=(speech[1],)), cancel)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(tower.layers) > 1 and ran == ["encoder 0"], ran
+    assert state(m.session) == before and not m.session.speculating
     m.turn([speech[1]])
     m.check_last()
 

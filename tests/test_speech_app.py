@@ -91,7 +91,9 @@ def test_loopback_the_assistant_never_answers_its_own_voice(pulse, session, tmp_
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and (speaker.first_heard(n) is None or speaker.speaking()):
                 evs += collect(app, 0.05)
-            assert speaker.first_heard(n) is not None, f"reply {n} was never played"
+            assert speaker.first_heard(n) is not None, (f"reply {n} was never played", [
+                (e.kind, getattr(e, "turn", ""), getattr(e, "state", ""), getattr(e, "text", ""),
+                 getattr(e, "message", "")) for e in evs if e.kind != "token"])
             evs += collect(app, (cfg.tts.echo_tail_ms + cfg.vad.hangover_ms) / 1000 + 0.6)
     finally:
         app.stop()

@@ -180,9 +180,11 @@ class ModelWorker:
         entry.pop("error", None)
         if attempt:
             entry["retries"] = attempt
-        self._finish_reply(number, result, reason[0], stripper.text, first, picked, skew, turn, entry)
         if speaker is not None and self._tts_on and not result.interrupted:
+            # Before ReplyDone: whoever sees the reply done must find its last words already queued (the
+            # speaker "speaking"), not a gap in which the echo window looks closed.
             quietly(lambda: speaker.end_reply(number))
+        self._finish_reply(number, result, reason[0], stripper.text, first, picked, skew, turn, entry)
 
     def _attempt(self: Any, number: int, turn: PendingTurn, audios: Any, cancel: threading.Event,
                  stripper: StreamStripper, picked: float, first: list[float],

@@ -270,7 +270,9 @@ class Session:
     def _prefill(self, turn: UserTurn, snap: _Snapshot, cancel: threading.Event | None) -> _Prefilled | None:
         """Add ``turn`` (checked, encoded, fitted to the budget) and prefill it; None if ``cancel`` was set."""
         audios = _check_turn(turn)
-        embeds = self._encode(audios)
+        embeds = self._encode(audios, cancel)
+        if embeds is None:  # cancelled inside the encoder: nothing was added yet
+            return None
         message = UserMessage(len(audios), turn.text)
         prompt_ids, dropped, max_new = self._fit(message, embeds, self.generation.max_new_tokens)
         self._turns.append(TurnRecord(message, tuple(len(a) / SAMPLE_RATE for a in audios), tuple(embeds),
@@ -323,8 +325,11 @@ class Session:
             reply_ids=tuple(reply), dropped_turns=p.dropped,
         )
 
-    def _encode(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
-        """Each audio's embeddings [N_i, hidden] (N_i = the processor's <|AUDIO|> count), encoded once.
+    def _encode(self, audios: Sequence[np.ndarray],
+                cancel: threading.Event | None = None) -> list[torch.Tensor] | None:
+        """Each audio's embeddings [N_i, hidden] (N_i = the processor's <|AUDIO|> count), encoded once; None
+        if ``cancel`` was set during the encoding (checked before each encoder layer: a speculative encode
+        overtaken by new speech stops within one layer instead of finishing work that will be thrown away).
 
         Features are the processor's bit for bit, computed over the audio rather than 30 s of padding
         (:mod:`voiceassist.model.features`); the encoder is :func:`voiceassist.model.encoder.encode_audios`.
@@ -332,7 +337,10 @@ class Session:
         if not audios:
             return []
         feats, mask = features.extract(self.processor.feature_extractor, audios)
-        out = encoder.encode_audios(self.model, feats, mask, trimmed=self.trimmed_encoder)
+        try:
+            out = encoder.encode_audios(self.model, feats, mask, trimmed=self.trimmed_encoder, cancel=cancel)
+        except encoder.EncodingCancelled:
+            return None
         return [e.to(self.dtype) for e in out]
 
     def _fit(self, message: UserMessage, embeds: list[torch.Tensor], max_new: int) -> tuple[list[int], int, int]:
