@@ -270,7 +270,8 @@ def main() -> int:
         print(summary(results[-1]))
         if results[-1]["peak_gb"] is not None:
             print(f"  peak GPU memory {results[-1]['peak_gb']:.2f} GiB")
-    plot(results)
+    if ARGS.write:  # a trial run leaves the committed figure alone
+        plot(results)
     text = section(results, ".venv/bin/python " + " ".join(["scripts/bench_session.py", *sys.argv[1:]]))
     print(text)
     if ARGS.write:
