@@ -130,9 +130,9 @@ def test_each_audio_is_encoded_once(tiny, speech, monkeypatch):
     encoded = []
     real = encoder_module.encode_audios
 
-    def spy(model, feats, mask, trimmed=True):
+    def spy(model, feats, mask, trimmed=True, cancel=None):
         encoded.append(feats.shape[0])
-        return real(model, feats, mask, trimmed)
+        return real(model, feats, mask, trimmed, cancel)
 
     monkeypatch.setattr(encoder_module, "encode_audios", spy)
     m = Mirror(tiny)
@@ -197,8 +197,8 @@ def test_context_budget_drops_oldest_turns_without_reencoding(tiny, speech, monk
     encoded = []
     real = encoder_module.encode_audios
     monkeypatch.setattr(encoder_module, "encode_audios",
-                        lambda model, f, mask, trimmed=True: encoded.append(f.shape[0]) or real(model, f, mask,
-                                                                                               trimmed))
+                        lambda model, f, mask, trimmed=True, cancel=None:
+                        encoded.append(f.shape[0]) or real(model, f, mask, trimmed, cancel))
     limit = 400
     s = new_session(tiny, context_limit=limit)
     m = Mirror(tiny, s)

@@ -279,11 +279,15 @@ class _Calls:
         self.calls: list[tuple[str, float]] = []
         self.t = 0.0
 
+        self.ptt_held = False  # as App.ptt_held: set by a press, cleared by a release or by the app itself
+
     def ptt_press(self):
         self.calls.append(("press", self.t))
+        self.ptt_held = True
 
     def ptt_release(self):
         self.calls.append(("release", self.t))
+        self.ptt_held = False
 
 
 def _drive(presses: list[float], until: float) -> list[tuple[str, float]]:
@@ -310,6 +314,28 @@ def test_push_to_talk_toggle_and_hold():
     assert held[-1] + 0.6 <= calls[1][1] <= held[-1] + 0.63
     # Two separate recordings.
     assert [c for c, _ in _drive([0.0, 1.0, 3.0, 4.0], 6.0)] == ["press", "release", "press", "release"]
+
+
+def test_push_to_talk_follows_a_recording_the_app_ended():
+    # The app stops the recording at its length limit (no key involved): the indicator goes, and the next
+    # press starts a new recording instead of "stopping" the one that already ended.
+    app = _Calls()
+    ptt = PushToTalk(app, release_s=0.6, clock=lambda: app.t)
+    ptt.press()
+    app.t = 1.0
+    assert not ptt.tick() and ptt.recording
+    app.ptt_held = False  # the limit was reached
+    assert ptt.tick() and not ptt.recording and ptt.since is None
+    app.t = 2.0
+    ptt.press()
+    assert ptt.recording and app.calls == [("press", 0.0), ("press", 2.0)]
+    # A press the app refuses (muted, or not in push-to-talk mode) shows no recording either.
+    app2 = _Calls()
+    app2.ptt_press = lambda: app2.calls.append(("refused", app2.t))
+    ptt2 = PushToTalk(app2, release_s=0.6, clock=lambda: app2.t)
+    ptt2.press()
+    ptt2.tick()
+    assert not ptt2.recording
 
 
 def _history():

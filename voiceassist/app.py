@@ -181,6 +181,11 @@ class App(CaptureThread, ModelWorker):
         """A new conversation: the reply in progress and waiting turns are dropped, the history cleared."""
         self._drain_turns()
         self.cancel()
+        self.reset_after_reply()
+
+    def reset_after_reply(self) -> None:
+        """A new conversation as soon as the reply in progress is done; turns already waiting are kept and
+        open the new conversation (the kiosk's max_turns: the next visitor's question is not lost)."""
         self._control.put(("reset", None))
 
     def set_mode(self, mode: str) -> None:
@@ -238,6 +243,12 @@ class App(CaptureThread, ModelWorker):
         return self._muted
 
     @property
+    def ptt_held(self) -> bool:
+        """The push-to-talk recording is wanted: pressed and not yet released, nor ended by the app itself
+        (the length limit, a mode change or mute end it without a release)."""
+        return self._ptt_want
+
+    @property
     def tts_on(self) -> bool:
         return self._tts_on
 
@@ -250,6 +261,11 @@ class App(CaptureThread, ModelWorker):
     def pending(self) -> int:
         """Turns submitted and not yet answered (waiting or in progress)."""
         return self._pending
+
+    @property
+    def turns_queued(self) -> int:
+        """Turns waiting in the queue to the model worker (a health figure: it must not grow)."""
+        return self._turns.qsize()
 
     @property
     def input_ended(self) -> bool:

@@ -282,11 +282,7 @@ class Kiosk:
     def _on_turn_limit(self) -> None:
         """TurnLimit, on the model worker right after the max_turns-th turn: the worker resets before it
         takes the next turn (the App's control queue), so a question already waiting is kept."""
-        control = getattr(self.app, "_control", None)
-        if control is not None:
-            control.put(("reset", None))
-        else:  # an App without the control queue: the public reset (drops waiting turns)
-            self.app.reset()
+        self.app.reset_after_reply()
         self._limit_reset.set()
 
     def _maybe_reset(self) -> None:
@@ -295,7 +291,7 @@ class Kiosk:
             self._limit_reset.clear()
             self._reset_done(f"max_turns ({self.config.kiosk.max_turns})")
         idle_s = self.config.kiosk.idle_reset_s
-        quiet = not app.busy and app.state in ("listening", "device_lost") and not getattr(app, "_pending", 0)
+        quiet = not app.busy and app.state in ("listening", "device_lost") and not app.pending
         if (idle_s and self._conv_turns and quiet and time.monotonic() - self._last_activity >= idle_s):
             app.reset()
             self._reset_done(f"idle ({idle_s:g} s without speech)")
@@ -381,15 +377,15 @@ class Kiosk:
     def _dead_workers(self) -> list[str]:
         app, dead = self.app, []
         file_input = bool(self.args.from_file)
-        input_ended = getattr(app, "_input_ended", True)  # a file's capture thread ends with the file
+        input_ended = app.input_ended  # a file's capture thread ends with the file
         for th in app.threads:
             if not th.is_alive() and not (file_input and input_ended and th.name == "va-capture") \
                     and not self._stop.is_set():
                 dead.append(th.name)
         sp = app.speaker
-        th = getattr(sp, "_thread", None)
-        if th is not None and not th.is_alive() and not self._stop.is_set():
-            dead.append(th.name)
+        for th in getattr(sp, "threads", ()):
+            if not th.is_alive() and not self._stop.is_set():
+                dead.append(th.name)
         if time.monotonic() - self._loop_beat > 30 and not self._stop.is_set():
             dead.append("kiosk loop")
         return dead
@@ -398,9 +394,7 @@ class Kiosk:
         """Figures a long run is judged by (scripts/soak.py): memory, queue depths, capture counters."""
         app = self.app
         stats = getattr(app.source, "stats", None)
-        turns_q = getattr(app, "_turns", None)
-        return {"rss_kb": rss_kb(), "events_queued": app.events.qsize(),
-                "turns_queued": turns_q.qsize() if turns_q is not None else 0,
+        return {"rss_kb": rss_kb(), "events_queued": app.events.qsize(), "turns_queued": app.turns_queued,
                 "blocks": getattr(stats, "blocks", 0), "dropped_blocks": getattr(stats, "dropped_blocks", 0),
                 "overflows": getattr(stats, "overflows", 0), "threads": threading.active_count()}
 

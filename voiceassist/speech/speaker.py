@@ -153,6 +153,11 @@ class Speaker:
 
     # ---- extras for the App, the UI, tests and benchmarks --------------------------------------------------
 
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The speaker's own threads (the kiosk's watchdog checks they are alive)."""
+        return (self._thread,)
+
     def spoken_text(self, turn: int) -> str:
         """What has been heard of ``turn`` so far."""
         return self._player.spoken_text(turn)

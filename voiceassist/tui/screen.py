@@ -102,6 +102,11 @@ class PushToTalk:
         """Called often; ends the recording when a toggle-off press stood alone or a hold's repeats stopped.
         True if it ended one."""
         now = self.clock()
+        if self.since is not None and not getattr(self.app, "ptt_held", True):
+            # The app ended the recording itself (the length limit, mute, a mode change): no release to send,
+            # and the next press starts a new recording rather than stopping this one.
+            self.since, self.held, self.stop_at = None, False, None
+            return True
         if self.since is not None and ((self.stop_at is not None and now >= self.stop_at) or (
                 self.held and now - self.last_press > self.release_s)):
             self.stop()
