@@ -91,9 +91,14 @@ def test_loopback_the_assistant_never_answers_its_own_voice(pulse, session, tmp_
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and (speaker.first_heard(n) is None or speaker.speaking()):
                 evs += collect(app, 0.05)
-            assert speaker.first_heard(n) is not None, (f"reply {n} was never played", [
-                (e.kind, getattr(e, "turn", ""), getattr(e, "state", ""), getattr(e, "text", ""),
-                 getattr(e, "message", "")) for e in evs if e.kind != "token"])
+            if speaker.first_heard(n) is None:  # say what happened (pytest shows this output on failure)
+                print(f"echo_ignored={app.echo_ignored} speaking={speaker.speaking()} "
+                      f"played={[(round(a, 2), round(b, 2)) for a, b in speaker._player.intervals()]}")
+                for e in evs:
+                    if e.kind != "token":
+                        print(round(e.t, 2), e.kind, getattr(e, "turn", ""), getattr(e, "state", ""),
+                              getattr(e, "detail", ""), repr(getattr(e, "text", ""))[:60], getattr(e, "message", ""))
+            assert speaker.first_heard(n) is not None, f"reply {n} was never played"
             evs += collect(app, (cfg.tts.echo_tail_ms + cfg.vad.hangover_ms) / 1000 + 0.6)
     finally:
         app.stop()
