@@ -367,3 +367,51 @@ def test_voices_lists_espeak_voices():
     en_us = [ln for ln in lines if ln.startswith("gmw/en-us ")]
     assert en_us and "English (America)" in en_us[0] and en_us[0].rstrip().endswith("en-us")
     assert len(lines) > 50  # espeak-ng ships over a hundred voices
+
+
+def test_the_worker_waits_for_a_finished_wav(tmp_path):
+    """pyttsx3's espeak driver writes the sound file from its own thread (header first, with the size of the
+    one block it writes, then the samples): a file that exists is not yet a sound. A sentence read too early
+    came out empty and was silently not spoken (seen under load in the loopback test)."""
+    import threading
+    import wave
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "voiceassist" / "speech"))
+    try:
+        import worker  # the worker is a script (no voiceassist imports): load it the way it runs
+    finally:
+        sys.path.pop(0)
+    path = tmp_path / "s1.wav"
+    assert worker.wav_state(str(path)) == "partial"  # not there yet
+    samples = (np.sin(np.arange(22050) / 10) * 8000).astype("<i2").tobytes()
+    with wave.open(str(tmp_path / "ref.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
+        w.writeframes(samples)
+    header = (tmp_path / "ref.wav").read_bytes()[:44]
+    path.write_bytes(header + samples[: len(samples) // 3])  # the header promises more than is there
+    assert worker.wav_state(str(path)) == "partial"
+    with wave.open(str(path), "wb") as w:  # a header saying 0 frames
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
+    assert worker.wav_state(str(path)) == "partial"
+    # Written slowly from another thread, as the driver does: once "done", every sample is readable.
+    path.unlink()
+
+    def write() -> None:
+        with open(path, "wb") as f:
+            f.write(header)
+            f.flush()
+            for k in range(0, len(samples), 4410):
+                f.write(samples[k:k + 4410])
+                f.flush()
+                time.sleep(0.01)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    deadline = time.monotonic() + 5
+    while worker.wav_state(str(path)) != "done" and time.monotonic() < deadline:
+        time.sleep(0.001)
+    data, rate = sf.read(path, dtype="int16")
+    writer.join()
+    assert rate == 22050 and len(data) == 22050
+    sf.write(tmp_path / "x.flac", np.zeros(100), 16000)
+    assert worker.wav_state(str(tmp_path / "x.flac")) == "other"  # another format: nothing to wait for

@@ -9,7 +9,8 @@ Protocol: one JSON object per line. The worker first writes ``{"ready": true, "e
 - ``{"cmd": "config", "voice": V, "rate": WPM, "volume": 0..1}`` → ``{"ok": true, "voice": RESOLVED_ID}``
 - ``{"cmd": "synth", "text": T, "path": P}`` → ``{"ok": true, "path": P}`` (P now holds the sound file)
 - ``{"cmd": "voices"}`` → ``{"ok": true, "voices": [{"id", "name", "languages"}, ...]}``
-and ``{"ok": false, "error": MESSAGE}`` when a request fails. stdout carries only the protocol: anything
+and ``{"ok": false, "error": MESSAGE}`` when a request fails. When the engine twice fails to write a finished
+sound file, the worker exits (status 3) without answering: the assistant restarts it, as after a crash. stdout carries only the protocol: anything
 the engine prints goes to stderr.
 
 Engines: pyttsx3 (espeak-ng on Linux through its C library, SAPI5 on Windows, NSSS on macOS); when pyttsx3 is
@@ -50,6 +51,15 @@ class Pyttsx3Engine:
         self.engine.setProperty("volume", volume)
 
     def synth(self, text: str, path: str) -> None:
+        self._synth_once(text, path)
+        if wav_state(path) == "partial":
+            # pyttsx3 2.99's espeak driver sometimes writes the file with no samples (a bare 44-byte header):
+            # seen on the second sentence of a fresh worker, in about 1 of 3 loopback-test runs on a loaded
+            # machine. Asking again usually succeeds (the worker exits if it does not: see main()).
+            print(f"pyttsx3 left {path} {_describe(path)}; synthesizing it again", file=sys.stderr, flush=True)
+            self._synth_once(text, path)
+
+    def _synth_once(self, text: str, path: str) -> None:
         self.engine.save_to_file(text, path)
         self.engine.runAndWait()
         # pyttsx3 2.99's espeak driver can return from runAndWait before espeak's last callback has written
@@ -58,9 +68,43 @@ class Pyttsx3Engine:
         driver = self.engine.proxy._driver
         while getattr(driver, "_speaking", False):
             time.sleep(0.002)
-        deadline = time.monotonic() + 2.0  # other drivers: the file may appear a moment later
-        while not os.path.exists(path) and time.monotonic() < deadline:
+        # runAndWait may also return before synthesis has even started, and the driver writes the WAV in its
+        # own thread: a header saying "0 frames" first, the samples, then the real size at close. Reading it in
+        # between gives an empty sound (a sentence silently not spoken), so wait for the finished file. Other
+        # drivers (and formats) only need the file to appear.
+        deadline = time.monotonic() + 2.0
+        while wav_state(path) == "partial" and time.monotonic() < deadline:
             time.sleep(0.005)
+
+
+def wav_state(path: str) -> str:
+    """"partial" (missing, or a WAV file still being written: no frames yet, or fewer bytes than its header
+    promises), "done" (a WAV file with all its frames), or "other" (another format: nothing to check)."""
+    import wave  # noqa: PLC0415
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return "partial"
+    if len(head) < 12:
+        return "partial"
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return "other"
+    try:
+        with wave.open(path, "rb") as w:
+            data = w.getnframes() * w.getsampwidth() * w.getnchannels()  # bytes the header promises
+        # Python's wave writer puts a 44-byte header before the samples (written with the first block's
+        # size, patched at close): done once the header promises frames and the file holds them all.
+        return "done" if data > 0 and os.path.getsize(path) >= 44 + data else "partial"
+    except (EOFError, wave.Error, OSError):
+        return "partial"
+
+
+def _describe(path: str) -> str:
+    try:
+        return f"unfinished ({os.path.getsize(path)} bytes)"
+    except OSError:
+        return "missing"
 
 
 class EspeakCliEngine:
@@ -144,8 +188,11 @@ def main() -> int:
             cmd = req.get("cmd")
             if cmd == "synth":
                 engine.synth(req["text"], req["path"])
-                if not os.path.exists(req["path"]) or os.path.getsize(req["path"]) == 0:
-                    raise RuntimeError("the engine produced no sound file")
+                if wav_state(req["path"]) == "partial":
+                    # Twice in a row: this engine instance is in a bad state. Exit without an answer: the
+                    # assistant treats it as a crash and says the sentence again on a fresh worker.
+                    print(f"the engine's sound file is {_describe(req['path'])} twice; exiting", file=sys.stderr)
+                    return 3
                 send({"ok": True, "path": req["path"]})
             elif cmd == "config":
                 voice_id = None
