@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +78,13 @@ class KioskProcess:
         self._reader.join(timeout=5)
         self._stderr_now()
         return rc
+
+    def terminate(self, timeout: float) -> tuple[int, float]:
+        """SIGTERM, as systemd stops the service; (exit status, seconds it took to exit)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.finish(timeout=timeout)
+        return rc, time.monotonic() - t0
 
     def kill(self) -> None:
         if self.proc.poll() is None:

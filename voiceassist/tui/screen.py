@@ -102,7 +102,7 @@ class PushToTalk:
         """Called often; ends the recording when a toggle-off press stood alone or a hold's repeats stopped.
         True if it ended one."""
         now = self.clock()
-        if self.since is not None and not getattr(self.app, "ptt_held", True):
+        if self.since is not None and not self.app.ptt_held:
             # The app ended the recording itself (the length limit, mute, a mode change): no release to send,
             # and the next press starts a new recording rather than stopping this one.
             self.since, self.held, self.stop_at = None, False, None
