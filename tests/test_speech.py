@@ -9,6 +9,7 @@ replaced and speech goes on.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -415,3 +416,30 @@ def test_the_worker_waits_for_a_finished_wav(tmp_path):
     assert rate == 22050 and len(data) == 22050
     sf.write(tmp_path / "x.flac", np.zeros(100), 16000)
     assert worker.wav_state(str(tmp_path / "x.flac")) == "other"  # another format: nothing to wait for
+
+
+def test_the_worker_exits_when_the_engine_twice_writes_no_sound(tmp_path):
+    """The worker's answer to an engine that writes a bare WAV header: no "ok" for an empty sound, but an
+    exit (status 3) that the Speaker handles as a crash (a fresh worker says the sentence again). The engine
+    here is a stand-in (a class writing header-only files), since real espeak fails this way only by chance."""
+    speech_dir = Path(__file__).resolve().parents[1] / "voiceassist" / "speech"
+    driver = (
+        "import sys, wave\n"
+        f"sys.path.insert(0, {str(speech_dir)!r})\n"
+        "import worker\n"
+        "class BareHeader:\n"
+        "    name = 'stand-in'\n"
+        "    calls = 0\n"
+        "    def synth(self, text, path):\n"
+        "        BareHeader.calls += 1\n"
+        "        sys.stderr.write(f'synth call {BareHeader.calls}\\n')\n"
+        "        with wave.open(path, 'wb') as w:\n"
+        "            w.setnchannels(1); w.setsampwidth(2); w.setframerate(22050)\n"
+        "worker.make_engine = BareHeader\n"
+        "sys.exit(worker.main())\n")
+    request = json.dumps({"cmd": "synth", "text": "Hello.", "path": str(tmp_path / "s1.wav")}) + "\n"
+    proc = subprocess.run([sys.executable, "-c", driver], input=request, capture_output=True, text=True, timeout=60)
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert proc.returncode == 3, (proc.returncode, proc.stdout, proc.stderr)
+    assert lines == [{"ready": True, "engine": "stand-in"}]  # no answer to the request: the caller sees a crash
+    assert "sound file is unfinished (44 bytes); exiting for a fresh worker" in proc.stderr

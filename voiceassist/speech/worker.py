@@ -9,9 +9,9 @@ Protocol: one JSON object per line. The worker first writes ``{"ready": true, "e
 - ``{"cmd": "config", "voice": V, "rate": WPM, "volume": 0..1}`` → ``{"ok": true, "voice": RESOLVED_ID}``
 - ``{"cmd": "synth", "text": T, "path": P}`` → ``{"ok": true, "path": P}`` (P now holds the sound file)
 - ``{"cmd": "voices"}`` → ``{"ok": true, "voices": [{"id", "name", "languages"}, ...]}``
-and ``{"ok": false, "error": MESSAGE}`` when a request fails. When the engine twice fails to write a finished
-sound file, the worker exits (status 3) without answering: the assistant restarts it, as after a crash. stdout carries only the protocol: anything
-the engine prints goes to stderr.
+and ``{"ok": false, "error": MESSAGE}`` when a request fails. When the engine fails to write a finished
+sound file (pyttsx3: twice), the worker exits (status 3) without answering: the assistant restarts it, as after
+a crash. stdout carries only the protocol: anything the engine prints goes to stderr.
 
 Engines: pyttsx3 (espeak-ng on Linux through its C library, SAPI5 on Windows, NSSS on macOS); when pyttsx3 is
 not installed or cannot start, espeak-ng's command line (same voices, same sound) if it is on PATH.
@@ -189,9 +189,11 @@ def main() -> int:
             if cmd == "synth":
                 engine.synth(req["text"], req["path"])
                 if wav_state(req["path"]) == "partial":
-                    # Twice in a row: this engine instance is in a bad state. Exit without an answer: the
-                    # assistant treats it as a crash and says the sentence again on a fresh worker.
-                    print(f"the engine's sound file is {_describe(req['path'])} twice; exiting", file=sys.stderr)
+                    # Still no sound (Pyttsx3Engine has already asked twice): this engine instance is in a bad
+                    # state. Exit without an answer: the assistant treats it as a crash and says the sentence
+                    # again on a fresh worker.
+                    print(f"the engine's sound file is {_describe(req['path'])}; exiting for a fresh worker",
+                          file=sys.stderr)
                     return 3
                 send({"ok": True, "path": req["path"]})
             elif cmd == "config":
