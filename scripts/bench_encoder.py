@@ -35,22 +35,36 @@ SECTION = "## Audio encoder: padded vs trimmed"
 
 def build(layers: int, seed: int = 0):
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
     torch.manual_seed(seed)
     config = Qwen2AudioConfig(
-        audio_config=dict(d_model=1280, encoder_attention_heads=20, encoder_ffn_dim=5120, encoder_layers=layers,
-                          num_mel_bins=128, max_source_positions=1500),
+        audio_config=dict(
+            d_model=1280,
+            encoder_attention_heads=20,
+            encoder_ffn_dim=5120,
+            encoder_layers=layers,
+            num_mel_bins=128,
+            max_source_positions=1500,
+        ),
         # the text model is irrelevant here: one small layer; the projector maps 1280 → 4096 as the real one
-        text_config=dict(hidden_size=4096, intermediate_size=256, num_hidden_layers=1, num_attention_heads=32,
-                         num_key_value_heads=32, vocab_size=256))
+        text_config=dict(
+            hidden_size=4096,
+            intermediate_size=256,
+            num_hidden_layers=1,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=256,
+        ),
+    )
     return Qwen2AudioForConditionalGeneration(config).eval()
 
 
 def features(seconds: float, seed: int):
     from transformers import WhisperFeatureExtractor
+
     extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=SR, hop_length=160, chunk_length=30)
     audio = np.random.default_rng(seed).standard_normal(int(seconds * SR)).astype(np.float32) * 0.1
-    out = extractor([audio], sampling_rate=SR, return_attention_mask=True, padding="max_length",
-                    return_tensors="pt")
+    out = extractor([audio], sampling_rate=SR, return_attention_mask=True, padding="max_length", return_tensors="pt")
     return out["input_features"], out["attention_mask"]
 
 
@@ -79,18 +93,31 @@ def measure(model, seconds_list, repeats: int, warmups: int) -> list[dict]:
         feats, mask = features(seconds, seed=i)
         best, padded, trimmed = timed_pair(
             lambda: encode_audios(model, feats, mask, trimmed=False),
-            lambda: encode_audios(model, feats, mask, trimmed=True), repeats, warmups)
+            lambda: encode_audios(model, feats, mask, trimmed=True),
+            repeats,
+            warmups,
+        )
         frames = int(mask.sum())
         (padded_s, padded_cpu), (trimmed_s, trimmed_cpu) = best["padded"], best["trimmed"]
-        row = dict(seconds=seconds, frames=frames, tokens=token_count(frames), padded_ms=padded_s * 1e3,
-                   trimmed_ms=trimmed_s * 1e3, ratio=padded_s / trimmed_s, padded_cpu_ms=padded_cpu * 1e3,
-                   trimmed_cpu_ms=trimmed_cpu * 1e3, cpu_ratio=padded_cpu / trimmed_cpu,
-                   diff=(padded[0] - trimmed[0]).abs().max().item(),
-                   flop_ratio=encoder_flops(MEL_FRAMES, layers) / encoder_flops(trimmed_frames(frames), layers))
-        print(f"  {seconds:5.1f} s  L={frames:4d}  N={row['tokens']:3d}  wall: padded {row['padded_ms']:8.1f} ms "
-              f"trimmed {row['trimmed_ms']:8.1f} ms ×{row['ratio']:5.1f}   CPU: padded {row['padded_cpu_ms']:8.1f} ms "
-              f"trimmed {row['trimmed_cpu_ms']:8.1f} ms ×{row['cpu_ratio']:5.1f}   max|Δ| {row['diff']:.1e}",
-              flush=True)
+        row = dict(
+            seconds=seconds,
+            frames=frames,
+            tokens=token_count(frames),
+            padded_ms=padded_s * 1e3,
+            trimmed_ms=trimmed_s * 1e3,
+            ratio=padded_s / trimmed_s,
+            padded_cpu_ms=padded_cpu * 1e3,
+            trimmed_cpu_ms=trimmed_cpu * 1e3,
+            cpu_ratio=padded_cpu / trimmed_cpu,
+            diff=(padded[0] - trimmed[0]).abs().max().item(),
+            flop_ratio=encoder_flops(MEL_FRAMES, layers) / encoder_flops(trimmed_frames(frames), layers),
+        )
+        print(
+            f"  {seconds:5.1f} s  L={frames:4d}  N={row['tokens']:3d}  wall: padded {row['padded_ms']:8.1f} ms "
+            f"trimmed {row['trimmed_ms']:8.1f} ms ×{row['ratio']:5.1f}   CPU: padded {row['padded_cpu_ms']:8.1f} ms "
+            f"trimmed {row['trimmed_cpu_ms']:8.1f} ms ×{row['cpu_ratio']:5.1f}   max|Δ| {row['diff']:.1e}",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -105,37 +132,44 @@ def encoder_flops(frames: int, layers: int, d: int = 1280, ffn: int = 5120, mels
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| audio | mel frames L | tokens N | padded (wall) | trimmed (wall) | **padded ÷ trimmed (wall)** "
-             "| padded (CPU) | trimmed (CPU) | **padded ÷ trimmed (CPU)** | work ratio (FLOPs, computed) "
-             "| max abs diff |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| audio | mel frames L | tokens N | padded (wall) | trimmed (wall) | **padded ÷ trimmed (wall)** "
+        "| padded (CPU) | trimmed (CPU) | **padded ÷ trimmed (CPU)** | work ratio (FLOPs, computed) "
+        "| max abs diff |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['seconds']:g} s | {r['frames']} | {r['tokens']} | {r['padded_ms']:.0f} ms | "
-                     f"{r['trimmed_ms']:.0f} ms | **{r['ratio']:.1f}×** | {r['padded_cpu_ms']:.0f} ms | "
-                     f"{r['trimmed_cpu_ms']:.0f} ms | **{r['cpu_ratio']:.1f}×** | {r['flop_ratio']:.1f}× | {r['diff']:.1e} |")
+        lines.append(
+            f"| {r['seconds']:g} s | {r['frames']} | {r['tokens']} | {r['padded_ms']:.0f} ms | "
+            f"{r['trimmed_ms']:.0f} ms | **{r['ratio']:.1f}×** | {r['padded_cpu_ms']:.0f} ms | "
+            f"{r['trimmed_cpu_ms']:.0f} ms | **{r['cpu_ratio']:.1f}×** | {r['flop_ratio']:.1f}× | {r['diff']:.1e} |"
+        )
     return "\n".join(lines)
 
 
-def section(command: str, runs: list[tuple[int, list[dict]]], repeats: int, full_repeats: int,
-            load: float) -> str:
+def section(command: str, runs: list[tuple[int, list[dict]]], repeats: int, full_repeats: int, load: float) -> str:
     cpu = platform.processor() or platform.machine()
-    parts = [SECTION, "",
-             f"Command: `{command}` (one run; {time.strftime('%Y-%m-%d')}, CPU {cpu}, "
-             f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, float32).", "",
-             "A random Qwen2-Audio encoder of the real width (d_model 1280, 20 heads, FFN 5120, 128 mel bins; "
-             "random weights, so timings are real and outputs are noise), plus the 1280 → 4096 projector. "
-             f"Time to encode one clip: best of {repeats} runs, padded and trimmed interleaved, after two "
-             f"warm-up runs (best of {full_repeats} after one for the full 32-layer encoder). Load average "
-             f"at the start: {load:.1f} on {os.cpu_count()} cores (other engineers' work). *Padded* is the library's way "
-             "(every clip padded to 30 s = 3000 mel frames, padding masked in attention); *trimmed* is "
-             "`voiceassist.model.encoder` with `model.trimmed_encoder = true` (the default): only the first "
-             "T = min(3000, 2C + 1) frames, C = (L − 1) // 2 + 1. The last column compares the two outputs "
-             "(float32): the trimmed pass is exact to float rounding. *Wall* is elapsed time; *CPU* is this "
-             "process's CPU time (all threads), which other processes on this shared machine disturb far "
-             "less; with one thread it is the cleanest measure of the work done. The *work ratio* is not "
-             "measured: it is the FLOP count of the two passes (convolutions, projections, attention), for "
-             "reference. The 30 s row is the noise gauge: both paths do the same work there (true ratio 1.0×).",
-             ""]
+    parts = [
+        SECTION,
+        "",
+        f"Command: `{command}` (one run; {time.strftime('%Y-%m-%d')}, CPU {cpu}, "
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, float32).",
+        "",
+        "A random Qwen2-Audio encoder of the real width (d_model 1280, 20 heads, FFN 5120, 128 mel bins; "
+        "random weights, so timings are real and outputs are noise), plus the 1280 → 4096 projector. "
+        f"Time to encode one clip: best of {repeats} runs, padded and trimmed interleaved, after two "
+        f"warm-up runs (best of {full_repeats} after one for the full 32-layer encoder). Load average "
+        f"at the start: {load:.1f} on {os.cpu_count()} cores (other engineers' work). *Padded* is the library's way "
+        "(every clip padded to 30 s = 3000 mel frames, padding masked in attention); *trimmed* is "
+        "`voiceassist.model.encoder` with `model.trimmed_encoder = true` (the default): only the first "
+        "T = min(3000, 2C + 1) frames, C = (L − 1) // 2 + 1. The last column compares the two outputs "
+        "(float32): the trimmed pass is exact to float rounding. *Wall* is elapsed time; *CPU* is this "
+        "process's CPU time (all threads), which other processes on this shared machine disturb far "
+        "less; with one thread it is the cleanest measure of the work done. The *work ratio* is not "
+        "measured: it is the FLOP count of the two passes (convolutions, projections, attention), for "
+        "reference. The 30 s row is the noise gauge: both paths do the same work there (true ratio 1.0×).",
+        "",
+    ]
     for layers, rows in runs:
         label = "the full encoder" if layers == 32 else f"{layers} of the real encoder's 32"
         parts += [f"**{layers} layers** ({label}):", "", table(rows), ""]
@@ -150,7 +184,7 @@ def write_section(text: str, path: Path) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[end + 1:] if end >= 0 else "")
+        new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
     path.write_text(new, encoding="utf-8")
 
 
@@ -175,8 +209,13 @@ def main() -> None:
     if args.full:
         print("32 layers:", flush=True)
         runs.append((32, measure(build(32), [2, 30], args.full_repeats, warmups=1)))
-    text = section(".venv/bin/python " + " ".join(["scripts/bench_encoder.py", *sys.argv[1:]]), runs,
-                   args.repeats, args.full_repeats, load)
+    text = section(
+        ".venv/bin/python " + " ".join(["scripts/bench_encoder.py", *sys.argv[1:]]),
+        runs,
+        args.repeats,
+        args.full_repeats,
+        load,
+    )
     if args.write:
         write_section(text, ROOT / "BENCHMARKS.md")
         print("wrote the section to BENCHMARKS.md")

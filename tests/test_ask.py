@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from support.reference import RefTurn, conversation_inputs, reference_reply
 from support.speech import espeak, silence, speech_16k
+
 from voiceassist import cli
 from voiceassist.model.chunking import split_long_audio
 from voiceassist.textsafe import strip_controls
@@ -25,15 +25,15 @@ def files(tmp_path_factory):
     short = espeak("What is the capital of France?", tmp / "q1.wav")  # 22.05 kHz: ask resamples
     # 36 s: speech, a pause at 27-28.5 s, more speech: split in two chunks, the cut inside the pause.
     words = speech_16k("Tell me everything about the history of the bicycle, please.", tmp)
-    long = np.concatenate([np.tile(words, 8)[: 27 * 16000], silence(1.5),
-                           np.tile(words, 3)[: int(7.5 * 16000)]]).astype(np.float32)
+    long = np.concatenate(
+        [np.tile(words, 8)[: 27 * 16000], silence(1.5), np.tile(words, 3)[: int(7.5 * 16000)]]
+    ).astype(np.float32)
     sf.write(tmp / "long.flac", long, 16000)
     return [short, tmp / "long.flac"]
 
 
 def ask_json(capsys, files, *extra):
-    code = cli.main(["ask", *map(str, files), "--model", "tiny", "--greedy", "--max-new-tokens", "6",
-                     "--json", *extra])
+    code = cli.main(["ask", *map(str, files), "--model", "tiny", "--greedy", "--max-new-tokens", "6", "--json", *extra])
     out = capsys.readouterr().out
     assert code == 0
     return [json.loads(line) for line in out.splitlines()]

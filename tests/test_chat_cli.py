@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from support.speech import silence, speech_16k
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +17,14 @@ TYPES = {"utterance", "reply_start", "token", "reply_done", "interrupted", "erro
 
 
 def _voiceassist(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "voiceassist", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "voiceassist", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,22 @@ def speech(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_fast_plain_run_writes_json_lines_and_exits_zero(speech):
     a, b = speech
-    run = _voiceassist("chat", "--model", "tiny", "--greedy", "--max-new-tokens", "8", "--from-file", str(a),
-                       "--from-file", str(b), "--fast", "--plain", "--events", "-")
+    run = _voiceassist(
+        "chat",
+        "--model",
+        "tiny",
+        "--greedy",
+        "--max-new-tokens",
+        "8",
+        "--from-file",
+        str(a),
+        "--from-file",
+        str(b),
+        "--fast",
+        "--plain",
+        "--events",
+        "-",
+    )
     assert run.returncode == 0, run.stderr
     records = [json.loads(line) for line in run.stdout.splitlines()]  # every stdout line is JSON
     assert records and {r["type"] for r in records} <= TYPES
@@ -49,11 +68,14 @@ def test_fast_plain_run_writes_json_lines_and_exits_zero(speech):
     assert "you #1: [audio" in run.stderr and "assistant #2" in run.stderr and "tiny" in run.stderr
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["--from-file", "/nonexistent/q.wav"], 3, "does not exist"),
-    (["--fast"], 2, "--from-file"),
-    (["--from-file", "{a}", "--events", "/nonexistent/dir/e.jsonl"], 2, "--events"),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["--from-file", "/nonexistent/q.wav"], 3, "does not exist"),
+        (["--fast"], 2, "--from-file"),
+        (["--from-file", "{a}", "--events", "/nonexistent/dir/e.jsonl"], 2, "--events"),
+    ],
+)
 def test_bad_input_is_one_line_and_an_exit_code(speech, args, code, words):
     args = [x.format(a=speech[0]) for x in args]
     run = _voiceassist("chat", "--model", "tiny", *args, timeout=60)
@@ -67,17 +89,42 @@ def test_ctrl_c_cancels_the_reply_then_quits_when_idle(speech, tmp_path):
     no `chat` and no --plain with stdout a pipe gives the plain lines; --events PATH writes the JSON there."""
     import signal
     import time
+
     a, _ = speech
     events = tmp_path / "events.jsonl"
     # Seeded sampling at a high temperature: the random model's end token is then about 1 in 1000 per step,
     # so the reply runs for hundreds of tokens (a greedy reply to this clip ends by itself after ~86).
-    proc = subprocess.Popen([sys.executable, "-m", "voiceassist", "--model", "tiny", "--temperature", "2",
-                             "--top-p", "1", "--seed", "7", "--max-new-tokens", "3000", "--from-file", str(a), "--fast", "--stay",
-                             "--events", str(events)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            # Like a terminal: a shell that ran this test run in the background (`cmd &`)
-                            # leaves SIGINT ignored, which the child would inherit and Ctrl-C never reach it.
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voiceassist",
+            "--model",
+            "tiny",
+            "--temperature",
+            "2",
+            "--top-p",
+            "1",
+            "--seed",
+            "7",
+            "--max-new-tokens",
+            "3000",
+            "--from-file",
+            str(a),
+            "--fast",
+            "--stay",
+            "--events",
+            str(events),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        # Like a terminal: a shell that ran this test run in the background (`cmd &`)
+        # leaves SIGINT ignored, which the child would inherit and Ctrl-C never reach it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
     def records() -> list[dict]:
         text = events.read_text() if events.exists() else ""
@@ -114,17 +161,26 @@ def test_ctrl_c_cancels_the_reply_then_quits_when_idle(speech, tmp_path):
 
 def test_plain_printer_lines():
     import io
+
     from voiceassist import events as ev
     from voiceassist.plain import PlainPrinter
+
     out = io.StringIO()
     p = PlainPrinter(out)
-    for e in (ev.Status("listening"), ev.Status("listening"), ev.UtteranceEvent(turn=1, durations=(3.61, 30.0),
-              capped=True, text="hi"), ev.ReplyStart(turn=1, ttft_s=0.04, latency_s=0.652),
-              ev.Token(turn=1, text="Hello"), ev.Token(turn=1, text=" there"),
-              ev.ErrorEvent("speech output failed\x1b[2J", "tts"), ev.Token(turn=1, text="!"),
-              ev.Interrupted(turn=1, reason="barge_in", kept_text="Hello"),
-              ev.ReplyDone(turn=1, text="Hello there!", n_tokens=3, tok_per_s=30.0, ttft_s=0.04,
-                           latency_s=0.652, interrupted=True)):
+    for e in (
+        ev.Status("listening"),
+        ev.Status("listening"),
+        ev.UtteranceEvent(turn=1, durations=(3.61, 30.0), capped=True, text="hi"),
+        ev.ReplyStart(turn=1, ttft_s=0.04, latency_s=0.652),
+        ev.Token(turn=1, text="Hello"),
+        ev.Token(turn=1, text=" there"),
+        ev.ErrorEvent("speech output failed\x1b[2J", "tts"),
+        ev.Token(turn=1, text="!"),
+        ev.Interrupted(turn=1, reason="barge_in", kept_text="Hello"),
+        ev.ReplyDone(
+            turn=1, text="Hello there!", n_tokens=3, tok_per_s=30.0, ttft_s=0.04, latency_s=0.652, interrupted=True
+        ),
+    ):
         p.handle(e)
     assert out.getvalue().splitlines() == [
         "-- listening",

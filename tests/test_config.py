@@ -29,16 +29,19 @@ def test_load_uses_xdg_file_then_defaults(tmp_path, monkeypatch):
     assert cfg.load().vad.hangover_ms == 450
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("[vad]\nhangover_ms = 99999\n", "hangover_ms = 99999 is not allowed; use an integer from 100 to 5000 ms"),
-    ("[vad]\nhangover_ms = 'long'\n", "hangover_ms = 'long' is not allowed; use an integer"),
-    ("[vad]\nhang_over = 3\n", "unknown key 'hang_over'; known keys:"),
-    ("[vda]\nx = 1\n", "unknown section [vda]; known sections:"),
-    ("[model]\ndtype = 'int3'\n", "dtype = 'int3' is not allowed; use one of 'auto', 'float32'"),
-    ("[tts]\nenabled = 1\n", "enabled = 1 is not allowed; use a boolean (true or false)"),
-    ("[vad]\nhangover_ms = \n", "is not valid TOML"),
-    ("vad = 3\n", "[vad]: must be a table of settings"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[vad]\nhangover_ms = 99999\n", "hangover_ms = 99999 is not allowed; use an integer from 100 to 5000 ms"),
+        ("[vad]\nhangover_ms = 'long'\n", "hangover_ms = 'long' is not allowed; use an integer"),
+        ("[vad]\nhang_over = 3\n", "unknown key 'hang_over'; known keys:"),
+        ("[vda]\nx = 1\n", "unknown section [vda]; known sections:"),
+        ("[model]\ndtype = 'int3'\n", "dtype = 'int3' is not allowed; use one of 'auto', 'float32'"),
+        ("[tts]\nenabled = 1\n", "enabled = 1 is not allowed; use a boolean (true or false)"),
+        ("[vad]\nhangover_ms = \n", "is not valid TOML"),
+        ("vad = 3\n", "[vad]: must be a table of settings"),
+    ],
+)
 def test_bad_config_gives_one_line(tmp_path, text, expected):
     p = tmp_path / "c.toml"
     p.write_text(text)
@@ -57,9 +60,12 @@ def test_float_accepts_integer_and_overrides_validate():
         cfg.with_overrides(c, {"generation.temperature": 9.0})
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--config", "/nonexistent/x.toml", "devices"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config", "/nonexistent/x.toml", "devices"], "does not exist"),
+    ],
+)
 def test_cli_bad_config_exit_2(args, expected, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[audio]\nblock_ms = 0\n")

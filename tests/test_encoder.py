@@ -13,17 +13,45 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from support.speech import SR, pink_noise, speech_16k
-from voiceassist.model.encoder import (MEL_FRAMES, EncodingCancelled, _run_tower, conv_length, encode_audios,
-                                       token_count, trimmed_frames)
+
+from voiceassist.model.encoder import (
+    MEL_FRAMES,
+    EncodingCancelled,
+    _run_tower,
+    conv_length,
+    encode_audios,
+    token_count,
+    trimmed_frames,
+)
 
 HOP = 160  # samples per mel frame at 16 kHz
 TOL = 1e-4  # max abs difference allowed between trimmed and padded (float32)
 
 # Valid mel frame counts L: odd and even around 0.5, 1, 2, 5, 10, 20 and 30 s, the 30 s edge.
-TINY_FRAMES = [50, 51, 52, 53, 100, 101, 199, 200, 333, 500, 501, 999, 1000, 1001, 1999, 2000, 2001,
-               2997, 2998, 2999, 3000]
+TINY_FRAMES = [
+    50,
+    51,
+    52,
+    53,
+    100,
+    101,
+    199,
+    200,
+    333,
+    500,
+    501,
+    999,
+    1000,
+    1001,
+    1999,
+    2000,
+    2001,
+    2997,
+    2998,
+    2999,
+    3000,
+]
 REAL_FRAMES = [51, 200, 501, 1000, 3000]  # few: the real-width encoder costs ~3 s per padded clip here
 
 
@@ -35,8 +63,9 @@ def _samples_for_frames(frames: int, short_by: int) -> int:
 
 @pytest.fixture(scope="module")
 def voice(tmp_path_factory) -> np.ndarray:
-    return speech_16k("The quick brown fox jumps over the lazy dog, then asks what time it is.",
-                      tmp_path_factory.mktemp("speech"))
+    return speech_16k(
+        "The quick brown fox jumps over the lazy dog, then asks what time it is.", tmp_path_factory.mktemp("speech")
+    )
 
 
 def _clip(voice: np.ndarray, samples: int, seed: int) -> np.ndarray:
@@ -47,7 +76,9 @@ def _clip(voice: np.ndarray, samples: int, seed: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny():
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
     from voiceassist.model.tiny import tiny_model_dir
+
     path = tiny_model_dir()
     model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoProcessor.from_pretrained(path)
@@ -69,7 +100,9 @@ def test_token_counts_equal_processor_expansion(tiny, voice):
     model, processor = tiny
     seconds = [0.5, 0.51, 2.0, 7.33, 30.0, 35.0]  # 35 s: the processor silently keeps the first 30 s
     clips = [_clip(voice, int(s * SR), seed=i) for i, s in enumerate(seconds)]
-    conversation = [{"role": "user", "content": [{"type": "audio", "audio_url": f"{i}.wav"} for i in range(len(clips))]}]
+    conversation = [
+        {"role": "user", "content": [{"type": "audio", "audio_url": f"{i}.wav"} for i in range(len(clips))]}
+    ]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=text, audio=clips, sampling_rate=SR, return_tensors="pt")
     audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
@@ -95,7 +128,7 @@ def test_trimmed_equals_padded_tiny(tiny, voice):
     batched = encode_audios(model, features, mask, trimmed=True)  # mixed lengths: grouped, masked batches
     hidden = model.config.text_config.hidden_size
     for i, n in enumerate(lengths):
-        alone = encode_audios(model, features[i: i + 1], mask[i: i + 1], trimmed=True)[0]
+        alone = encode_audios(model, features[i : i + 1], mask[i : i + 1], trimmed=True)[0]
         assert padded[i].shape == batched[i].shape == alone.shape == (token_count(n), hidden)
         assert (batched[i] - padded[i]).abs().max().item() < TOL, f"L={n} (batched)"
         assert (alone - padded[i]).abs().max().item() < TOL, f"L={n} (alone)"
@@ -105,12 +138,26 @@ def test_trimmed_equals_padded_tiny(tiny, voice):
 def real_width(voice):
     """A random Qwen2-Audio with the real encoder width and 2 encoder layers (a 1-layer tiny text model)."""
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
+
     torch.manual_seed(7)
     config = Qwen2AudioConfig(
-        audio_config=dict(d_model=1280, encoder_attention_heads=20, encoder_ffn_dim=5120, encoder_layers=2,
-                          num_mel_bins=128, max_source_positions=1500),
-        text_config=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=512))
+        audio_config=dict(
+            d_model=1280,
+            encoder_attention_heads=20,
+            encoder_ffn_dim=5120,
+            encoder_layers=2,
+            num_mel_bins=128,
+            max_source_positions=1500,
+        ),
+        text_config=dict(
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            vocab_size=512,
+        ),
+    )
     model = Qwen2AudioForConditionalGeneration(config).eval()
     extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=SR, hop_length=HOP, chunk_length=30)
     samples = [_samples_for_frames(n, short_by=(53 * i) % HOP) for i, n in enumerate(REAL_FRAMES)]
@@ -135,15 +182,20 @@ def test_cutting_at_exactly_L_frames_is_wrong(real_width):
     tower, projector = model.model.audio_tower, model.model.multi_modal_projector
     with torch.no_grad():
         for i, n in enumerate(REAL_FRAMES[:2]):  # one odd, one even length
-            hidden = _run_tower(tower, features[i: i + 1, :, :n], [conv_length(n)])
+            hidden = _run_tower(tower, features[i : i + 1, :, :n], [conv_length(n)])
             wrong = projector(hidden[0, : token_count(n)])
             assert (wrong - padded[i]).abs().max().item() > 100 * TOL, f"L={n}"
 
 
 def _greedy_both_ways(model, processor, clips, n_tokens=16):
     """(library padded generate, generate over our trimmed embeddings) reply ids, and the max logit gap."""
-    conversation = [{"role": "user", "content": [{"type": "audio", "audio_url": f"{i}.wav"} for i in range(len(clips))]
-                     + [{"type": "text", "text": "What do you hear?"}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [{"type": "audio", "audio_url": f"{i}.wav"} for i in range(len(clips))]
+            + [{"type": "text", "text": "What do you hear?"}],
+        }
+    ]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=text, audio=clips, sampling_rate=SR, return_tensors="pt")
     audio = torch.cat(encode_audios(model, inputs["input_features"], inputs["feature_attention_mask"]))
@@ -155,17 +207,24 @@ def _greedy_both_ways(model, processor, clips, n_tokens=16):
         reference = model(**inputs).logits
         ours = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
         want = model.generate(**inputs, max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False)
-        got = model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                             max_new_tokens=n_tokens, min_new_tokens=n_tokens, do_sample=False)
-    return want[0, ids.shape[1]:].tolist(), got[0].tolist(), (ours - reference).abs().max().item()
+        got = model.generate(
+            inputs_embeds=embeds,
+            attention_mask=inputs["attention_mask"],
+            max_new_tokens=n_tokens,
+            min_new_tokens=n_tokens,
+            do_sample=False,
+        )
+    return want[0, ids.shape[1] :].tolist(), got[0].tolist(), (ours - reference).abs().max().item()
 
 
 def test_greedy_reply_identical_through_model_embeddings(tiny, voice):
     """End to end without the session: trimmed audio embeddings scattered into the prompt's embeddings give
     the same logits and the same greedy reply as the library's own padded forward and generate."""
     replies = []
-    for clips in ([_clip(voice, int(s * SR), seed=20 + i) for i, s in enumerate((1.37, 4.0))],
-                  [_clip(voice, int(2.51 * SR), seed=30)]):
+    for clips in (
+        [_clip(voice, int(s * SR), seed=20 + i) for i, s in enumerate((1.37, 4.0))],
+        [_clip(voice, int(2.51 * SR), seed=30)],
+    ):
         want, got, gap = _greedy_both_ways(*tiny, clips)
         # The tiny model's large random weights (std 0.2) amplify the encoders' ~5e-6 float rounding: a 1e-6
         # relative nudge of the audio embeddings moves its logits (scale ~10) by ~2e-5; we see up to ~1.5e-4.
@@ -182,16 +241,18 @@ def test_session_replies_identical_with_trimmed_encoder_on_and_off(tiny, voice):
     from voiceassist.backend import UserTurn
     from voiceassist.config import GenerationConfig
     from voiceassist.model.session import Session
+
     model, processor = tiny
     greedy = GenerationConfig(temperature=0.0, top_p=0.0, max_new_tokens=12)
-    turns = [UserTurn(audios=(_clip(voice, int(0.77 * SR), seed=40),)),
-             UserTurn(audios=(_clip(voice, int(5.0 * SR) + 80, seed=41),), text="And this one?"),
-             UserTurn(text="Say it again."),
-             UserTurn(audios=(_clip(voice, int(2.0 * SR), seed=42), _clip(voice, 30 * SR, seed=43)))]
+    turns = [
+        UserTurn(audios=(_clip(voice, int(0.77 * SR), seed=40),)),
+        UserTurn(audios=(_clip(voice, int(5.0 * SR) + 80, seed=41),), text="And this one?"),
+        UserTurn(text="Say it again."),
+        UserTurn(audios=(_clip(voice, int(2.0 * SR), seed=42), _clip(voice, 30 * SR, seed=43))),
+    ]
     replies = {}
     for trimmed in (True, False):
-        session = Session(model, processor, generation=greedy, trimmed_encoder=trimmed,
-                          description="tiny Qwen2-Audio")
+        session = Session(model, processor, generation=greedy, trimmed_encoder=trimmed, description="tiny Qwen2-Audio")
         replies[trimmed] = [session.reply(turn).reply_ids for turn in turns]
     assert replies[True] == replies[False]
     audio_replies = [replies[True][i] for i in (0, 1, 3)]
@@ -209,6 +270,7 @@ def test_bad_input_is_refused(tiny):
 
 def test_cancel_stops_a_trimmed_encode(tiny, voice):
     import threading
+
     model, processor = tiny
     features, mask = _features(processor.feature_extractor, [_clip(voice, 3 * SR, seed=50)])
     cancel = threading.Event()

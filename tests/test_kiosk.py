@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from support.kiosk import ROOT, KioskProcess, NotifySocket
 from support.speech import silence, speech_16k
 
@@ -26,8 +25,12 @@ from voiceassist.kiosk import faults
 from voiceassist.kiosk.status import StatusFile, describe, read_status
 from voiceassist.kiosk.storage import Store
 
-QUESTIONS = ["Hello, where is the exhibition?", "What time does the museum close today?",
-             "Is there a cafe in the building?", "Thank you very much, goodbye."]
+QUESTIONS = [
+    "Hello, where is the exhibition?",
+    "What time does the museum close today?",
+    "Is there a cafe in the building?",
+    "Thank you very much, goodbye.",
+]
 
 
 def _speech_file(tmp: Path, texts: list[str], gap_s: float = 1.2, tail_s: float = 1.0) -> Path:
@@ -49,23 +52,37 @@ def _config(tmp: Path, **kiosk: object) -> Path:
 
 
 def _status_cmd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "voiceassist", "status", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "voiceassist", "status", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 # ---- whole runs -----------------------------------------------------------------------------------------------
+
 
 def test_kiosk_survives_model_fault_resets_after_max_turns_and_talks_to_systemd(tmp_path):
     """A fast file with 4 questions; turn 2 fails with a (simulated) CUDA out-of-memory in the middle of its
     reply; max_turns = 3. Storage on, in a temporary folder. A real NOTIFY_SOCKET with a watchdog."""
     wav = _speech_file(tmp_path, QUESTIONS)
     store = tmp_path / "store"
-    conf = _config(tmp_path, greeting="Welcome to the museum.", max_turns=3, store_audio=True,
-                   store_transcripts=True, store_dir=str(store), status_file=str(tmp_path / "status.json"))
+    conf = _config(
+        tmp_path,
+        greeting="Welcome to the museum.",
+        max_turns=3,
+        store_audio=True,
+        store_transcripts=True,
+        store_dir=str(store),
+        status_file=str(tmp_path / "status.json"),
+    )
     notify = NotifySocket(tmp_path / "notify.sock")
-    k = KioskProcess(["--config", str(conf), "--model", "tiny", "--from-file", str(wav), "--fast"],
-                     env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000",
-                          faults.ENV: "model:turns=2:kind=oom:at=token"})
+    k = KioskProcess(
+        ["--config", str(conf), "--model", "tiny", "--from-file", str(wav), "--fast"],
+        env={
+            "NOTIFY_SOCKET": str(notify.path),
+            "WATCHDOG_USEC": "1000000",
+            faults.ENV: "model:turns=2:kind=oom:at=token",
+        },
+    )
     try:
         rc = k.finish(timeout=150)
     finally:
@@ -123,8 +140,9 @@ def test_idle_reset_sighup_reload_status_and_sigterm(tmp_path):
         # Privacy by default: the log holds no conversation text.
         assert not k.of_type("token") and all(r["text"] == "" for r in k.of_type("reply_done"))
 
-        conf.write_text(conf.read_text().replace("idle_reset_s = 1.0", "idle_reset_s = 30.0")
-                        + "[model]\ndtype = \"float32\"\n")
+        conf.write_text(
+            conf.read_text().replace("idle_reset_s = 1.0", "idle_reset_s = 30.0") + '[model]\ndtype = "float32"\n'
+        )
         k.proc.send_signal(signal.SIGHUP)
         rec = k.wait_for(lambda r: r.get("message", "").startswith("configuration reloaded"), 15, "reload")
         assert rec["applied"] == ["kiosk.idle_reset_s"] and rec["needs_restart"] == ["model.dtype"]
@@ -152,16 +170,24 @@ def test_idle_reset_sighup_reload_status_and_sigterm(tmp_path):
     assert gone.returncode == 3 and len(gone.stdout.strip().splitlines()) == 1 and "no kiosk" in gone.stdout
 
 
-@pytest.mark.parametrize("toml, expected, code", [
-    ("[kiosk]\nidle_reset_s = -1\n", "idle_reset_s = -1.0 is not allowed", 2),
-    ("[kiosk]\nstore_audio = true\nstore_dir = \"/proc/voiceassist\"\n", "is not a writable folder", 2),
-])
+@pytest.mark.parametrize(
+    "toml, expected, code",
+    [
+        ("[kiosk]\nidle_reset_s = -1\n", "idle_reset_s = -1.0 is not allowed", 2),
+        ('[kiosk]\nstore_audio = true\nstore_dir = "/proc/voiceassist"\n', "is not a writable folder", 2),
+    ],
+)
 def test_bad_configuration_is_one_line_and_non_zero(tmp_path, toml, expected, code):
     conf = tmp_path / "bad.toml"
     conf.write_text(toml)
     status = tmp_path / "status.json"
-    r = subprocess.run([sys.executable, "-m", "voiceassist", "kiosk", "--config", str(conf), "--status-file",
-                        str(status)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "voiceassist", "kiosk", "--config", str(conf), "--status-file", str(status)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == code
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in r.stderr
@@ -178,6 +204,7 @@ def test_bad_fault_plan_is_refused():
 
 
 # ---- status file and command ------------------------------------------------------------------------------------
+
 
 def test_status_file_is_atomic_and_the_command_reports_running_or_not(tmp_path):
     path = tmp_path / "run" / "status.json"
@@ -206,6 +233,7 @@ def test_status_file_is_atomic_and_the_command_reports_running_or_not(tmp_path):
 
 # ---- storage -----------------------------------------------------------------------------------------------------
 
+
 def test_nothing_is_stored_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert Store.from_config(KioskConfig()) is None
@@ -213,8 +241,9 @@ def test_nothing_is_stored_by_default(tmp_path, monkeypatch):
 
 
 def test_storage_rotates_by_age_then_size_and_touches_only_its_files(tmp_path):
-    kc = KioskConfig(store_audio=True, store_transcripts=True, store_dir=str(tmp_path), store_max_mb=1.0,
-                     store_max_days=1.0)
+    kc = KioskConfig(
+        store_audio=True, store_transcripts=True, store_dir=str(tmp_path), store_max_mb=1.0, store_max_days=1.0
+    )
     store = Store(kc)
     keep = tmp_path / "notes.txt"
     keep.write_text("an administrator's file")
@@ -236,8 +265,10 @@ def test_storage_rotates_by_age_then_size_and_touches_only_its_files(tmp_path):
 
 # ---- the heartbeat, without a model -------------------------------------------------------------------------------
 
+
 def test_heartbeat_stops_pinging_and_triggers_when_a_worker_dies(tmp_path, monkeypatch):
     from voiceassist.kiosk.systemd import Heartbeat, Notifier
+
     notify = NotifySocket(tmp_path / "n.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
     stop = threading.Event()
@@ -262,10 +293,23 @@ def test_heartbeat_stops_pinging_and_triggers_when_a_worker_dies(tmp_path, monke
 
 # ---- installation --------------------------------------------------------------------------------------------------
 
+
 def test_install_kiosk_dry_run_changes_nothing(tmp_path):
     prefix = tmp_path / "opt"
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "install-kiosk"), "--dry-run", "--prefix", str(prefix),
-                        "--user", "va-test-nobody"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "scripts" / "install-kiosk"),
+            "--dry-run",
+            "--prefix",
+            str(prefix),
+            "--user",
+            "va-test-nobody",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "+ useradd --system" in out and "va-test-nobody" in out
@@ -287,8 +331,14 @@ def test_service_unit_verifies(tmp_path):
     path.write_text(unit.replace("@PREFIX@", str(tmp_path)).replace("@USER@", "root"))
     r = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StartLimitIntervalSec=",
-                "StartLimitBurst=", "ExecReload=/bin/kill -HUP $MAINPID"):
+    for key in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StartLimitIntervalSec=",
+        "StartLimitBurst=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ):
         assert key in unit
 
 

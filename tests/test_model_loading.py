@@ -48,9 +48,13 @@ def test_make_tiny_model_writes_a_loadable_deterministic_model(tmp_path, capsys)
     assert len(text_ids) < 15  # a trained BPE, not bytes
     rendered = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "audio", "audio": "x"}, {"type": "text", "text": "Hi"}]}],
-        add_generation_prompt=True, tokenize=False)
-    assert rendered == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                        "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nHi<|im_end|>\n<|im_start|>assistant\n")
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert rendered == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     # It refuses to overwrite a folder that holds something.
     assert cli.main(["make-tiny-model", str(target)]) == 5
     err = capsys.readouterr().err
@@ -101,8 +105,7 @@ def test_hub_id_offline_is_one_line_error(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    _one_line_model_error(config(name="Qwen/Qwen2-Audio-7B-Instruct"), "cannot be reached", "--model PATH",
-                          "tiny")
+    _one_line_model_error(config(name="Qwen/Qwen2-Audio-7B-Instruct"), "cannot be reached", "--model PATH", "tiny")
 
 
 def test_hub_unreachable_is_detected_quickly(monkeypatch):
@@ -146,6 +149,7 @@ def test_cli_reports_a_bad_model_in_one_line(tmp_path, capsys, monkeypatch):
     wav = tmp_path / "a.wav"
     import numpy as np
     import soundfile as sf
+
     sf.write(wav, np.zeros(16000, np.float32), 16000)
     code = cli.main(["ask", str(wav), "--model", str(tmp_path / "nope")])
     err = capsys.readouterr().err

@@ -7,8 +7,12 @@ import time
 
 import pytest
 
-from voiceassist.audio.reconnect import (ReconnectingSource, open_stream_count, reconnecting_microphone,
-                                         reinitialize_portaudio)
+from voiceassist.audio.reconnect import (
+    ReconnectingSource,
+    open_stream_count,
+    reconnecting_microphone,
+    reinitialize_portaudio,
+)
 from voiceassist.config import AudioConfig
 from voiceassist.errors import DeviceError
 
@@ -91,6 +95,7 @@ def test_plain_reader_reconnects_inside_read(pulse):
 def test_portaudio_is_not_reinitialised_under_an_open_stream(pulse):
     """Pa_Terminate would close every stream of the process (e.g. the speaker's): it is skipped then."""
     import sounddevice as sd
+
     out = sd.OutputStream(device="default", channels=1, samplerate=16000)
     try:
         assert open_stream_count() == 1
@@ -109,6 +114,7 @@ class FakeQuietMicrophone:
 
     def __init__(self, n: int) -> None:
         from voiceassist.audio.sources import CaptureStats
+
         self.name, self.stats, self.n = "quiet-mic", CaptureStats(), n
 
     def start(self) -> None:
@@ -154,28 +160,35 @@ def test_kiosk_reports_device_loss_and_resumes_capture(pulse, tmp_path):
 
     import numpy as np
     import soundfile as sf
-
     from support.kiosk import KioskProcess
     from support.speech import silence, speech_16k
+
     from voiceassist.kiosk.status import read_status
 
     wav = tmp_path / "q.wav"
-    sf.write(str(wav), np.concatenate([silence(0.3), speech_16k("Where is the exhibition?", tmp_path),
-                                       silence(0.8)]), 16000)
+    sf.write(
+        str(wav), np.concatenate([silence(0.3), speech_16k("Where is the exhibition?", tmp_path), silence(0.8)]), 16000
+    )
     status = tmp_path / "status.json"
     conf = tmp_path / "k.toml"
-    conf.write_text(f'[kiosk]\nstatus_file = "{status}"\nidle_reset_s = 0\ngreeting = "Welcome to the museum."\n'
-                    '[generation]\nmax_new_tokens = 12\n[audio]\ninput_device = "default"\n[tts]\nenabled = true\n')
+    conf.write_text(
+        f'[kiosk]\nstatus_file = "{status}"\nidle_reset_s = 0\ngreeting = "Welcome to the museum."\n'
+        '[generation]\nmax_new_tokens = 12\n[audio]\ninput_device = "default"\n[tts]\nenabled = true\n'
+    )
     k = KioskProcess(["--config", str(conf), "--model", "tiny"])
 
     def status_after(n: int, state: str, timeout: float, what: str) -> None:
-        k.wait_for(lambda r: r.get("type") == "status" and r["state"] == state and k.records.index(r) >= n,
-                   timeout, what)
+        k.wait_for(
+            lambda r: r.get("type") == "status" and r["state"] == state and k.records.index(r) >= n, timeout, what
+        )
 
     def ask(turn: int) -> None:
         """Play the question once the kiosk listens (not speaking, past the echo tail); wait for the reply."""
-        k.wait_for(lambda r: k.of_type("status") and k.of_type("status")[-1]["state"] == "listening", 20,
-                   f"listening before question {turn}")
+        k.wait_for(
+            lambda r: k.of_type("status") and k.of_type("status")[-1]["state"] == "listening",
+            20,
+            f"listening before question {turn}",
+        )
         time.sleep(0.8)  # tts.echo_tail_ms: speech right after the assistant's own is ignored
         pulse.play(wav)
         k.wait_for(lambda r: r.get("type") == "reply_done" and r["turn"] == turn, 30, f"reply {turn}")
@@ -197,8 +210,9 @@ def test_kiosk_reports_device_loss_and_resumes_capture(pulse, tmp_path):
 
         pulse.load_sink("va_sink")
         back_t = time.monotonic()  # the kiosk's "t" is the same system-wide monotonic clock
-        rec = k.wait_for(lambda r: r.get("type") == "log" and r.get("device_state") == "open"
-                         and r["t"] > back_t - 0.1, 10, "reopen")
+        rec = k.wait_for(
+            lambda r: r.get("type") == "log" and r.get("device_state") == "open" and r["t"] > back_t - 0.1, 10, "reopen"
+        )
         resumed_s = rec["t"] - back_t
         assert read_status(status)["device"]["input"]["state"] == "open"
         ask(2)
@@ -214,13 +228,16 @@ def test_kiosk_reports_device_loss_and_resumes_capture(pulse, tmp_path):
         while read_status(status)["device"]["output"]["state"] != "open" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert read_status(status)["device"]["output"]["state"] == "open", [
-            (r["type"], r.get("state"), r.get("message", "")[:80]) for r in k.records[-14:]]
+            (r["type"], r.get("state"), r.get("message", "")[:80]) for r in k.records[-14:]
+        ]
         print(json.dumps({"device_resumed_s": round(resumed_s, 3)}))
         t0 = time.monotonic()
         k.proc.terminate()
         rc = k.finish(timeout=8)
         stop_s = time.monotonic() - t0
         stacks = "\n".join(line for line in k.stderr_tail(10**7).splitlines() if "ALSA lib" not in line)
-        assert rc == 0 and stop_s < 5, f"no clean stop within 5 s of SIGTERM (rc {rc}, {stop_s:.1f} s):\n{stacks[-8000:]}"
+        assert rc == 0 and stop_s < 5, (
+            f"no clean stop within 5 s of SIGTERM (rc {rc}, {stop_s:.1f} s):\n{stacks[-8000:]}"
+        )
     finally:
         k.kill()

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from support.fake_vllm import FakeVllmServer, count_prompt_tokens
 from support.speech import speech_16k
+
 from voiceassist import config as cfg
 from voiceassist.backend import Backend, UserTurn, open_backend
 from voiceassist.errors import BackendError, ConfigError
@@ -38,8 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_config(url: str, **server: object) -> cfg.Config:
     c = cfg.Config()
     return dataclasses.replace(
-        c, server=dataclasses.replace(c.server, url=url, **server),
-        generation=dataclasses.replace(c.generation, temperature=0.0, max_new_tokens=64))
+        c,
+        server=dataclasses.replace(c.server, url=url, **server),
+        generation=dataclasses.replace(c.generation, temperature=0.0, max_new_tokens=64),
+    )
 
 
 def tone(seconds: float, freq: float = 440.0) -> np.ndarray:
@@ -55,8 +57,13 @@ def free_port() -> int:
 
 def audio_parts(request: dict) -> list[str]:
     """The base64 WAVs of every audio part in a chat request, in order."""
-    return [p["input_audio"]["data"] for m in request["messages"] if isinstance(m["content"], list)
-            for p in m["content"] if p["type"] == "input_audio"]
+    return [
+        p["input_audio"]["data"]
+        for m in request["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "input_audio"
+    ]
 
 
 @pytest.fixture
@@ -67,6 +74,7 @@ def fake():
 
 # ---- wire format -------------------------------------------------------------------------------------------
 
+
 def test_wav_is_16k_mono_and_keeps_the_samples():
     audio = tone(1.25)
     data, rate = sf.read(io.BytesIO(base64.b64decode(wire.wav_base64(audio))), dtype="float32")
@@ -75,13 +83,16 @@ def test_wav_is_16k_mono_and_keeps_the_samples():
 
 
 def test_sse_lines_as_vllm_sends_them():
-    role = wire.parse_sse_line('data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":'
-                               '{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}')
+    role = wire.parse_sse_line(
+        'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":'
+        '{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
+    )
     assert role is not None and not role.is_token and role.text == ""
     tok = wire.parse_sse_line('data: {"choices":[{"index":0,"delta":{"content":"Of"},"finish_reason":"length"}]}')
     assert tok == wire.Chunk(text="Of", finish_reason="length", is_token=True)
-    usage = wire.parse_sse_line('data: {"choices":[],"usage":{"prompt_tokens":97,"total_tokens":105,'
-                                '"completion_tokens":8}}')
+    usage = wire.parse_sse_line(
+        'data: {"choices":[],"usage":{"prompt_tokens":97,"total_tokens":105,"completion_tokens":8}}'
+    )
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (97, 8)
     assert wire.parse_sse_line("data: [DONE]") == wire.Chunk(done=True)
     assert wire.parse_sse_line("") is None and wire.parse_sse_line(": ping") is None
@@ -102,6 +113,7 @@ def test_bad_server_url_is_a_config_error():
 
 
 # ---- conversation ------------------------------------------------------------------------------------------
+
 
 def test_turns_stream_and_resend_the_whole_conversation(fake):
     backend = open_backend(make_config(fake.url.removesuffix("/v1")))  # the /v1 is added when missing
@@ -138,8 +150,12 @@ def test_truncated_reply_is_what_the_next_request_carries(fake):
 
 def test_language_hint_and_sampling_reach_the_server(fake):
     c = make_config(fake.url)
-    c = dataclasses.replace(c, generation=dataclasses.replace(c.generation, language="French", temperature=0.5,
-                                                              top_p=0.8, seed=7, max_new_tokens=3))
+    c = dataclasses.replace(
+        c,
+        generation=dataclasses.replace(
+            c.generation, language="French", temperature=0.5, top_p=0.8, seed=7, max_new_tokens=3
+        ),
+    )
     RemoteBackend(c).reply(UserTurn(text="hi"), lambda s: None, threading.Event())
     body = fake.requests[-1]
     assert body["messages"][0]["content"].endswith("Reply in French.")
@@ -192,11 +208,13 @@ def test_speculate_sends_the_coming_request_and_adds_nothing(fake):
 
 # ---- faults ------------------------------------------------------------------------------------------------
 
+
 def test_unreachable_server_retries_then_fails_and_the_turn_goes_through_later():
     port = free_port()
     statuses: list[str] = []
-    backend = RemoteBackend(make_config(f"http://127.0.0.1:{port}/v1", retries=2), backoff_s=0.05,
-                            on_status=statuses.append)
+    backend = RemoteBackend(
+        make_config(f"http://127.0.0.1:{port}/v1", retries=2), backoff_s=0.05, on_status=statuses.append
+    )
     turn = UserTurn(audios=(tone(1.0),), text="hello")
     with pytest.raises(BackendError) as err:
         backend.reply(turn, lambda s: None, threading.Event())
@@ -232,8 +250,7 @@ def test_engine_failure_reported_inside_the_stream(fake):
     fake.script = [("error_after", 2)]
     with pytest.raises(BackendError) as err:
         backend.reply(UserTurn(text="hi"), lambda s: None, threading.Event())
-    assert str(err.value) == (f"the server at {fake.url} failed during the reply "
-                              "(EngineCore encountered an issue)")
+    assert str(err.value) == (f"the server at {fake.url} failed during the reply (EngineCore encountered an issue)")
     fake.script = [("error_after", 0)]  # before any text: worth a retry, which succeeds
     assert backend.reply(UserTurn(text="hi"), lambda s: None, threading.Event()).text == "Hello, I heard you."
     assert backend.turns[0].text == "hi" and len(backend.turns) == 1
@@ -293,8 +310,7 @@ def test_too_many_audios_drops_the_oldest_turns():
         backend = RemoteBackend(make_config(fake.url))
         for i in range(2):
             backend.reply(UserTurn(audios=(tone(0.5, 300 + 100 * i),)), lambda s: None, threading.Event())
-        result = backend.reply(UserTurn(audios=(tone(0.5, 900), tone(0.5, 950))), lambda s: None,
-                               threading.Event())
+        result = backend.reply(UserTurn(audios=(tone(0.5, 900), tone(0.5, 950))), lambda s: None, threading.Event())
         assert result.dropped_turns >= 1 and len(audio_parts(fake.requests[-1])) <= 3
         assert fake.requests[-2]["messages"] != fake.requests[-1]["messages"]  # rejected once, then fewer turns
         with pytest.raises(BackendError, match="at most 3 per prompt"):
@@ -306,8 +322,9 @@ def test_context_budget_drops_oldest_turns_and_keeps_the_system_prompt():
         backend = RemoteBackend(make_config(fake.url))
         drops = []
         for i in range(10):
-            r = backend.reply(UserTurn(audios=(tone(3.0, 200 + 50 * i),), text=f"turn {i}"), lambda s: None,
-                              threading.Event())
+            r = backend.reply(
+                UserTurn(audios=(tone(3.0, 200 + 50 * i),), text=f"turn {i}"), lambda s: None, threading.Event()
+            )
             drops.append(r.dropped_turns)
             assert r.context_tokens <= 600
             assert fake.requests[-1]["messages"][0]["role"] == "system"
@@ -378,12 +395,17 @@ THIN_CLIENT = textwrap.dedent("""
 def test_thin_client_runs_without_torch_or_transformers(fake, tmp_path):
     conf = tmp_path / "config.toml"
     conf.write_text(f'[server]\nurl = "{fake.url}"\n')
-    proc = subprocess.run([sys.executable, "-c", THIN_CLIENT, str(conf)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", THIN_CLIENT, str(conf)], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out == {"text": "Hello, I heard you.", "pieces": ["Hello", ", I", " heard", " you", "."],
-                   "type": "RemoteBackend", "loaded": []}
+    assert out == {
+        "text": "Hello, I heard you.",
+        "pieces": ["Hello", ", I", " heard", " you", "."],
+        "type": "RemoteBackend",
+        "loaded": [],
+    }
     assert len(audio_parts(fake.requests[0])) == 1
 
 
@@ -404,11 +426,21 @@ def test_the_whole_assistant_runs_as_a_thin_client(fake, tmp_path):
     wav = tmp_path / "q.wav"
     speech = speech_16k("Hello there, what time is it?", tmp_path)
     sf.write(wav, np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(24000, np.float32)]), 16000)
-    ask = subprocess.run([sys.executable, "-c", BLOCKED_CLI, "ask", str(wav), "--server", fake.url],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    ask = subprocess.run(
+        [sys.executable, "-c", BLOCKED_CLI, "ask", str(wav), "--server", fake.url],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert ask.returncode == 0 and ask.stdout.strip() == "Hello, I heard you.", ask.stderr[-2000:]
-    chat = subprocess.run([sys.executable, "-c", BLOCKED_CLI, "chat", "--server", fake.url, "--from-file",
-                           str(wav), "--fast", "--plain"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    chat = subprocess.run(
+        [sys.executable, "-c", BLOCKED_CLI, "chat", "--server", fake.url, "--from-file", str(wav), "--fast", "--plain"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert chat.returncode == 0, chat.stderr[-2000:]
     assert "Hello, I heard you." in chat.stdout and "vLLM server" in chat.stdout
     assert len(fake.requests) >= 2 and all(len(audio_parts(r)) == 1 for r in fake.requests)

@@ -16,7 +16,7 @@ def stream(x: np.ndarray, rate: int, channels: int, seed: int = 0) -> np.ndarray
     out, i = [], 0
     while i < len(x):
         n = int(rng.integers(1, 4000))
-        out.append(r.process(x[i: i + n]))
+        out.append(r.process(x[i : i + n]))
         i += n
     out.append(r.flush())
     return np.concatenate(out)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-
 from support.audio_scenes import build, phrase
 from support.speech import SR
+
 from voiceassist.cli import main
 from voiceassist.config import VadConfig
 
@@ -22,8 +22,15 @@ HANGOVER_S = VadConfig().hangover_ms / 1000
 
 @pytest.fixture(scope="module")
 def scene():
-    return build([1.0, phrase("Call the office and say I will be late.", "en-us+f3"), 1.3,
-                  phrase("Thank you very much.", "en-gb"), 1.0])
+    return build(
+        [
+            1.0,
+            phrase("Call the office and say I will be late.", "en-us+f3"),
+            1.3,
+            phrase("Thank you very much.", "en-gb"),
+            1.0,
+        ]
+    )
 
 
 def segment_json(capsys, path, *extra):
@@ -129,7 +136,7 @@ def test_bad_configuration_gives_one_line_and_exit_2(tmp_path, capsys, scene):
     cases = {
         "[vad]\nhangover_ms = 50\n": "[vad]: hangover_ms = 50 is not allowed; use an integer from 100 to 5000 ms",
         "[vad]\nframe_ms = 25\n": "frame_ms = 25 is not allowed; use one of 10, 20, 30",
-        "[vad]\nsnr_gate_db = \"loud\"\n": "snr_gate_db = 'loud' is not allowed; use a number from 0.0 to 40.0 dB",
+        '[vad]\nsnr_gate_db = "loud"\n': "snr_gate_db = 'loud' is not allowed; use a number from 0.0 to 40.0 dB",
         "[vad]\nhang_over = 1\n": "unknown key 'hang_over'",
         "[audio]\nblock_ms = 1\n": "block_ms = 1 is not allowed",
     }
@@ -145,8 +152,12 @@ def test_bad_configuration_gives_one_line_and_exit_2(tmp_path, capsys, scene):
 
 def test_a_real_process_prints_no_traceback(tmp_path):
     (tmp_path / "junk.mp3").write_bytes(os.urandom(5000))
-    res = subprocess.run([sys.executable, "-m", "voiceassist", "segment", str(tmp_path / "junk.mp3"), "--json"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "voiceassist", "segment", str(tmp_path / "junk.mp3"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 3 and res.stdout == ""
     assert res.stderr.startswith("voiceassist: error: ") and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0

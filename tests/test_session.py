@@ -11,9 +11,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from support.reference import RefTurn, max_logit_diff, reference_reply
 from support.speech import speech_16k
+
 from voiceassist.backend import Backend, UserTurn
 from voiceassist.config import GenerationConfig
 from voiceassist.errors import BackendError
@@ -25,12 +25,26 @@ MAX_NEW = 6  # tokens per reply: enough to exercise decoding, small enough for t
 TOL = 1e-4  # logits, float32
 
 PHRASES = [
-    "What is the weather like today?", "Tell me a joke about cats.", "How far is the moon?",
-    "Please set a timer for ten minutes.", "Where is the train station?", "Why is the sky blue?",
-    "Can you recommend a good book?", "What time is it in Tokyo?", "Thank you very much.",
+    "What is the weather like today?",
+    "Tell me a joke about cats.",
+    "How far is the moon?",
+    "Please set a timer for ten minutes.",
+    "Where is the train station?",
+    "Why is the sky blue?",
+    "Can you recommend a good book?",
+    "What time is it in Tokyo?",
+    "Thank you very much.",
 ]
-TEXTS = ["Hello there!", "And then?", "Answer in one word.", "Café, naïve, 🙂?", "What's 2+2?",
-         "Say it again.", "Why?", "Goodbye."]
+TEXTS = [
+    "Hello there!",
+    "And then?",
+    "Answer in one word.",
+    "Café, naïve, 🙂?",
+    "What's 2+2?",
+    "Say it again.",
+    "Why?",
+    "Goodbye.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +52,7 @@ def tiny():
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     from voiceassist.model.tiny import tiny_model_dir
+
     # One intra-op thread: the tiny model gains nothing from more, and on a loaded 2-core CI machine OpenMP
     # threads spinning against other processes made these tests ~30x slower.
     torch.set_num_threads(1)
@@ -57,8 +72,7 @@ def new_session(tiny, context_limit: int = 8192, **gen) -> Session:
     model, processor = tiny
     gen.setdefault("max_new_tokens", MAX_NEW)
     gen.setdefault("temperature", 0.0)
-    s = Session(model, processor, generation=GenerationConfig(system_prompt=SYSTEM, **gen),
-                context_limit=context_limit)
+    s = Session(model, processor, generation=GenerationConfig(system_prompt=SYSTEM, **gen), context_limit=context_limit)
     s.keep_logits = True
     return s
 
@@ -72,8 +86,9 @@ class Mirror:
         self.turns: list[RefTurn] = []
 
     def turn(self, audios=(), text="", on_text=None, cancel=None):
-        result = self.session.reply(UserTurn(audios=tuple(audios), text=text), on_text or (lambda _t: None),
-                                    cancel or threading.Event())
+        result = self.session.reply(
+            UserTurn(audios=tuple(audios), text=text), on_text or (lambda _t: None), cancel or threading.Event()
+        )
         self.turns.append(RefTurn(list(audios), text, list(result.reply_ids)))
         return result
 
@@ -156,7 +171,7 @@ def test_cancel_stops_within_one_token_and_next_turn_is_exact(tiny, speech):
     assert r.interrupted and m.session.turns[-1].interrupted
     # Decoding stopped at the first check after the cancel: no token was sampled after the third piece.
     assert r.n_tokens == len(m.session.last_logits) and r.n_tokens < 40
-    assert tiny[1].tokenizer.decode(list(r.reply_ids)) .startswith("".join(pieces))
+    assert tiny[1].tokenizer.decode(list(r.reply_ids)).startswith("".join(pieces))
     m.check_last(40)  # ids: the partial reply is in the history
     m.turn([speech[2]], "And now?")
     m.check_last(40)
@@ -196,9 +211,13 @@ def test_truncate_last_reply_keeps_what_was_spoken(tiny, speech):
 def test_context_budget_drops_oldest_turns_without_reencoding(tiny, speech, monkeypatch):
     encoded = []
     real = encoder_module.encode_audios
-    monkeypatch.setattr(encoder_module, "encode_audios",
-                        lambda model, f, mask, trimmed=True, cancel=None:
-                        encoded.append(f.shape[0]) or real(model, f, mask, trimmed, cancel))
+    monkeypatch.setattr(
+        encoder_module,
+        "encode_audios",
+        lambda model, f, mask, trimmed=True, cancel=None: (
+            encoded.append(f.shape[0]) or real(model, f, mask, trimmed, cancel)
+        ),
+    )
     limit = 400
     s = new_session(tiny, context_limit=limit)
     m = Mirror(tiny, s)
@@ -259,8 +278,10 @@ def test_failure_inside_a_turn_leaves_the_session_unchanged(tiny, speech, where)
     elif where == "decode":
         handle = _arm_layer_failure(model, 1, 3)
     else:
+
         def on_text(piece):
             raise _Boom("the display went away")
+
     try:
         with pytest.raises(BackendError) as info:
             m.session.reply(UserTurn(audios=(speech[2],)), on_text or (lambda _t: None), threading.Event())
@@ -309,8 +330,10 @@ def test_sampling_is_reproducible_with_a_seed_and_restored_after_a_failure(tiny,
         s = new_session(tiny, temperature=0.9, top_p=0.95, seed=7, max_new_tokens=10)
         s.reply(UserTurn(audios=(speech[0],)))
         if fail:
+
             def boom(_piece):
                 raise _Boom("x")
+
             with pytest.raises(BackendError):
                 s.reply(UserTurn(text="Again?"), boom)
         return s.reply(UserTurn(text="Again?")).reply_ids
@@ -334,10 +357,12 @@ def test_streamed_text_has_no_broken_characters(tiny):
 
 def test_bad_turns_are_one_line_errors(tiny):
     s = new_session(tiny)
-    for turn, what in [(UserTurn(), "audio or text"),
-                       (UserTurn(audios=(np.zeros((2, 16000), np.float32),)), "mono"),
-                       (UserTurn(audios=(np.zeros(10, np.float32),)), "empty"),
-                       (UserTurn(audios=(np.full(16000, np.nan, np.float32),)), "NaN")]:
+    for turn, what in [
+        (UserTurn(), "audio or text"),
+        (UserTurn(audios=(np.zeros((2, 16000), np.float32),)), "mono"),
+        (UserTurn(audios=(np.zeros(10, np.float32),)), "empty"),
+        (UserTurn(audios=(np.full(16000, np.nan, np.float32),)), "NaN"),
+    ]:
         with pytest.raises(BackendError, match=what):
             s.reply(turn)
     assert s.ids == ()
@@ -377,11 +402,13 @@ def test_collapsed_history_renders_like_the_whole_history(tiny):
     assert builder.collapsible  # Qwen2-Audio's template: a turn depends only on the audios before it
     rng = random.Random(3)
     for _ in range(20):
-        earlier = [UserMessage(rng.randint(0, 3), rng.choice(["", "hi", "What's that?"]))
-                   for _ in range(rng.randint(0, 12))]
+        earlier = [
+            UserMessage(rng.randint(0, 3), rng.choice(["", "hi", "What's that?"])) for _ in range(rng.randint(0, 12))
+        ]
         new = UserMessage(rng.randint(0, 2), rng.choice(["", "Why?"]))
         if not new.n_audios and not new.text:
             new = UserMessage(1, "")
         for system in ("", SYSTEM):
-            assert builder._turn_text(system, earlier, new, collapse=True) == \
-                builder._turn_text(system, earlier, new, collapse=False)
+            assert builder._turn_text(system, earlier, new, collapse=True) == builder._turn_text(
+                system, earlier, new, collapse=False
+            )

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-
 from support.audio_scenes import build, phrase
 from support.speech import SR
+
 from voiceassist.audio.devices import resolve_device
 from voiceassist.audio.files import read_audio_16k
 from voiceassist.audio.sources import AudioSource, EndOfInput, FileSource, MicrophoneSource, open_source
@@ -29,6 +29,7 @@ def scene():
 
 def write(path, audio, rate=SR, fmt=None, channels=1):
     import soxr
+
     x = audio if rate == SR else soxr.resample(audio, SR, rate).astype(np.float32)
     if channels == 2:
         x = np.stack([x, x], axis=1)
@@ -37,6 +38,7 @@ def write(path, audio, rate=SR, fmt=None, channels=1):
 
 
 # ---- files ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("ext,fmt", [("wav", None), ("flac", None), ("ogg", None), ("mp3", "MP3")])
 def test_read_audio_16k_reads_every_format(tmp_path, scene, ext, fmt):
@@ -122,25 +124,30 @@ def test_file_source_realtime_is_paced_like_a_microphone(tmp_path):
 
 # ---- devices -------------------------------------------------------------------------------------------
 
+
 def test_without_any_device_the_messages_say_so_plainly(tmp_path):
     env = dict(os.environ, PULSE_SERVER="unix:/nonexistent/pulse/native", XDG_RUNTIME_DIR=str(tmp_path))
-    code = ("import sounddevice as sd\n"
-            "if len(sd.query_devices()): print('HAS-DEVICES'); raise SystemExit\n"
-            "from voiceassist.audio.sources import MicrophoneSource\n"
-            "from voiceassist.errors import DeviceError\n"
-            "try:\n    MicrophoneSource(None).start()\nexcept DeviceError as e:\n    print('ERR', e)\n")
+    code = (
+        "import sounddevice as sd\n"
+        "if len(sd.query_devices()): print('HAS-DEVICES'); raise SystemExit\n"
+        "from voiceassist.audio.sources import MicrophoneSource\n"
+        "from voiceassist.errors import DeviceError\n"
+        "try:\n    MicrophoneSource(None).start()\nexcept DeviceError as e:\n    print('ERR', e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
     if "HAS-DEVICES" in out:
         pytest.skip("this machine has sound hardware")
     assert "ERR no input device found: connect a microphone or start PulseAudio/PipeWire" in out
-    res = subprocess.run([sys.executable, "-m", "voiceassist", "devices"], env=env, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "voiceassist", "devices"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0 and res.stdout.startswith("no audio devices found")
 
 
 @pytest.mark.pulse
 def test_device_choice_by_name_index_and_clear_errors(pulse):
     from voiceassist.audio.devices import describe_devices
+
     table = describe_devices().splitlines()
     assert table[0].split() == ["idx", "in", "out", "rate", "api", "name"]
     assert any(line.split()[0] == "1" and line.endswith("default (default input) (default output)") for line in table)

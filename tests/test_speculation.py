@@ -8,13 +8,12 @@ import threading
 
 import pytest
 import torch
-
 from support.speech import speech_16k
 from test_session import Mirror, new_session, tiny  # noqa: F401  (the module-scoped model fixture)
+
 from voiceassist.backend import UserTurn
 
-PHRASES = ["What is the weather like today?", "Tell me a joke about cats, and make it a long one please.",
-           "Thank you."]
+PHRASES = ["What is the weather like today?", "Tell me a joke about cats, and make it a long one please.", "Thank you."]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +36,7 @@ def state(s):
 
 
 def test_committed_speculation_gives_the_same_reply(tiny, speech):  # noqa: F811
-    turns = [UserTurn(audios=(speech[0],)), UserTurn(audios=(speech[1],)),
-             UserTurn(audios=(speech[2],), text="Hm?")]
+    turns = [UserTurn(audios=(speech[0],)), UserTurn(audios=(speech[1],)), UserTurn(audios=(speech[2],), text="Hm?")]
     expected = plain_replies(tiny, turns)
     m = Mirror(tiny)
     m.session._kv.chunk = 48  # several chunks per turn: the speculative and the normal prefill share them
@@ -104,8 +102,10 @@ def test_cancel_during_the_speculative_prefill(tiny, speech):  # noqa: F811
     cancel = threading.Event()
     ran: list[str] = []
     hooks = [tower.layers[0].register_forward_hook(lambda *_: cancel.set())]
-    hooks += [layer.register_forward_pre_hook(lambda *_, i=i: ran.append(f"encoder {i}"))
-              for i, layer in enumerate(tower.layers)]
+    hooks += [
+        layer.register_forward_pre_hook(lambda *_, i=i: ran.append(f"encoder {i}"))
+        for i, layer in enumerate(tower.layers)
+    ]
     hooks.append(model.model.language_model.register_forward_pre_hook(lambda *_: ran.append("language model")))
     try:
         assert not m.session.speculate(UserTurn(audios=(speech[1],)), cancel)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from support.pulse import MonitorRecorder
+
 from voiceassist.config import TtsConfig
 from voiceassist.speech import SentenceSplitter, Speaker, speakable, spoken_prefix
 
@@ -31,6 +31,7 @@ LOUD = 0.01  # RMS of a 10 ms frame above this is sound (espeak speech is ~0.1-0
 
 
 # ---- sentence splitting (pure) -----------------------------------------------------------------------------
+
 
 def split(text: str, pieces: list[str] | None = None) -> list[str]:
     """Feed ``text`` (as ``pieces`` if given, like model tokens) and flush; check the concatenation invariant."""
@@ -48,25 +49,29 @@ def split(text: str, pieces: list[str] | None = None) -> list[str]:
 def tokens(text: str) -> list[str]:
     """Model-like pieces: words with their leading space, single digits, runs of punctuation (like BPE)."""
     import re
+
     return re.findall(r" ?[A-Za-z']+| ?\d| ?[^\sA-Za-z\d]+|\s+", text)
 
 
-@pytest.mark.parametrize("text, want", [
-    ("Hello there. How are you? I'm fine!", ["Hello there.", " How are you?", " I'm fine!"]),
-    ("Pi is 3.14 today. Yes.", ["Pi is 3.14 today.", " Yes."]),
-    ("We met in 2024. Then we left.", ["We met in 2024.", " Then we left."]),
-    ("Dr. Smith is in. Mr. Jones is out.", ["Dr. Smith is in.", " Mr. Jones is out."]),
-    ("Take fruit, e.g. apples. Then go.", ["Take fruit, e.g. apples.", " Then go."]),
-    ("Apples, pears, etc. The end.", ["Apples, pears, etc.", " The end."]),
-    ("Apples, pears, etc. and more.", ["Apples, pears, etc. and more."]),
-    ("It was J. R. R. Tolkien. Yes.", ["It was J. R. R. Tolkien.", " Yes."]),
-    ("Well... maybe not. Hmm... The end.", ["Well... maybe not.", " Hmm...", " The end."]),
-    ("Wait… what? Really?!", ["Wait… what?", " Really?!"]),
-    ('He said "no." Then he left.', ['He said "no."', " Then he left."]),
-    ("See No. 5 here. Or not.", ["See No. 5 here.", " Or not."]),
-    ("Steps:\n1. Mix it.\n2. Bake it\nDone", ["Steps:\n", "1. Mix it.", "\n2. Bake it\n", "Done"]),
-    ("No ending at all", ["No ending at all"]),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("Hello there. How are you? I'm fine!", ["Hello there.", " How are you?", " I'm fine!"]),
+        ("Pi is 3.14 today. Yes.", ["Pi is 3.14 today.", " Yes."]),
+        ("We met in 2024. Then we left.", ["We met in 2024.", " Then we left."]),
+        ("Dr. Smith is in. Mr. Jones is out.", ["Dr. Smith is in.", " Mr. Jones is out."]),
+        ("Take fruit, e.g. apples. Then go.", ["Take fruit, e.g. apples.", " Then go."]),
+        ("Apples, pears, etc. The end.", ["Apples, pears, etc.", " The end."]),
+        ("Apples, pears, etc. and more.", ["Apples, pears, etc. and more."]),
+        ("It was J. R. R. Tolkien. Yes.", ["It was J. R. R. Tolkien.", " Yes."]),
+        ("Well... maybe not. Hmm... The end.", ["Well... maybe not.", " Hmm...", " The end."]),
+        ("Wait… what? Really?!", ["Wait… what?", " Really?!"]),
+        ('He said "no." Then he left.', ['He said "no."', " Then he left."]),
+        ("See No. 5 here. Or not.", ["See No. 5 here.", " Or not."]),
+        ("Steps:\n1. Mix it.\n2. Bake it\nDone", ["Steps:\n", "1. Mix it.", "\n2. Bake it\n", "Done"]),
+        ("No ending at all", ["No ending at all"]),
+    ],
+)
 def test_splitter_sentences(text, want):
     assert split(text) == want
     assert split(text, tokens(text)) == want  # streamed like tokens: the same sentences
@@ -112,9 +117,11 @@ def test_spoken_prefix_cuts_at_words():
 
 # ---- the synthesis worker process --------------------------------------------------------------------------
 
+
 def test_worker_synthesizes_every_sentence_and_follows_the_rate():
     """pyttsx3 2.99's espeak driver sometimes returns before its file is written; the worker must wait."""
     from voiceassist.speech import SynthWorker
+
     fast, slow = SynthWorker(rate=300), SynthWorker(rate=100)
     try:
         for n in range(12):
@@ -171,8 +178,7 @@ def speaker(pulse):
         sp.close()
 
 
-REPLY = ("Sure, here is the first sentence. The second sentence follows it closely. "
-         "And a third one ends the reply.")
+REPLY = "Sure, here is the first sentence. The second sentence follows it closely. And a third one ends the reply."
 
 
 @pytest.mark.pulse
@@ -225,7 +231,7 @@ def test_stop_silences_playback_and_returns_what_was_spoken(pulse, speaker):
     stop_frame = int((t_stop - rec.t0) * 100)
     lv = levels(audio)
     assert np.sum(lv[:stop_frame] > LOUD) > 50
-    assert np.all(lv[stop_frame + 25:] < LOUD), np.flatnonzero(lv[stop_frame:] > LOUD)[:5]
+    assert np.all(lv[stop_frame + 25 :] < LOUD), np.flatnonzero(lv[stop_frame:] > LOUD)[:5]
     # Later text of the stopped turn is ignored; a new turn speaks again.
     sp.feed(2, " More text for the stopped turn.")
     sp.end_reply(2)
@@ -317,9 +323,16 @@ def test_unknown_voice_is_reported_once_and_the_default_voice_speaks(pulse, spea
 
 # ---- the commands ------------------------------------------------------------------------------------------
 
+
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "voiceassist", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, env=dict(os.environ, **(env or {})))
+    return subprocess.run(
+        [sys.executable, "-m", "voiceassist", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def test_say_to_file_writes_a_valid_wav(tmp_path):
@@ -332,17 +345,24 @@ def test_say_to_file_writes_a_valid_wav(tmp_path):
     assert 1.5 < len(data) / rate < 8 and np.sqrt(np.mean(data**2)) > 0.02
     # A slower rate makes longer speech: the setting reaches the engine.
     slow = tmp_path / "slow.wav"
-    assert cli("say", "Hello from the speech engine. A second sentence.", "--to-file", str(slow),
-               "--rate", "100").returncode == 0
+    assert (
+        cli(
+            "say", "Hello from the speech engine. A second sentence.", "--to-file", str(slow), "--rate", "100"
+        ).returncode
+        == 0
+    )
     assert sf.info(str(slow)).duration > 1.5 * info.duration
 
 
-@pytest.mark.parametrize("args, code, words", [
-    (["say", "hi", "--to-file", "/no/such/folder/x.wav"], 3, "does not exist"),
-    (["say", "   "], 7, "nothing to say"),
-    (["say", "hi", "--voice", "no-such-voice-xyz", "--to-file", "{tmp}/v.wav"], 7, "not found"),
-    (["say", "hi", "--rate", "5"], 2, "rate"),
-])
+@pytest.mark.parametrize(
+    "args, code, words",
+    [
+        (["say", "hi", "--to-file", "/no/such/folder/x.wav"], 3, "does not exist"),
+        (["say", "   "], 7, "nothing to say"),
+        (["say", "hi", "--voice", "no-such-voice-xyz", "--to-file", "{tmp}/v.wav"], 7, "not found"),
+        (["say", "hi", "--rate", "5"], 2, "rate"),
+    ],
+)
 def test_say_errors_are_one_line(tmp_path, args, code, words):
     r = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("ALSA lib")]
@@ -402,7 +422,7 @@ def test_the_worker_waits_for_a_finished_wav(tmp_path):
             f.write(header)
             f.flush()
             for k in range(0, len(samples), 4410):
-                f.write(samples[k:k + 4410])
+                f.write(samples[k : k + 4410])
                 f.flush()
                 time.sleep(0.01)
 
@@ -436,7 +456,8 @@ def test_the_worker_exits_when_the_engine_twice_writes_no_sound(tmp_path):
         "        with wave.open(path, 'wb') as w:\n"
         "            w.setnchannels(1); w.setsampwidth(2); w.setframerate(22050)\n"
         "worker.make_engine = BareHeader\n"
-        "sys.exit(worker.main())\n")
+        "sys.exit(worker.main())\n"
+    )
     request = json.dumps({"cmd": "synth", "text": "Hello.", "path": str(tmp_path / "s1.wav")}) + "\n"
     proc = subprocess.run([sys.executable, "-c", driver], input=request, capture_output=True, text=True, timeout=60)
     lines = [json.loads(x) for x in proc.stdout.splitlines()]

@@ -22,9 +22,9 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-
 from support.pulse import MonitorRecorder
 from support.speech import silence, speech_16k
+
 from voiceassist.app import App
 from voiceassist.audio.sources import MicrophoneSource
 from voiceassist.backend import open_backend
@@ -35,8 +35,13 @@ SR = 16000
 
 
 def config(**overrides) -> Config:
-    values = {"model.name": "tiny", "generation.temperature": 0.0, "generation.max_new_tokens": 20,
-              "tts.enabled": True, "tts.rate": 240}
+    values = {
+        "model.name": "tiny",
+        "generation.temperature": 0.0,
+        "generation.max_new_tokens": 20,
+        "tts.enabled": True,
+        "tts.rate": 240,
+    }
     values.update(overrides)
     return with_overrides(Config(), values)
 
@@ -68,6 +73,7 @@ def collect(app: App, seconds: float, until=None) -> list:
 
 def make_speaker(cfg: Config):
     from voiceassist.speech import Speaker
+
     sp = Speaker(cfg.tts, cfg.audio.output_device)
     assert sp.wait_ready(15), "the speech worker or the output device did not come up"
     return sp
@@ -92,12 +98,21 @@ def test_loopback_the_assistant_never_answers_its_own_voice(pulse, session, tmp_
             while time.monotonic() < deadline and (speaker.first_heard(n) is None or speaker.speaking()):
                 evs += collect(app, 0.05)
             if speaker.first_heard(n) is None:  # say what happened (pytest shows this output on failure)
-                print(f"echo_ignored={app.echo_ignored} speaking={speaker.speaking()} "
-                      f"played={[(round(a, 2), round(b, 2)) for a, b in speaker._player.intervals()]}")
+                print(
+                    f"echo_ignored={app.echo_ignored} speaking={speaker.speaking()} "
+                    f"played={[(round(a, 2), round(b, 2)) for a, b in speaker._player.intervals()]}"
+                )
                 for e in evs:
                     if e.kind != "token":
-                        print(round(e.t, 2), e.kind, getattr(e, "turn", ""), getattr(e, "state", ""),
-                              getattr(e, "detail", ""), repr(getattr(e, "text", ""))[:60], getattr(e, "message", ""))
+                        print(
+                            round(e.t, 2),
+                            e.kind,
+                            getattr(e, "turn", ""),
+                            getattr(e, "state", ""),
+                            getattr(e, "detail", ""),
+                            repr(getattr(e, "text", ""))[:60],
+                            getattr(e, "message", ""),
+                        )
             assert speaker.first_heard(n) is not None, f"reply {n} was never played"
             evs += collect(app, (cfg.tts.echo_tail_ms + cfg.vad.hangover_ms) / 1000 + 0.6)
     finally:
@@ -111,8 +126,7 @@ def test_loopback_the_assistant_never_answers_its_own_voice(pulse, session, tmp_
     assert any(e.kind == "status" and e.state == "speaking" for e in evs)  # the status line showed it
 
 
-def test_barge_in_stops_playback_and_generation_and_keeps_only_what_was_heard(pulse, session, tmp_path,
-                                                                            monkeypatch):
+def test_barge_in_stops_playback_and_generation_and_keeps_only_what_was_heard(pulse, session, tmp_path, monkeypatch):
     pulse.load_sink("va_out")
     monkeypatch.setenv("PULSE_SINK", "va_out")  # the Speaker's stream goes to the "headset", not the mic sink
     # A long reply (400 tokens: many seconds of decoding), so the user talks over it while it is still being
@@ -130,8 +144,11 @@ def test_barge_in_stops_playback_and_generation_and_keeps_only_what_was_heard(pu
         # Wait until the reply's speech has been playing for a while (and still is).
         evs = collect(app, 40, lambda e: speaker.first_heard(1) is not None)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (speaker.first_heard(1) is not None and speaker.speaking()
-                                                   and time.monotonic() - speaker.first_heard(1) > 1.0):
+        while time.monotonic() < deadline and not (
+            speaker.first_heard(1) is not None
+            and speaker.speaking()
+            and time.monotonic() - speaker.first_heard(1) > 1.0
+        ):
             evs += collect(app, 0.05)
         assert speaker.speaking(), "the reply's speech ended before the user could talk over it"
         played_at = time.monotonic()
@@ -149,7 +166,8 @@ def test_barge_in_stops_playback_and_generation_and_keeps_only_what_was_heard(pu
         audio = rec.stop()
     inter = [e for e in evs if e.kind == "interrupted"]
     assert len(inter) == 1 and inter[0].reason == "barge_in" and inter[0].turn == 1, [
-        (e.kind, getattr(e, "state", ""), getattr(e, "message", "")) for e in evs if e.kind != "token"]
+        (e.kind, getattr(e, "state", ""), getattr(e, "message", "")) for e in evs if e.kind != "token"
+    ]
     # the user's speech did it (the assistant's own voice goes to va_out, which the microphone does not hear)
     assert inter[0].t >= played_at + 0.3
     done1 = next(e for e in evs if e.kind == "reply_done" and e.turn == 1)

@@ -22,8 +22,8 @@ from voiceassist.errors import VoiceAssistError
 from voiceassist.transcript import save_transcript
 from voiceassist.tui import commands as cmds
 from voiceassist.tui.screen import PushToTalk, is_tiny_model
-from voiceassist.tui.stderr import MAX_LINES, StderrCapture
 from voiceassist.tui.statusbar import StatusModel
+from voiceassist.tui.stderr import MAX_LINES, StderrCapture
 from voiceassist.tui.view import Conversation, ReplyEntry, plain_text, sparkline, wrap
 
 HOSTILE = [
@@ -81,17 +81,14 @@ def test_a_reply_streams_then_shows_its_figures():
     conv.apply(ev.Token(turn=1, text="Hello"))
     assert plain_text(conv.window(80, 24, 0)[0]).endswith("bot  Hello▌")  # streaming cursor
     conv.apply(ev.Token(turn=1, text=" world"))
-    conv.apply(ev.ReplyDone(turn=1, text="Hello world", n_tokens=2, tok_per_s=31.25, ttft_s=0.05,
-                            latency_s=0.412))
+    conv.apply(ev.ReplyDone(turn=1, text="Hello world", n_tokens=2, tok_per_s=31.25, ttft_s=0.05, latency_s=0.412))
     text = plain_text(conv.window(80, 24, 0)[0])
     assert "bot  Hello world\n     412 ms after speech · 2 tokens · 31.2 tok/s" in text
     conv.apply(ev.UtteranceEvent(turn=2, text="more"))
     conv.apply(ev.Token(turn=2, text="cut"))
     conv.apply(ev.Interrupted(turn=2, reason="cancel", kept_text="cut"))
     conv.apply(ev.ReplyDone(turn=2, text="cut", n_tokens=1, tok_per_s=0.0, ttft_s=0.02, interrupted=True))
-    assert "bot  cut\n     interrupted (cancel) · first token 20 ms · 1 tokens" in plain_text(
-        conv.window(80, 24, 0)[0])
-
+    assert "bot  cut\n     interrupted (cancel) · first token 20 ms · 1 tokens" in plain_text(conv.window(80, 24, 0)[0])
 
 
 def test_a_turn_sent_again_after_a_failure_starts_a_new_reply():
@@ -106,6 +103,7 @@ def test_a_turn_sent_again_after_a_failure_starts_a_new_reply():
     text = plain_text(conv.window(80, 24, 0)[0])
     assert "bot  Half a\n" in text and "bot  Whole answer.▌" in text
     assert "Half aWhole" not in text
+
 
 def test_a_sent_turn_shows_at_once_until_the_model_takes_it():
     conv = Conversation()
@@ -143,7 +141,7 @@ def test_a_streamed_reply_wraps_exactly_like_the_whole_text():
     pos = 0
     while pos < len(text):
         step = int(rng.integers(1, 12))
-        streamed.text += text[pos:pos + step]
+        streamed.text += text[pos : pos + step]
         pos += step
         if rng.random() < 0.2:
             assert plain_text(streamed.render(60)) == plain_text(ReplyEntry(1, text=streamed.text).render(60))
@@ -197,8 +195,9 @@ def test_a_scrolled_back_view_stays_still_while_a_reply_streams_below():
 
 
 def test_the_status_bar():
-    s = StatusModel(mode="ptt", silence_warning_s=5.0, model="Qwen2-Audio-7B-Instruct · cpu · float32",
-                    device="pulse", tiny=True)
+    s = StatusModel(
+        mode="ptt", silence_warning_s=5.0, model="Qwen2-Audio-7B-Instruct · cpu · float32", device="pulse", tiny=True
+    )
     s.apply(ev.Status("thinking"))
     s.apply(ev.Level(dbfs=-30.0))
     s.apply(ev.ReplyStart(turn=1, ttft_s=0.1, latency_s=0.6543))
@@ -237,6 +236,7 @@ def test_the_tiny_model_is_recognised(tmp_path):
     assert is_tiny_model(Config(), "tiny Qwen2-Audio · cpu") is True
     (tmp_path / "README.md").write_text("# tiny Qwen2-Audio (voiceassist)\n")
     import dataclasses
+
     cfg = Config()
     assert is_tiny_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(tmp_path))), "x")
     assert not is_tiny_model(cfg, "Qwen2-Audio-7B-Instruct · cuda:0 · bf16")
@@ -342,8 +342,16 @@ def _history():
     sr = 16000
     tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(1.5 * sr)) / sr)).astype(np.float32)
     return [
-        {"turn": 1, "kind": "audio", "text": "", "audios": [tone, tone[:8000]], "durations": [1.5, 0.5],
-         "reply": "A tone.\x1b[2J", "interrupted": False, "latency_s": 0.4},
+        {
+            "turn": 1,
+            "kind": "audio",
+            "text": "",
+            "audios": [tone, tone[:8000]],
+            "durations": [1.5, 0.5],
+            "reply": "A tone.\x1b[2J",
+            "interrupted": False,
+            "latency_s": 0.4,
+        },
         {"turn": 2, "kind": "text", "text": "and now?", "audios": [], "reply": "Half", "interrupted": True},
     ]
 
@@ -355,8 +363,10 @@ def test_save_writes_markdown_json_and_wavs(tmp_path):
     assert doc["format"] == "voiceassist-transcript" and doc["model"] == "tiny"
     assert [t["turn"] for t in doc["turns"]] == [1, 2]
     assert doc["turns"][0]["reply"] == "A tone." and doc["turns"][1]["interrupted"] is True
-    assert doc["turns"][0]["audio"] == [{"file": "audio/turn-001-1.wav", "seconds": 1.5},
-                                        {"file": "audio/turn-001-2.wav", "seconds": 0.5}]
+    assert doc["turns"][0]["audio"] == [
+        {"file": "audio/turn-001-1.wav", "seconds": 1.5},
+        {"file": "audio/turn-001-2.wav", "seconds": 0.5},
+    ]
     data, sr = sf.read(str(tmp_path / "chat" / "audio" / "turn-001-1.wav"), dtype="float32")
     assert sr == 16000 and len(data) == 24000 and abs(float(np.max(data)) - 0.3) < 1e-3
     md = saved.markdown.read_text()
@@ -377,6 +387,7 @@ def test_library_messages_on_stderr_become_notes_not_screen_garbage():
     import os
     import subprocess
     import sys
+
     got: list[str] = []
     before = os.fstat(2)
     with StderrCapture(got.append) as cap:
@@ -389,6 +400,9 @@ def test_library_messages_on_stderr_become_notes_not_screen_garbage():
         os.write(2, b"no newline at the end")
     assert os.fstat(2).st_ino == before.st_ino  # fd 2 is the terminal (or pytest's file) again
     assert cap._thread is not None and not cap._thread.is_alive()
-    assert got[:3] == ["ALSA lib pcm.c:8526:(snd_pcm_recover) underrun occurred", "a Python warning\x1b[2J",
-                       "from a child"]  # (the pane strips control sequences when it shows a note)
+    assert got[:3] == [
+        "ALSA lib pcm.c:8526:(snd_pcm_recover) underrun occurred",
+        "a Python warning\x1b[2J",
+        "from a child",
+    ]  # (the pane strips control sequences when it shows a note)
     assert len(got) == MAX_LINES + 1 and "dropped" in got[-1]

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from support.speech import SR, silence, speech_16k
 from support.tmux import TmuxTerminal
 
@@ -25,6 +24,7 @@ pytestmark = pytest.mark.slow  # each test loads the model in a new process: 15-
 @pytest.fixture(scope="module")
 def tiny_dir() -> str:
     from voiceassist.model.tiny import tiny_model_dir
+
     return str(tiny_model_dir())
 
 
@@ -44,8 +44,12 @@ def voiceassist(*args: str) -> list[str]:
 
 def test_audio_and_text_turns_commands_save_and_quit(tiny_dir, speech_wav, tmp_path):
     wav, speech_s = speech_wav
-    with TmuxTerminal(voiceassist("--model", tiny_dir, "--from-file", str(wav), "--stay",
-                                  "--max-new-tokens", "24", "--seed", "1"), 80, 24, cwd=str(tmp_path)) as term:
+    with TmuxTerminal(
+        voiceassist("--model", tiny_dir, "--from-file", str(wav), "--stay", "--max-new-tokens", "24", "--seed", "1"),
+        80,
+        24,
+        cwd=str(tmp_path),
+    ) as term:
         # The audio turn with its duration, the reply with its figures, the status bar with the latency.
         m = term.wait_for(r"^you  \[audio (\d+\.\d) s\] [▁▂▃▄▅▆▇█]+$", 60)
         assert abs(float(m.group(1)) - speech_s) < 1.0  # pre-roll and tail added, silence not
@@ -99,8 +103,11 @@ def test_ctrl_c_cancels_a_long_reply_then_the_next_turn_works(tiny_dir, speech_w
     # A draft on the input line makes each Ctrl-C safe: were the reply already over, it would clear the line,
     # not quit. The tiny model decodes at several hundred tokens/s on an idle machine, so a reply (greedy: up to
     # ~1,200 tokens here) can be over before the screen is read: then the text turns below carry the test.
-    with TmuxTerminal(voiceassist("--model", tiny_dir, "--from-file", str(wav), "--stay", "--greedy",
-                                  "--max-new-tokens", "4000"), 80, 24) as term:
+    with TmuxTerminal(
+        voiceassist("--model", tiny_dir, "--from-file", str(wav), "--stay", "--greedy", "--max-new-tokens", "4000"),
+        80,
+        24,
+    ) as term:
         # The streaming cursor ends the reply's last line, which is a continuation line once the reply wraps.
         m = term.wait_for(r"^bot  [^▌]*?(▌|\d+ ms after speech)", 60)
         if m.group(1) == "▌":
@@ -126,8 +133,11 @@ def test_ctrl_c_cancels_a_long_reply_then_the_next_turn_works(tiny_dir, speech_w
             if m.group(1) == "▌":
                 term.type("x")
                 term.keys("C-c")
-                m = term.wait_for(rf"^you  hello {attempt}\n\nbot  [\s\S]*?\n     "
-                                  r"(interrupted \(cancel\)|first token \d+ ms)", 5)
+                m = term.wait_for(
+                    rf"^you  hello {attempt}\n\nbot  [\s\S]*?\n     "
+                    r"(interrupted \(cancel\)|first token \d+ ms)",
+                    5,
+                )
                 if m.group(1).startswith("interrupted"):
                     break
                 term.wait_for(r"^› speak, or type", 5)  # it ended just before: that Ctrl-C cleared the "x"

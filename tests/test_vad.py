@@ -6,9 +6,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from support.audio_scenes import Scene, build, noise, phrase
 from support.speech import SR, mix_at_snr, rms
+
 from voiceassist.config import VadConfig
 from voiceassist.events import AudioBlock, SpeechPaused, SpeechResumed, SpeechStarted, Utterance
 from voiceassist.vad import Segmenter, VadState
@@ -16,15 +16,18 @@ from voiceassist.vad import Segmenter, VadState
 CFG = VadConfig()
 T0 = 1000.0  # capture-clock time of the first sample in these tests, s
 ONSET_SLACK = 0.05  # s: a segment may start at most this late (the "speech start + 50 ms")
-PHRASES = ("Turn on the kitchen lights, please.", "What is the weather like tomorrow?",
-           "Remind me to call my sister at six.")
+PHRASES = (
+    "Turn on the kitchen lights, please.",
+    "What is the weather like tomorrow?",
+    "Remind me to call my sister at six.",
+)
 
 
 def run(audio: np.ndarray, cfg: VadConfig = CFG, block: int = 320, t0: float = T0) -> list:
     seg = Segmenter(cfg)
     events: list = []
     for i in range(0, len(audio), block):
-        events += seg.feed(AudioBlock(audio[i: i + block], t0 + i / SR))
+        events += seg.feed(AudioBlock(audio[i : i + block], t0 + i / SR))
     events += seg.flush()
     assert seg.state is VadState.QUIET
     return events
@@ -47,8 +50,20 @@ def check_against_truth(events: list, scene: Scene, cfg: VadConfig = CFG) -> Non
 def three_utterances(voice: str) -> Scene:
     # The second utterance has a 300 ms pause inside: shorter than the hang-over, so it must stay one.
     first, second = PHRASES[1].split(" like ")
-    return build([1.0, phrase(PHRASES[0], voice), 1.5, phrase(first, voice), 0.3, phrase("like " + second, voice),
-                  1.4, phrase(PHRASES[2], voice), 1.0], group_gap_s=0.5)
+    return build(
+        [
+            1.0,
+            phrase(PHRASES[0], voice),
+            1.5,
+            phrase(first, voice),
+            0.3,
+            phrase("like " + second, voice),
+            1.4,
+            phrase(PHRASES[2], voice),
+            1.0,
+        ],
+        group_gap_s=0.5,
+    )
 
 
 @pytest.mark.parametrize("voice", ["en-us", "en-gb", "en-us+f3", "en-gb-scotland"])
@@ -73,8 +88,9 @@ def test_event_order_and_timestamps_follow_the_capture_clock():
     kinds = [type(e).__name__ for e in events]
     # every SpeechStarted is followed by exactly one Utterance
     assert kinds.count("SpeechStarted") == kinds.count("Utterance") == 3
-    text = "".join({"SpeechStarted": "S", "SpeechPaused": "P", "SpeechResumed": "R", "Utterance": "U"}[k]
-                   for k in kinds)
+    text = "".join(
+        {"SpeechStarted": "S", "SpeechPaused": "P", "SpeechResumed": "R", "Utterance": "U"}[k] for k in kinds
+    )
     assert text.replace("PR", "") in ("SPUSPUSPU", "SUSUSU".replace("U", "PU"))
     for e, (s0, s1) in zip([e for e in events if isinstance(e, Utterance)], scene.truth):
         assert abs(e.end_t - T0 - s1) < 0.1  # end_t is the end of speech, not of the hang-over
@@ -118,7 +134,7 @@ def test_same_result_for_any_block_size():
     seg, got, pos = Segmenter(CFG), [], 0
     while pos < len(scene.audio):
         n = int(rng.integers(1, 2000))
-        got += seg.feed(AudioBlock(scene.audio[pos: pos + n], T0 + pos / SR))
+        got += seg.feed(AudioBlock(scene.audio[pos : pos + n], T0 + pos / SR))
         pos += n
     got += seg.flush()
     assert [type(e) for e in got] == [type(e) for e in ref]
@@ -207,7 +223,7 @@ def long_speech() -> Scene:
 
 def test_long_speech_is_cut_into_chunks_of_at_most_30_s_at_quiet_points_one_turn():
     scene = long_speech()
-    (s0, s1), = scene.truth
+    ((s0, s1),) = scene.truth
     assert s1 - s0 > 65  # the scene really is longer than two chunks
     events = run(scene.audio)
     utterances = [e for e in events if isinstance(e, Utterance)]
@@ -221,14 +237,14 @@ def test_long_speech_is_cut_into_chunks_of_at_most_30_s_at_quiet_points_one_turn
     assert start <= s0 + ONSET_SLACK and start + sum(u.durations) >= s1
     joined = np.concatenate(u.chunks)
     first = int(round(start * SR))
-    np.testing.assert_array_equal(joined, scene.audio[first: first + len(joined)])
+    np.testing.assert_array_equal(joined, scene.audio[first : first + len(joined)])
     # each cut is at a quiet point of its last 2 s: quieter than 90 % of that stretch's 30 ms frames
     pos = first
     for d in u.durations[:-1]:
         pos += int(round(d * SR))
-        window = scene.audio[pos - int(CFG.cut_search_s * SR): pos + 240]
-        levels = np.array([rms(window[i: i + 480]) for i in range(0, len(window) - 480, 480)])
-        assert rms(scene.audio[pos - 240: pos + 240]) <= np.percentile(levels, 10) + 1e-4
+        window = scene.audio[pos - int(CFG.cut_search_s * SR) : pos + 240]
+        levels = np.array([rms(window[i : i + 480]) for i in range(0, len(window) - 480, 480)])
+        assert rms(scene.audio[pos - 240 : pos + 240]) <= np.percentile(levels, 10) + 1e-4
 
 
 def test_long_speech_beyond_max_chunks_per_turn_continues_as_a_new_turn_nothing_dropped():
@@ -255,7 +271,7 @@ def test_after_flush_the_segmenter_goes_on_with_the_next_input():
     for rep in range(2):
         t0 = T0 + rep * 100.0
         for i in range(0, len(scene.audio) - 77, 320):  # an odd length: flush sees a partial frame
-            events += seg.feed(AudioBlock(scene.audio[i: i + 320], t0 + i / SR))
+            events += seg.feed(AudioBlock(scene.audio[i : i + 320], t0 + i / SR))
         events += seg.flush()
     found = spans(events)
     assert len(found) == 6

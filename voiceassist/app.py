@@ -42,10 +42,23 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from voiceassist.appbase import (EVENTS_MAX, MAX_SPEECH_WAIT_S, MODES, POLL_S, RETRY_FIRST_S, RETRY_MAX_S, TURNS_MAX,
-                                 PendingTurn, one_line, put_nowait, quietly, speaking)
+from voiceassist.appbase import (
+    EVENTS_MAX,
+    MAX_SPEECH_WAIT_S,
+    MODES,
+    POLL_S,
+    RETRY_FIRST_S,
+    RETRY_MAX_S,
+    TURNS_MAX,
+    PendingTurn,
+    one_line,
+    put_nowait,
+    quietly,
+    speaking,
+)
 from voiceassist.backend import Backend
 from voiceassist.capture import CaptureThread
 from voiceassist.config import Config
@@ -60,8 +73,9 @@ class App(CaptureThread, ModelWorker):
     ``done`` is set when the input has ended (end of a file) and the last reply is done, unless ``stay``.
     """
 
-    def __init__(self, config: Config, source: Any, backend: Backend, *, speaker: Any = None,
-                 stay: bool = False) -> None:
+    def __init__(
+        self, config: Config, source: Any, backend: Backend, *, speaker: Any = None, stay: bool = False
+    ) -> None:
         self.config = config
         self.source = source
         self.backend = backend
@@ -116,7 +130,7 @@ class App(CaptureThread, ModelWorker):
         # A backend that reports its own retries (RemoteBackend.on_status: one line before each pause) shows
         # them in the status line of every front end.
         for b in (backend, getattr(backend, "inner", None)):
-            if b is not None and hasattr(b, "on_status") and getattr(b, "on_status") is None:
+            if b is not None and hasattr(b, "on_status") and b.on_status is None:
                 b.on_status = self._backend_status
                 break
 
@@ -189,7 +203,7 @@ class App(CaptureThread, ModelWorker):
         self._control.put(("reset", None))
 
     def set_mode(self, mode: str) -> None:
-        """"handsfree" (VAD segments) or "ptt" (push-to-talk: the key records)."""
+        """ "handsfree" (VAD segments) or "ptt" (push-to-talk: the key records)."""
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
         self._mode = mode
@@ -321,8 +335,7 @@ class App(CaptureThread, ModelWorker):
                 state = "speaking"
             else:
                 state = "listening"
-            if not force and (state, detail) == self._state or (state == self._state[0] and not detail
-                                                                 and not force):
+            if not force and (state, detail) == self._state or (state == self._state[0] and not detail and not force):
                 return
             self._state = (state, detail)
             self._put(Status(state, detail, t=self.clock() if t is None else t), wait=False)
@@ -395,6 +408,7 @@ class App(CaptureThread, ModelWorker):
     def _open_speaker(self) -> None:
         try:
             from voiceassist.speech import Speaker
+
             self.speaker = Speaker(self.config.tts, self.config.audio.output_device)
             self._tts_on = True
         except Exception as err:  # noqa: BLE001 - any failure of the optional TTS is one status line

@@ -13,8 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from voiceassist.appbase import (DIGITAL_SILENCE, LEVEL_EVERY_S, POLL_S, RECORDING_STATUS_EVERY_S, RETRY_DEVICE_S,
-                                 PendingTurn, one_line, quietly, speaking)
+from voiceassist.appbase import (
+    DIGITAL_SILENCE,
+    LEVEL_EVERY_S,
+    POLL_S,
+    RECORDING_STATUS_EVERY_S,
+    RETRY_DEVICE_S,
+    PendingTurn,
+    one_line,
+    quietly,
+    speaking,
+)
 from voiceassist.errors import AudioFileError
 from voiceassist.events import AudioBlock, Level, Utterance, now
 from voiceassist.recording import SAMPLE_RATE, sound_bounds, split_chunks, trim_silence
@@ -27,6 +36,7 @@ class CaptureThread:
 
     def _capture_loop(self: Any) -> None:
         from voiceassist.audio.sources import EndOfInput
+
         self._seg = None  # the Segmenter; None = build a fresh one before the next block it gets
         self._level_next_t = float("-inf")
         self._silent_s = 0.0  # digital silence so far, s
@@ -94,8 +104,9 @@ class CaptureThread:
                     self._refresh_state(t_end)
                 limit = self.config.vad.max_chunk_s * self.config.vad.max_chunks_per_turn
                 if held >= limit:
-                    self._error(f"recording stopped at {limit:.0f} s (vad.max_chunk_s × max_chunks_per_turn)",
-                                "audio", t_end)
+                    self._error(
+                        f"recording stopped at {limit:.0f} s (vad.max_chunk_s × max_chunks_per_turn)", "audio", t_end
+                    )
                     self._ptt_want = False
                     self._ptt_step()
             return
@@ -110,11 +121,14 @@ class CaptureThread:
             self._silent_s = 0.0
             self._silence_warned = False
         silent = self._silent_s if self._is_mic else 0.0  # a file's digital silence is no fault
-        if (silent >= self.config.audio.silence_warning_s and not self._silence_warned
-                and not self._muted):
+        if silent >= self.config.audio.silence_warning_s and not self._silence_warned and not self._muted:
             self._silence_warned = True
-            self._error(f"no signal at all from {self.source.name!r} for {silent:.0f} s: is the microphone muted, "
-                        "unplugged or the wrong device? (see `voiceassist devices`)", "audio", block.t)
+            self._error(
+                f"no signal at all from {self.source.name!r} for {silent:.0f} s: is the microphone muted, "
+                "unplugged or the wrong device? (see `voiceassist devices`)",
+                "audio",
+                block.t,
+            )
         if block.t >= self._level_next_t:
             self._level_next_t = block.t + LEVEL_EVERY_S
             power = float(np.mean(samples.astype(np.float64) ** 2)) if len(samples) else 0.0
@@ -125,6 +139,7 @@ class CaptureThread:
     def _handsfree(self: Any, block: AudioBlock, t_end: float) -> None:
         if self._seg is None:
             from voiceassist.vad import Segmenter
+
             self._seg = Segmenter(self.config.vad)
             self._utt_echo = self._barged = False
         echo = self._echo_window(block.t)
@@ -150,9 +165,17 @@ class CaptureThread:
         if state != "QUIET" and echo and not got_utterance:
             self._utt_echo = True  # playback started during the speech: it may contain the assistant's voice
         tts = self.config.tts
-        if (self._utt_echo and not self._barged and tts.barge_in and self._tts_on and state == "SPEAKING"
-                and self._speech_start_t is not None and self.speaker is not None
-                and t_end - self._speech_start_t >= tts.barge_in_ms / 1000 and speaking(self.speaker)):
+        if (
+            self._utt_echo
+            and not self._barged
+            and tts.barge_in
+            and self._tts_on
+            and state == "SPEAKING"
+            and self._speech_start_t is not None
+            and self.speaker is not None
+            and t_end - self._speech_start_t >= tts.barge_in_ms / 1000
+            and speaking(self.speaker)
+        ):
             self._barged = True
             self._hearing = True
             self._interrupt_speech("barge_in")
@@ -178,9 +201,14 @@ class CaptureThread:
             return
         if self._fast:
             self._skew = t_end - now()
-        turn = PendingTurn("audio", audios=tuple(utt.chunks), speech_end_t=utt.end_t, skew=self._skew,
-                           capped=utt.capped,
-                           reasons=tuple(utt.reasons))
+        turn = PendingTurn(
+            "audio",
+            audios=tuple(utt.chunks),
+            speech_end_t=utt.end_t,
+            skew=self._skew,
+            capped=utt.capped,
+            reasons=tuple(utt.reasons),
+        )
         submitted = self._submit(turn, wait=self._fast)
         self._refresh_state(t_end)  # "thinking" once the turn is handed over
         if submitted and self._fast:
@@ -204,6 +232,7 @@ class CaptureThread:
         if not self._speculation_supported() or self._busy or self._pending:
             return  # the worker has real work: a speculation would only delay it
         import threading
+
         spec = (utt, threading.Event())
         self._spec = spec
         if self._fast:
@@ -252,13 +281,17 @@ class CaptureThread:
             self._refresh_state(t_end, detail="only silence recorded", force=True)
             return
         vad = self.config.vad
-        chunks, capped = split_chunks(trim_silence(audio), vad.max_chunk_s, vad.max_chunks_per_turn,
-                                      vad.cut_search_s)
+        chunks, capped = split_chunks(trim_silence(audio), vad.max_chunk_s, vad.max_chunks_per_turn, vad.cut_search_s)
         if self._fast:
             self._skew = t_end - now()
-        turn = PendingTurn("audio", audios=chunks, speech_end_t=t0 + bounds[1] / SAMPLE_RATE, skew=self._skew,
-                           capped=capped,
-                           reasons=tuple("ptt" for _ in chunks))
+        turn = PendingTurn(
+            "audio",
+            audios=chunks,
+            speech_end_t=t0 + bounds[1] / SAMPLE_RATE,
+            skew=self._skew,
+            capped=capped,
+            reasons=tuple("ptt" for _ in chunks),
+        )
         submitted = self._submit(turn, wait=self._fast)
         self._refresh_state(t_end)  # "thinking" once the turn is handed over
         if submitted and self._fast:

@@ -10,14 +10,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from voiceassist import __version__
 from voiceassist.errors import VoiceAssistError
 
 # Command modules, in the order `--help` lists them. A module missing here is a command that does not exist.
 COMMAND_MODULES = (
-    "chat", "ask", "segment", "devices", "make_tiny_model", "voices", "say", "kiosk", "status",
+    "chat",
+    "ask",
+    "segment",
+    "devices",
+    "make_tiny_model",
+    "voices",
+    "say",
+    "kiosk",
+    "status",
 )
 
 

@@ -21,8 +21,15 @@ from typing import Any, get_type_hints
 from voiceassist.errors import ConfigError
 
 
-def _f(default: Any, doc: str, *, unit: str = "", lo: float | None = None, hi: float | None = None,
-       choices: tuple[Any, ...] | None = None) -> Any:
+def _f(
+    default: Any,
+    doc: str,
+    *,
+    unit: str = "",
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
     """A config field with its documentation, unit and allowed values (checked in :func:`_check`)."""
     return field(default=default, metadata={"doc": doc, "unit": unit, "lo": lo, "hi": hi, "choices": choices})
 
@@ -34,10 +41,12 @@ class AudioConfig:
     input_device: str = _f("", "input device: a name substring or an index; empty = the system default")
     output_device: str = _f("", "output device for speech: a name substring or an index; empty = the default")
     block_ms: int = _f(20, "PortAudio block length", unit="ms", lo=5, hi=200)
-    queue_blocks: int = _f(250, "capture queue length; on overflow the oldest block is dropped and counted",
-                           unit="blocks", lo=10, hi=10000)
-    silence_warning_s: float = _f(5.0, "warn after this much digital silence (dead or muted microphone)",
-                                  unit="s", lo=0.5, hi=3600)
+    queue_blocks: int = _f(
+        250, "capture queue length; on overflow the oldest block is dropped and counted", unit="blocks", lo=10, hi=10000
+    )
+    silence_warning_s: float = _f(
+        5.0, "warn after this much digital silence (dead or muted microphone)", unit="s", lo=0.5, hi=3600
+    )
 
 
 @dataclass(frozen=True)
@@ -45,42 +54,72 @@ class VadConfig:
     """Voice-activity detection and utterance segmentation."""
 
     frame_ms: int = _f(30, "webrtcvad frame length", unit="ms", choices=(10, 20, 30))
-    aggressiveness: int = _f(2, "webrtcvad aggressiveness, 0 (least) to 3 (most eager to reject non-speech)",
-                             lo=0, hi=3)
+    aggressiveness: int = _f(
+        2, "webrtcvad aggressiveness, 0 (least) to 3 (most eager to reject non-speech)", lo=0, hi=3
+    )
     start_ms: int = _f(120, "speech needed before an utterance starts", unit="ms", lo=10, hi=2000)
-    pre_roll_ms: int = _f(300, "audio kept from before the start trigger, so the first syllable is heard",
-                          unit="ms", lo=0, hi=2000)
-    hangover_ms: int = _f(600, "silence that ends an utterance; shorter pauses do not split it",
-                          unit="ms", lo=100, hi=5000)
-    tail_ms: int = _f(200, "audio kept after the last speech frame (the utterance ends there, not at the end of"
-                      " the hang-over)", unit="ms", lo=0, hi=2000)
-    min_speech_ms: int = _f(250, "shorter bursts (coughs, clicks) never become utterances", unit="ms",
-                            lo=0, hi=5000)
-    snr_gate_db: float = _f(6.0, "a frame counts as speech only this far above the adaptive noise floor",
-                            unit="dB", lo=0.0, hi=40.0)
-    max_chunk_s: float = _f(30.0, "longest single audio; Qwen2-Audio's encoder takes at most 30 s", unit="s",
-                            lo=1.0, hi=30.0)
-    cut_search_s: float = _f(2.0, "a capped chunk is cut at the quietest point of this last stretch",
-                             unit="s", lo=0.0, hi=10.0)
-    max_chunks_per_turn: int = _f(4, "chunks of one continuous stretch of speech kept as one user turn",
-                                  unit="chunks", lo=1, hi=32)
-    speculate_after_ms: int = _f(150, "silence after which the audio so far is prefilled speculatively",
-                                 unit="ms", lo=30, hi=5000)
-    start_gap_ms: int = _f(200, "a gap this long before the start trigger fires abandons the would-be utterance",
-                           unit="ms", lo=10, hi=2000)
-    onset_lookback_ms: int = _f(500, "a burst of speech ending this shortly before the start trigger is the"
-                                " utterance's onset (weak first syllables); 0 = off", unit="ms", lo=0, hi=2000)
-    resume_ms: int = _f(60, "speech needed to continue an utterance after a pause (single noise peaks do not)",
-                        unit="ms", lo=10, hi=1000)
-    noise_window_s: float = _f(5.0, "span of recent audio the adaptive noise floor is estimated from", unit="s",
-                               lo=0.5, hi=60.0)
-    noise_rise_s: float = _f(1.5, "a new steady noise is learned this fast: when even the quietest frame of this"
-                             " last stretch is well above the floor, the floor is re-learned from it; 0 = off",
-                             unit="s", lo=0.0, hi=10.0)
-    noise_percentile: float = _f(10.0, "the noise floor is this percentile of recent frame levels", unit="%",
-                                 lo=1.0, hi=50.0)
-    min_level_dbfs: float = _f(-60.0, "frames quieter than this are never speech", unit="dBFS",
-                               lo=-100.0, hi=0.0)
+    pre_roll_ms: int = _f(
+        300, "audio kept from before the start trigger, so the first syllable is heard", unit="ms", lo=0, hi=2000
+    )
+    hangover_ms: int = _f(
+        600, "silence that ends an utterance; shorter pauses do not split it", unit="ms", lo=100, hi=5000
+    )
+    tail_ms: int = _f(
+        200,
+        "audio kept after the last speech frame (the utterance ends there, not at the end of the hang-over)",
+        unit="ms",
+        lo=0,
+        hi=2000,
+    )
+    min_speech_ms: int = _f(250, "shorter bursts (coughs, clicks) never become utterances", unit="ms", lo=0, hi=5000)
+    snr_gate_db: float = _f(
+        6.0, "a frame counts as speech only this far above the adaptive noise floor", unit="dB", lo=0.0, hi=40.0
+    )
+    max_chunk_s: float = _f(
+        30.0, "longest single audio; Qwen2-Audio's encoder takes at most 30 s", unit="s", lo=1.0, hi=30.0
+    )
+    cut_search_s: float = _f(
+        2.0, "a capped chunk is cut at the quietest point of this last stretch", unit="s", lo=0.0, hi=10.0
+    )
+    max_chunks_per_turn: int = _f(
+        4, "chunks of one continuous stretch of speech kept as one user turn", unit="chunks", lo=1, hi=32
+    )
+    speculate_after_ms: int = _f(
+        150, "silence after which the audio so far is prefilled speculatively", unit="ms", lo=30, hi=5000
+    )
+    start_gap_ms: int = _f(
+        200, "a gap this long before the start trigger fires abandons the would-be utterance", unit="ms", lo=10, hi=2000
+    )
+    onset_lookback_ms: int = _f(
+        500,
+        "a burst of speech ending this shortly before the start trigger is the"
+        " utterance's onset (weak first syllables); 0 = off",
+        unit="ms",
+        lo=0,
+        hi=2000,
+    )
+    resume_ms: int = _f(
+        60,
+        "speech needed to continue an utterance after a pause (single noise peaks do not)",
+        unit="ms",
+        lo=10,
+        hi=1000,
+    )
+    noise_window_s: float = _f(
+        5.0, "span of recent audio the adaptive noise floor is estimated from", unit="s", lo=0.5, hi=60.0
+    )
+    noise_rise_s: float = _f(
+        1.5,
+        "a new steady noise is learned this fast: when even the quietest frame of this"
+        " last stretch is well above the floor, the floor is re-learned from it; 0 = off",
+        unit="s",
+        lo=0.0,
+        hi=10.0,
+    )
+    noise_percentile: float = _f(
+        10.0, "the noise floor is this percentile of recent frame levels", unit="%", lo=1.0, hi=50.0
+    )
+    min_level_dbfs: float = _f(-60.0, "frames quieter than this are never speech", unit="dBFS", lo=-100.0, hi=0.0)
 
 
 @dataclass(frozen=True)
@@ -89,13 +128,16 @@ class ModelConfig:
 
     name: str = _f("Qwen/Qwen2-Audio-7B-Instruct", "hub id, local folder, or 'tiny' (offline random-weight model)")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = _f("auto", "auto = bfloat16 on GPU, float32 on CPU",
-                    choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = _f(
+        "auto", "auto = bfloat16 on GPU, float32 on CPU", choices=("auto", "float32", "bfloat16", "float16")
+    )
     attn_implementation: str = _f("sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2"))
-    quantization: str = _f("none", "weight quantization through bitsandbytes (GPU only)",
-                           choices=("none", "8bit", "4bit"))
-    context_limit: int = _f(8192, "context budget; the oldest whole turns are dropped before it overflows",
-                            unit="tokens", lo=256, hi=131072)
+    quantization: str = _f(
+        "none", "weight quantization through bitsandbytes (GPU only)", choices=("none", "8bit", "4bit")
+    )
+    context_limit: int = _f(
+        8192, "context budget; the oldest whole turns are dropped before it overflows", unit="tokens", lo=256, hi=131072
+    )
     trimmed_encoder: bool = _f(True, "encode only the audio that exists, not 30 s of padding (exact)")
     speculative_prefill: bool = _f(True, "prefill during the hang-over, rolled back if speech resumes (exact)")
 
@@ -118,8 +160,9 @@ class UiConfig:
 
     mode: str = _f("handsfree", "how turns start", choices=("handsfree", "ptt"))
     ptt_key: str = _f("space", "push-to-talk key (prompt_toolkit key name); acts only on an empty input line")
-    ptt_release_ms: int = _f(600, "holding the key: recording ends when auto-repeats stop for this long",
-                             unit="ms", lo=100, hi=3000)
+    ptt_release_ms: int = _f(
+        600, "holding the key: recording ends when auto-repeats stop for this long", unit="ms", lo=100, hi=3000
+    )
 
 
 @dataclass(frozen=True)
@@ -130,8 +173,9 @@ class TtsConfig:
     voice: str = _f("", "voice id or name substring (see `voiceassist voices`); empty = the engine's default")
     rate: int = _f(175, "speaking rate", unit="words/min", lo=50, hi=500)
     volume: float = _f(1.0, "speech volume", lo=0.0, hi=1.0)
-    echo_tail_ms: int = _f(400, "microphone segments ignored this long after playback really ended",
-                           unit="ms", lo=0, hi=5000)
+    echo_tail_ms: int = _f(
+        400, "microphone segments ignored this long after playback really ended", unit="ms", lo=0, hi=5000
+    )
     barge_in: bool = _f(False, "speech over the assistant stops it (needs a headset or echo cancellation)")
     barge_in_ms: int = _f(500, "speech needed over playback to barge in", unit="ms", lo=100, hi=5000)
 
@@ -141,8 +185,9 @@ class KioskConfig:
     """Unattended kiosk service."""
 
     greeting: str = _f("", "spoken at start and after each reset; empty = none")
-    idle_reset_s: float = _f(60.0, "reset the conversation after this long without speech; 0 = never",
-                             unit="s", lo=0.0, hi=86400.0)
+    idle_reset_s: float = _f(
+        60.0, "reset the conversation after this long without speech; 0 = never", unit="s", lo=0.0, hi=86400.0
+    )
     max_turns: int = _f(20, "reset after this many turns; 0 = no limit", unit="turns", lo=0, hi=10000)
     store_audio: bool = _f(False, "keep visitors' audio (privacy: off by default)")
     store_transcripts: bool = _f(False, "keep transcripts (privacy: off by default)")
@@ -162,8 +207,9 @@ class ServerConfig:
     model: str = _f("", "model name on the server; empty = the first one the server lists")
     timeout_s: float = _f(60.0, "give up on a request after this long", unit="s", lo=1.0, hi=3600.0)
     context_limit: int = _f(8192, "the server's context length", unit="tokens", lo=256, hi=1048576)
-    retries: int = _f(5, "quick retries with backoff per send; then an error line, and the turn is sent again later",
-                      lo=0, hi=100)
+    retries: int = _f(
+        5, "quick retries with backoff per send; then an error line, and the turn is sent again later", lo=0, hi=100
+    )
 
 
 @dataclass(frozen=True)
@@ -199,7 +245,8 @@ def _check(where: str, name: str, value: Any, typ: type, meta: dict[str, Any]) -
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if (ok and meta["choices"] and value not in meta["choices"]) or (
-            ok and meta["lo"] is not None and not meta["lo"] <= value <= meta["hi"]):
+        ok and meta["lo"] is not None and not meta["lo"] <= value <= meta["hi"]
+    ):
         ok = False
     if not ok:
         raise ConfigError(f"{where}: {name} = {value!r} is not allowed; use {_allowed(meta, typ)}")
@@ -274,16 +321,22 @@ def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
 def to_toml(config: Config | None = None) -> str:
     """Render a configuration as commented TOML (used to write and check the shipped config.toml)."""
     config = config or Config()
-    lines = ["# voiceassist configuration. Every key is optional; shown here with its default.",
-             "# Loaded from --config PATH, else $XDG_CONFIG_HOME/voiceassist/config.toml.", ""]
+    lines = [
+        "# voiceassist configuration. Every key is optional; shown here with its default.",
+        "# Loaded from --config PATH, else $XDG_CONFIG_HOME/voiceassist/config.toml.",
+        "",
+    ]
     for sec in dataclasses.fields(config):
         section = getattr(config, sec.name)
         lines.append(f"[{sec.name}]  # {type(section).__doc__}")
         hints = get_type_hints(type(section))
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
-            rendered = ("true" if value else "false") if isinstance(value, bool) else (
-                json.dumps(value) if isinstance(value, str) else repr(value))
+            rendered = (
+                ("true" if value else "false")
+                if isinstance(value, bool)
+                else (json.dumps(value) if isinstance(value, str) else repr(value))
+            )
             lines.append(f"# {f.metadata['doc']}; {_allowed(f.metadata, hints[f.name])}")
             lines.append(f"{f.name} = {rendered}")
         lines.append("")

@@ -27,6 +27,7 @@ def now() -> float:
 
 # ---- pipeline messages -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class AudioBlock:
     """One block of captured audio, already 16 kHz mono float32 in [-1, 1]."""
@@ -56,6 +57,7 @@ class Utterance:
 # Segmenter events (vad.Segmenter.feed/flush), in order: SpeechStarted, then any number of SpeechPaused /
 # SpeechResumed pairs (a SpeechPaused may end the sequence), then exactly one Utterance.
 
+
 @dataclass(frozen=True)
 class SpeechStarted:
     """Speech was confirmed (an Utterance will follow); ``t`` is its first speech frame, capture clock, s."""
@@ -81,6 +83,7 @@ SegmenterEvent = SpeechStarted | SpeechPaused | SpeechResumed | Utterance
 
 
 # ---- front-end events --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Event:

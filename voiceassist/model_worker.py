@@ -24,7 +24,6 @@ from voiceassist.events import Interrupted, ReplyDone, ReplyStart, Token, Uttera
 from voiceassist.recording import level_profile, split_chunks
 from voiceassist.replytext import StreamStripper
 
-
 IDLE_POLL_S = 0.01  # s between looks at the control queue and speculation requests while idle
 
 
@@ -110,6 +109,7 @@ class ModelWorker:
         audios, capped, file_name = turn.audios, turn.capped, ""
         if turn.kind == "file":
             from voiceassist.audio.files import read_audio_16k
+
             file_name = Path(turn.path).name
             try:
                 audio = read_audio_16k(turn.path)
@@ -120,24 +120,43 @@ class ModelWorker:
             audios, capped = split_chunks(audio, vad.max_chunk_s, vad.max_chunks_per_turn, vad.cut_search_s)
             if capped:
                 kept_s = sum(len(a) for a in audios) / 16000
-                self._error(f"{file_name}: only the first {kept_s:.0f} s of {len(audio) / 16000:.0f} s are analysed "
-                            f"({vad.max_chunks_per_turn} audios of ≤ {vad.max_chunk_s:.0f} s: "
-                            "vad.max_chunks_per_turn)", "audio")
+                self._error(
+                    f"{file_name}: only the first {kept_s:.0f} s of {len(audio) / 16000:.0f} s are analysed "
+                    f"({vad.max_chunks_per_turn} audios of ≤ {vad.max_chunk_s:.0f} s: "
+                    "vad.max_chunks_per_turn)",
+                    "audio",
+                )
         skew = turn.skew
 
         def clock() -> float:
             return now() + skew
 
         entry: dict[str, Any] = {
-            "turn": number, "kind": turn.kind, "text": turn.text, "file": turn.path, "audios": list(audios),
-            "durations": [round(len(a) / 16000, 3) for a in audios], "capped": capped, "reply": "",
-            "interrupted": False, "speech_end_t": turn.speech_end_t,
+            "turn": number,
+            "kind": turn.kind,
+            "text": turn.text,
+            "file": turn.path,
+            "audios": list(audios),
+            "durations": [round(len(a) / 16000, 3) for a in audios],
+            "capped": capped,
+            "reply": "",
+            "interrupted": False,
+            "speech_end_t": turn.speech_end_t,
         }
         with self._lock:
             self._history.append(entry)
-        self._put(UtteranceEvent(turn=number, durations=tuple(len(a) / 16000 for a in audios), text=turn.text,
-                                 capped=capped, levels=level_profile(tuple(audios)),
-                                 speech_end_t=turn.speech_end_t, t=clock(), **_file_field(file_name)))
+        self._put(
+            UtteranceEvent(
+                turn=number,
+                durations=tuple(len(a) / 16000 for a in audios),
+                text=turn.text,
+                capped=capped,
+                levels=level_profile(tuple(audios)),
+                speech_end_t=turn.speech_end_t,
+                t=clock(),
+                **_file_field(file_name),
+            )
+        )
         cancel, reason = threading.Event(), ["cancel"]
         self._current = (number, cancel, reason)
         self._busy = True
@@ -151,13 +170,20 @@ class ModelWorker:
             failure, result = self._attempt(number, turn, audios, cancel, stripper, picked, first, speaker)
             if failure is None and result is not None:
                 break
-            msg = one_line(failure) if isinstance(failure, BackendError) else (
-                f"the model failed ({type(failure).__name__}: {one_line(failure)})")
+            msg = (
+                one_line(failure)
+                if isinstance(failure, BackendError)
+                else (f"the model failed ({type(failure).__name__}: {one_line(failure)})")
+            )
             entry["error"] = msg
             if first:
                 self._put(ReplyDone(number, stripper.text, 0, 0.0, first[0] - picked, interrupted=True, t=clock()))
-            retry = (isinstance(failure, BackendError) and getattr(failure, "retryable", False)
-                     and not cancel.is_set() and not self._stop.is_set())
+            retry = (
+                isinstance(failure, BackendError)
+                and getattr(failure, "retryable", False)
+                and not cancel.is_set()
+                and not self._stop.is_set()
+            )
             if not retry:
                 self._current = None
                 self._error(f"turn {number}: {msg}; the conversation is as before this turn", "model", clock())
@@ -166,8 +192,11 @@ class ModelWorker:
             # goes on listening and new turns queue behind it. Ctrl-C (cancel), /reset or stop ends the wait.
             attempt += 1
             pause = min(self.retry_first_s * 2 ** (attempt - 1), self.retry_max_s)
-            self._error(f"turn {number}: {msg}; the turn is kept and sent again in {pause:g} s (retry {attempt})",
-                        "model", clock())
+            self._error(
+                f"turn {number}: {msg}; the turn is kept and sent again in {pause:g} s (retry {attempt})",
+                "model",
+                clock(),
+            )
             self._refresh_state(detail=f"turn {number} waits to be sent again ({pause:g} s)", force=True)
             if cancel.wait(pause) or self._stop.is_set():
                 self._current = None
@@ -186,9 +215,17 @@ class ModelWorker:
             quietly(lambda: speaker.end_reply(number))
         self._finish_reply(number, result, reason[0], stripper.text, first, picked, skew, turn, entry)
 
-    def _attempt(self: Any, number: int, turn: PendingTurn, audios: Any, cancel: threading.Event,
-                 stripper: StreamStripper, picked: float, first: list[float],
-                 speaker: Any) -> tuple[Exception | None, Any]:
+    def _attempt(
+        self: Any,
+        number: int,
+        turn: PendingTurn,
+        audios: Any,
+        cancel: threading.Event,
+        stripper: StreamStripper,
+        picked: float,
+        first: list[float],
+        speaker: Any,
+    ) -> tuple[Exception | None, Any]:
         """One call of the backend for the turn: (failure, None) or (None, ReplyResult). Streams Token events
         (and the speaker) as text arrives; ``first`` gets the wall time of the first text piece."""
         skew = turn.skew
@@ -223,8 +260,18 @@ class ModelWorker:
         emit(stripper.finish())
         return failure, result
 
-    def _finish_reply(self: Any, number: int, result: Any, reason: str, text: str, first: list[float],
-                      picked: float, skew: float, turn: PendingTurn, entry: dict[str, Any]) -> None:
+    def _finish_reply(
+        self: Any,
+        number: int,
+        result: Any,
+        reason: str,
+        text: str,
+        first: list[float],
+        picked: float,
+        skew: float,
+        turn: PendingTurn,
+        entry: dict[str, Any],
+    ) -> None:
         if not first:  # an empty reply: still one reply_start, so every turn's events have the same shape
             t = now()
             first.append(t)
@@ -233,25 +280,43 @@ class ModelWorker:
         ttft = first[0] - picked
         latency = None if turn.speech_end_t is None else first[0] + skew - turn.speech_end_t
         with self._lock:
-            entry.update(reply=text, interrupted=bool(result.interrupted), n_tokens=result.n_tokens,
-                         tok_per_s=round(result.tok_per_s, 2), ttft_s=round(ttft, 4),
-                         latency_s=None if latency is None else round(latency, 4),
-                         context_tokens=result.context_tokens,
-                         speculated=bool(getattr(self.backend, "last_speculated", False)))
+            entry.update(
+                reply=text,
+                interrupted=bool(result.interrupted),
+                n_tokens=result.n_tokens,
+                tok_per_s=round(result.tok_per_s, 2),
+                ttft_s=round(ttft, 4),
+                latency_s=None if latency is None else round(latency, 4),
+                context_tokens=result.context_tokens,
+                speculated=bool(getattr(self.backend, "last_speculated", False)),
+            )
         if result.interrupted:
             if reason in ("barge_in", "ptt"):
                 self._do_control()  # the truncation queued by the interrupt: emits Interrupted(kept = heard)
             elif reason == "cancel":
                 self._put(Interrupted(number, "cancel", text))
-        self._put(ReplyDone(number, text, result.n_tokens, result.tok_per_s, ttft, latency,
-                            result.context_tokens, bool(result.interrupted), t=now() + skew))
+        self._put(
+            ReplyDone(
+                number,
+                text,
+                result.n_tokens,
+                result.tok_per_s,
+                ttft,
+                latency,
+                result.context_tokens,
+                bool(result.interrupted),
+                t=now() + skew,
+            )
+        )
         if getattr(result, "dropped_turns", 0):
-            self._refresh_state(detail=f"the {result.dropped_turns} oldest turn(s) were dropped to fit the context",
-                                force=True)
+            self._refresh_state(
+                detail=f"the {result.dropped_turns} oldest turn(s) were dropped to fit the context", force=True
+            )
 
 
 def _file_field(name: str) -> dict[str, str]:
     """``file=`` for UtteranceEvent when events.py has that field (added for /file turns)."""
     import dataclasses
+
     fields = {f.name for f in dataclasses.fields(UtteranceEvent)}
     return {"file": name} if name and "file" in fields else {}

@@ -18,8 +18,17 @@ import threading
 from typing import Any, TextIO
 
 from voiceassist.errors import ConfigError
-from voiceassist.events import (ErrorEvent, Event, Interrupted, Level, ReplyDone, ReplyStart, Status, Token,
-                                UtteranceEvent)
+from voiceassist.events import (
+    ErrorEvent,
+    Event,
+    Interrupted,
+    Level,
+    ReplyDone,
+    ReplyStart,
+    Status,
+    Token,
+    UtteranceEvent,
+)
 from voiceassist.textsafe import strip_controls
 
 POLL_S = 0.1  # how often the pump looks at app.done, s
@@ -38,8 +47,9 @@ class EventsWriter:
             try:
                 self._out = open(path, "w", encoding="utf-8")
             except OSError as err:
-                raise ConfigError(f"--events {path}: cannot write there ({err.strerror}); "
-                                  "give a writable file path or - for stdout") from None
+                raise ConfigError(
+                    f"--events {path}: cannot write there ({err.strerror}); give a writable file path or - for stdout"
+                ) from None
             self._own = True
 
     def __call__(self, event: Event) -> None:
@@ -92,8 +102,11 @@ class PlainPrinter:
         elif isinstance(ev, UtteranceEvent):
             self._line(f"you #{ev.turn}: {describe_turn(ev)}")
         elif isinstance(ev, ReplyStart):
-            when = (f"{_ms(ev.latency_s)} after end of speech" if ev.latency_s is not None
-                    else f"first token {_ms(ev.ttft_s)}")
+            when = (
+                f"{_ms(ev.latency_s)} after end of speech"
+                if ev.latency_s is not None
+                else f"first token {_ms(ev.ttft_s)}"
+            )
             self._line(f"assistant #{ev.turn} ({when}):")
             self.out.write("  ")
             self._reply_open = True
@@ -159,8 +172,10 @@ def _read_commands(app: Any, quit_flag: threading.Event) -> None:
                 path, _, question = rest.partition(" ")
                 app.submit_file(path, question)
             else:
-                print("commands: /reset /mute [on|off] /tts on|off /mode handsfree|ptt /file PATH [question] /quit",
-                      file=sys.stderr)
+                print(
+                    "commands: /reset /mute [on|off] /tts on|off /mode handsfree|ptt /file PATH [question] /quit",
+                    file=sys.stderr,
+                )
         except Exception as err:  # noqa: BLE001 - a bad command is one line, never the end of the session
             print(f"error: {err}", file=sys.stderr)
     quit_flag.set()

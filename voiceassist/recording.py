@@ -47,17 +47,19 @@ def trim_silence(audio: np.ndarray) -> np.ndarray:
     if bounds is None:
         return audio[:0]
     keep = int(KEEP_S * SAMPLE_RATE)
-    return audio[max(0, bounds[0] - keep): min(len(audio), bounds[1] + keep)]
+    return audio[max(0, bounds[0] - keep) : min(len(audio), bounds[1] + keep)]
 
 
-def split_chunks(audio: np.ndarray, max_chunk_s: float, max_chunks: int,
-                 cut_search_s: float = 2.0) -> tuple[tuple[np.ndarray, ...], bool]:
+def split_chunks(
+    audio: np.ndarray, max_chunk_s: float, max_chunks: int, cut_search_s: float = 2.0
+) -> tuple[tuple[np.ndarray, ...], bool]:
     """Cut ``audio`` into consecutive audios of at most ``max_chunk_s``, each cut at the quietest point of its
     last ``cut_search_s`` (the segmenter's rule); keep at most ``max_chunks`` of them.
 
     Returns (chunks, capped): ``capped`` is True when audio beyond ``max_chunks`` chunks was left out.
     """
     from voiceassist.model.chunking import split_long_audio  # numpy only
+
     chunks = tuple(split_long_audio(audio, max_chunk_s, cut_search_s)) if len(audio) else ()
     return chunks[:max_chunks], len(chunks) > max_chunks
 

@@ -47,6 +47,6 @@ class StreamStripper:
         # the guard keeps the output consistent even if a sequence grammar corner case broke that.
         if not safe.startswith(self._shown):
             return ""
-        delta = safe[len(self._shown):]
+        delta = safe[len(self._shown) :]
         self._shown = safe
         return delta

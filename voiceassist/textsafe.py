@@ -13,9 +13,9 @@ import re
 # ESC-introduced sequences: CSI (ESC [ … final), OSC/DCS/SOS/PM/APC strings (ESC ] … BEL or ST), and two-byte
 # ESC sequences. The 8-bit C1 forms (0x9b CSI, 0x9d OSC, …) are handled by the same patterns.
 _SEQUENCES = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"                      # CSI … final byte
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI … final byte
     r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"  # OSC/DCS/SOS/PM/APC … BEL/ST
-    r"|\x1b[ -/]*[0-~]",                                      # other ESC sequences (ESC c, ESC ( B, …)
+    r"|\x1b[ -/]*[0-~]",  # other ESC sequences (ESC c, ESC ( B, …)
     re.DOTALL,
 )
 # Left-over C0 controls except \t and \n, DEL, C1 controls; and the bidirectional overrides/isolates that make

@@ -16,9 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +73,9 @@ def _check_replaceable(md: Path, js: Path) -> None:
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
-        raise VoiceAssistError(f"{md if md.exists() else js} already exists and is not a voiceassist transcript;"
-                               " choose another path")
+        raise VoiceAssistError(
+            f"{md if md.exists() else js} already exists and is not a voiceassist transcript; choose another path"
+        )
 
 
 def _jsonable(value: Any) -> Any:
@@ -101,8 +103,9 @@ def to_json(history: Iterable[dict[str, Any]], clip_names: list[list[str]], meta
                 rec[key] = v
         rec["text"] = strip_controls(str(turn.get("text", "") or ""))
         rec["reply"] = _reply(turn)
-        rec["audio"] = [{"file": name, "seconds": round(len(a) / SAMPLE_RATE, 3)}
-                        for name, a in zip(names, _audios(turn))]
+        rec["audio"] = [
+            {"file": name, "seconds": round(len(a) / SAMPLE_RATE, 3)} for name, a in zip(names, _audios(turn))
+        ]
         turns.append(rec)
     return {"format": FORMAT, "version": 1, **{k: _jsonable(v) for k, v in meta.items()}, "turns": turns}
 
@@ -132,13 +135,18 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)  # a crash never leaves half a transcript under the real name
 
 
-def save_transcript(history: list[dict[str, Any]], dest: str | os.PathLike[str] | None = None, *,
-                    meta: dict[str, Any] | None = None, audio: bool = True) -> SavedTranscript:
+def save_transcript(
+    history: list[dict[str, Any]],
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    meta: dict[str, Any] | None = None,
+    audio: bool = True,
+) -> SavedTranscript:
     """Write the transcript (Markdown + JSON) and, if ``audio``, each user clip as a 16-bit WAV file.
     Raises ``VoiceAssistError`` (one line) when the place cannot be written."""
     import soundfile as sf
 
-    now = dt.datetime.now(dt.timezone.utc).astimezone()
+    now = dt.datetime.now(dt.UTC).astimezone()
     md, js, clip_dir = _targets(dest, now)
     try:
         md.parent.mkdir(parents=True, exist_ok=True)
@@ -150,16 +158,19 @@ def save_transcript(history: list[dict[str, Any]], dest: str | os.PathLike[str] 
             for i, clip in enumerate(_audios(turn) if audio else [], start=1):
                 path = clip_dir / f"turn-{int(turn.get('turn', n)):03d}-{i}.wav"
                 clip_dir.mkdir(parents=True, exist_ok=True)
-                sf.write(str(path), np.clip(np.asarray(clip, dtype=np.float32), -1, 1), SAMPLE_RATE,
-                         subtype="PCM_16")
+                sf.write(str(path), np.clip(np.asarray(clip, dtype=np.float32), -1, 1), SAMPLE_RATE, subtype="PCM_16")
                 written.append(path)
                 clip_names.append(os.path.relpath(path, js.parent))
             names.append(clip_names)
-        doc = to_json(history, names, {"title": "voiceassist conversation",
-                                       "saved_at": now.isoformat(timespec="seconds"), **(meta or {})})
+        doc = to_json(
+            history,
+            names,
+            {"title": "voiceassist conversation", "saved_at": now.isoformat(timespec="seconds"), **(meta or {})},
+        )
         _write_text(js, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
         _write_text(md, to_markdown(doc))
     except OSError as err:
-        raise VoiceAssistError(f"cannot save the transcript to {md.parent}: {err.strerror or err};"
-                               " choose a writable path") from None
+        raise VoiceAssistError(
+            f"cannot save the transcript to {md.parent}: {err.strerror or err}; choose a writable path"
+        ) from None
     return SavedTranscript(md, js, tuple(written))

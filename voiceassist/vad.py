@@ -78,7 +78,7 @@ class _Buffer:
             grown = np.zeros(max(2 * len(self.data), used + len(values)), dtype=self.data.dtype)
             grown[:used] = self.data[:used]
             self.data = grown
-        self.data[used: used + len(values)] = values
+        self.data[used : used + len(values)] = values
         self.end += len(values)
 
     def trim(self, keep_from: int, slack: int) -> None:
@@ -86,11 +86,11 @@ class _Buffer:
         keep_from = min(keep_from, self.end)
         if keep_from - self.base > slack:
             n = self.end - keep_from
-            self.data[:n] = self.data[keep_from - self.base: self.end - self.base]
+            self.data[:n] = self.data[keep_from - self.base : self.end - self.base]
             self.base = keep_from
 
     def get(self, a: int, b: int) -> np.ndarray:
-        return self.data[max(a, self.base) - self.base: b - self.base].copy()
+        return self.data[max(a, self.base) - self.base : b - self.base].copy()
 
 
 class Segmenter:
@@ -199,8 +199,12 @@ class Segmenter:
         if end > self._chunk_start:
             chunks.append(self._audio.get(self._chunk_start, end))
             reasons.append(reason)
-        return Utterance(chunks=tuple(chunks), start_t=self.time_of(self._turn_start),
-                         end_t=self.time_of(min(speech_end, available)), reasons=tuple(reasons))
+        return Utterance(
+            chunks=tuple(chunks),
+            start_t=self.time_of(self._turn_start),
+            end_t=self.time_of(min(speech_end, available)),
+            reasons=tuple(reasons),
+        )
 
     def _finish(self, utterance: Utterance, end: int) -> None:
         self._prev_end = end
@@ -215,7 +219,7 @@ class Segmenter:
         last = limit // self._frame  # one past the last whole frame ending by the limit
         first = max(first, -(-self._chunk_start // self._frame) + 1)
         if self._cut_search > 0 and last > first:
-            levels = self._levels.data[first - self._levels.base: last - self._levels.base]
+            levels = self._levels.data[first - self._levels.base : last - self._levels.base]
             quietest = first + int(np.argmin(levels))
             cut = quietest * self._frame + self._frame // 2  # the middle of the quietest frame
         self._chunks.append(self._audio.get(self._chunk_start, cut))
@@ -223,8 +227,14 @@ class Segmenter:
         self._chunk_start = cut
         if len(self._chunks) >= self.config.max_chunks_per_turn:
             # The turn is full: hand it over, and go on with a new turn from the cut (nothing is dropped).
-            events.append(Utterance(chunks=tuple(self._chunks), start_t=self.time_of(self._turn_start),
-                                    end_t=self.time_of(cut), reasons=tuple(self._reasons)))
+            events.append(
+                Utterance(
+                    chunks=tuple(self._chunks),
+                    start_t=self.time_of(self._turn_start),
+                    end_t=self.time_of(cut),
+                    reasons=tuple(self._reasons),
+                )
+            )
             self._chunks, self._reasons = [], []
             self._turn_start = cut
             events.append(SpeechStarted(self.time_of(cut)))
@@ -305,13 +315,13 @@ class Segmenter:
         n = len(data) // self._frame
         events: list[SegmenterEvent] = []
         for i in range(n):
-            frame = data[i * self._frame: (i + 1) * self._frame]
+            frame = data[i * self._frame : (i + 1) * self._frame]
             self._audio.append(frame)
             speech, level = self._classify(frame)
             self._levels.append(np.array([level], np.float32))
             self._step(speech, events)
             self._k += 1
-        self._carry = data[n * self._frame:].copy()
+        self._carry = data[n * self._frame :].copy()
         self._trim()
         return events
 

@@ -21,7 +21,7 @@ _TMP = tempfile.mkdtemp(prefix="va-fe-speech-")  # espeak's WAVs; the arrays are
 atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _phrase(text: str, voice: str, speed: int) -> np.ndarray:
     audio = speech_16k(text, _TMP, voice=voice, speed=speed)
     audio.setflags(write=False)
@@ -89,7 +89,7 @@ def keyboard_clicks(seconds: float, peak: float = 0.4, rate_hz: float = 7.0, see
         length = int(rng.uniform(0.003, 0.008) * SR)
         click = rng.standard_normal(length) * np.exp(-np.arange(length) / (length / 4))
         click = click / np.abs(click).max() * peak * rng.uniform(0.5, 1.0)
-        x[pos: pos + length] += click[: n - pos]
+        x[pos : pos + length] += click[: n - pos]
         pos += int(SR * 0.04 + rng.exponential(SR / rate_hz))
     return x
 

@@ -54,10 +54,18 @@ def count_prompt_tokens(messages: list[dict[str, Any]]) -> tuple[int, int]:
 class FakeVllmServer:
     """FAKE vLLM server on 127.0.0.1 (see the module doc). ``requests`` holds every chat request body."""
 
-    def __init__(self, *, model: str = "fake-qwen2-audio", listed_max_len: int = 4096,
-                 enforced_max_len: int | None = None, api_key: str | None = None, audio_limit: int = 8,
-                 pieces: tuple[str, ...] = ("Hello", ", I", " heard", " you", "."), piece_delay_s: float = 0.0,
-                 port: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        model: str = "fake-qwen2-audio",
+        listed_max_len: int = 4096,
+        enforced_max_len: int | None = None,
+        api_key: str | None = None,
+        audio_limit: int = 8,
+        pieces: tuple[str, ...] = ("Hello", ", I", " heard", " you", "."),
+        piece_delay_s: float = 0.0,
+        port: int = 0,
+    ) -> None:
         self.model = model
         self.listed_max_len = listed_max_len  # what /v1/models says
         self.enforced_max_len = enforced_max_len or listed_max_len  # what requests are checked against
@@ -146,8 +154,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {})
         elif self.path == "/v1/models":
             if self._authorized():
-                self._json(200, {"object": "list", "data": [
-                    {"id": fake.model, "object": "model", "owned_by": "vllm", "max_model_len": fake.listed_max_len}]})
+                self._json(
+                    200,
+                    {
+                        "object": "list",
+                        "data": [
+                            {
+                                "id": fake.model,
+                                "object": "model",
+                                "owned_by": "vllm",
+                                "max_model_len": fake.listed_max_len,
+                            }
+                        ],
+                    },
+                )
         else:
             self._error(404, "Not Found", "NotFoundError")
 
@@ -175,8 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(action[1], action[2], "InternalServerError" if action[1] >= 500 else "BadRequestError")
             return
         if body.get("model") != fake.model:
-            self._error(404, f"The model `{body.get('model')}` does not exist. Valid aliases: <path>",
-                        "NotFoundError")
+            self._error(404, f"The model `{body.get('model')}` does not exist. Valid aliases: <path>", "NotFoundError")
             return
         try:
             prompt_tokens, audios = count_prompt_tokens(body.get("messages", []))
@@ -184,13 +203,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, "Invalid or corrupted audio data. Ensure the input is a valid audio or video file.")
             return
         if audios > fake.audio_limit:
-            self._error(400, f"At most {fake.audio_limit} audio(s) may be provided in one prompt. "
-                             "(parameter=audio)")
+            self._error(400, f"At most {fake.audio_limit} audio(s) may be provided in one prompt. (parameter=audio)")
             return
         if prompt_tokens > fake.enforced_max_len:
-            self._error(400, f"This model's maximum context length is {fake.enforced_max_len} tokens. However, "
-                             f"your prompt contains {prompt_tokens} input tokens, which exceeds this limit even "
-                             "without any output tokens. Please reduce the length of the input prompt.")
+            self._error(
+                400,
+                f"This model's maximum context length is {fake.enforced_max_len} tokens. However, "
+                f"your prompt contains {prompt_tokens} input tokens, which exceeds this limit even "
+                "without any output tokens. Please reduce the length of the input prompt.",
+            )
             return
         drop_after = action[1] if isinstance(action, tuple) and action[0] == "drop_after" else None
         error_after = action[1] if isinstance(action, tuple) and action[0] == "error_after" else None
@@ -201,8 +222,12 @@ class _Handler(BaseHTTPRequestHandler):
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": fake.model}
         pieces = fake.pieces[: max(1, int(body.get("max_tokens") or len(fake.pieces)))]
         try:
-            self._chunk({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                              "finish_reason": None}]})
+            self._chunk(
+                {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                }
+            )
             for i, piece in enumerate(pieces):
                 if drop_after is not None and i == drop_after:
                     # Killed mid-reply: the connection ends without the chunked terminator.
@@ -210,22 +235,44 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 if error_after is not None and i == error_after:
-                    self._chunk({"error": {"message": "EngineCore encountered an issue. See stack trace (above) "
-                                                      "for the root cause.", "type": "InternalServerError",
-                                           "param": None, "code": 500}})
+                    self._chunk(
+                        {
+                            "error": {
+                                "message": "EngineCore encountered an issue. See stack trace (above) "
+                                "for the root cause.",
+                                "type": "InternalServerError",
+                                "param": None,
+                                "code": 500,
+                            }
+                        }
+                    )
                     self._chunk("[DONE]")
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
                     return
                 last = i == len(pieces) - 1
-                self._chunk({**base, "choices": [{"index": 0, "delta": {"content": piece},
-                                                  "finish_reason": "stop" if last else None}]})
+                self._chunk(
+                    {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": {"content": piece}, "finish_reason": "stop" if last else None}
+                        ],
+                    }
+                )
                 if fake.piece_delay_s:
                     time.sleep(fake.piece_delay_s)
             if (body.get("stream_options") or {}).get("include_usage"):
-                self._chunk({**base, "choices": [], "usage": {
-                    "prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
-                    "total_tokens": prompt_tokens + len(pieces)}})
+                self._chunk(
+                    {
+                        **base,
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": len(pieces),
+                            "total_tokens": prompt_tokens + len(pieces),
+                        },
+                    }
+                )
             self._chunk("[DONE]")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()

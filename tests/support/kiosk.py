@@ -12,8 +12,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,9 +26,14 @@ class KioskProcess:
         # stderr goes to a file: a pipe nobody reads fills up (ALSA can print a line per underrun) and then
         # blocks the kiosk's audio threads.
         self._stderr_file = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "voiceassist", "kiosk", *args], cwd=cwd,
-                                     env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
-                                     stderr=self._stderr_file, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "voiceassist", "kiosk", *args],
+            cwd=cwd,
+            env=dict(os.environ, **(env or {})),
+            stdout=subprocess.PIPE,
+            stderr=self._stderr_file,
+            text=True,
+        )
         self.records: list[dict[str, Any]] = []
         self.bad_lines: list[str] = []
         self._new: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -62,8 +68,10 @@ class KioskProcess:
             if pred(rec):
                 return rec
         tail = "\n".join(json.dumps(r)[:200] for r in self.records[-15:])
-        raise AssertionError(f"no {what or 'matching record'} within {timeout} s; rc={self.proc.poll()}; "
-                             f"last records:\n{tail}\nstderr: {self._stderr_now()}")
+        raise AssertionError(
+            f"no {what or 'matching record'} within {timeout} s; rc={self.proc.poll()}; "
+            f"last records:\n{tail}\nstderr: {self._stderr_now()}"
+        )
 
     def _stderr_now(self) -> str:
         self._stderr_file.seek(0)
@@ -116,7 +124,7 @@ class NotifySocket:
         while not self._closed.is_set():
             try:
                 self._got.append(self.sock.recv(4096).decode())
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
 
     def messages(self) -> list[str]:

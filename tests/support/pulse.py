@@ -33,12 +33,21 @@ class PulseServer:
         env = dict(os.environ, **self.env)
         return subprocess.run(args, env=env, check=check, capture_output=True, text=True, timeout=timeout).stdout
 
-    def start(self) -> "PulseServer":
+    def start(self) -> PulseServer:
         if shutil.which("pulseaudio") is None:
             raise RuntimeError("pulseaudio is not installed: run scripts/test, which installs it")
         (self.runtime / "pulse").mkdir(parents=True, exist_ok=True)
-        self._run("pulseaudio", "-D", "-n", "--exit-idle-time=-1", "--disallow-exit", "--use-pid-file=yes",
-                  "--load=module-native-protocol-unix", "--log-target=stderr", "--log-level=error")
+        self._run(
+            "pulseaudio",
+            "-D",
+            "-n",
+            "--exit-idle-time=-1",
+            "--disallow-exit",
+            "--use-pid-file=yes",
+            "--load=module-native-protocol-unix",
+            "--log-target=stderr",
+            "--log-level=error",
+        )
         deadline = time.monotonic() + 10
         pidfile = self.runtime / "pulse" / "pid"
         while time.monotonic() < deadline:
@@ -59,8 +68,9 @@ class PulseServer:
 
     def load_sink(self, name: str, rate: int = 48000, channels: int = 2) -> int:
         """Load a null sink (its monitor is a capture source); returns the module index."""
-        out = self._run("pactl", "load-module", "module-null-sink", f"sink_name={name}",
-                        f"rate={rate}", f"channels={channels}")
+        out = self._run(
+            "pactl", "load-module", "module-null-sink", f"sink_name={name}", f"rate={rate}", f"channels={channels}"
+        )
         self.sink_modules[name] = int(out.strip())
         return self.sink_modules[name]
 
@@ -74,12 +84,15 @@ class PulseServer:
             proc.wait(timeout=120)
         return proc
 
-    def record(self, seconds: float, source: str = f"{SINK}.monitor", rate: int = 16000) -> "object":
+    def record(self, seconds: float, source: str = f"{SINK}.monitor", rate: int = 16000) -> object:
         """Record ``seconds`` from ``source`` with parec; returns int16 mono samples as a numpy array."""
         import numpy as np
-        proc = subprocess.Popen(["parec", f"--device={source}", "--format=s16le", f"--rate={rate}",
-                                 "--channels=1", "--raw"], env=dict(os.environ, **self.env),
-                                stdout=subprocess.PIPE)
+
+        proc = subprocess.Popen(
+            ["parec", f"--device={source}", "--format=s16le", f"--rate={rate}", "--channels=1", "--raw"],
+            env=dict(os.environ, **self.env),
+            stdout=subprocess.PIPE,
+        )
         time.sleep(seconds)
         proc.terminate()
         data = proc.communicate(timeout=10)[0]
@@ -103,7 +116,7 @@ class PulseServer:
             self.pid = None
         shutil.rmtree(self.runtime, ignore_errors=True)
 
-    def __enter__(self) -> "PulseServer":
+    def __enter__(self) -> PulseServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -116,9 +129,20 @@ class MonitorRecorder:
 
     def __init__(self, pulse: PulseServer, sink: str = SINK) -> None:
         import threading
-        self.proc = subprocess.Popen(["parec", f"--device={sink}.monitor", "--format=s16le", "--rate=16000",
-                                      "--channels=1", "--raw", "--latency-msec=10"],
-                                     env=dict(os.environ, **pulse.env), stdout=subprocess.PIPE)
+
+        self.proc = subprocess.Popen(
+            [
+                "parec",
+                f"--device={sink}.monitor",
+                "--format=s16le",
+                "--rate=16000",
+                "--channels=1",
+                "--raw",
+                "--latency-msec=10",
+            ],
+            env=dict(os.environ, **pulse.env),
+            stdout=subprocess.PIPE,
+        )
         self.t0 = time.monotonic()
         self.chunks: list[bytes] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -129,8 +153,9 @@ class MonitorRecorder:
         while chunk := self.proc.stdout.read(320):
             self.chunks.append(chunk)
 
-    def stop(self) -> "object":
+    def stop(self) -> object:
         import numpy as np
+
         self.proc.terminate()
         self.thread.join(timeout=5)
         self.proc.wait(timeout=5)

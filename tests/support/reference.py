@@ -57,10 +57,16 @@ def reference_reply(model, processor, system: str, turns: list[RefTurn], max_new
     inputs = conversation_inputs(processor, system, turns)
     suppress = [processor.tokenizer.convert_tokens_to_ids(t) for t in STRUCTURAL]
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=suppress,
-                             output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            suppress_tokens=suppress,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     prompt = inputs["input_ids"][0].tolist()
-    gen = out.sequences[0, len(prompt):].tolist()
+    gen = out.sequences[0, len(prompt) :].tolist()
     eos = set(model.generation_config.eos_token_id)
     reply = []
     for tok in gen:

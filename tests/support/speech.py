@@ -16,8 +16,12 @@ def espeak(text: str, path: str | Path, voice: str = "en-us", speed: int = 160, 
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed: run scripts/test, which installs it")
     path = Path(path)
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return path
 
 
@@ -25,11 +29,12 @@ def speech_16k(text: str, tmp: str | Path, voice: str = "en-us", speed: int = 16
     """espeak-ng speech as 16 kHz mono float32, with espeak's own leading/trailing silence trimmed."""
     import soundfile as sf
     import soxr
+
     wav = espeak(text, Path(tmp) / f"espeak-{abs(hash((text, voice, speed)))}.wav", voice, speed)
     data, sr = sf.read(str(wav), dtype="float32")
     audio = soxr.resample(data, sr, SR).astype(np.float32)
     active = np.flatnonzero(np.abs(audio) > 0.01)
-    return audio[active[0]: active[-1] + 1] if len(active) else audio
+    return audio[active[0] : active[-1] + 1] if len(active) else audio
 
 
 def silence(seconds: float) -> np.ndarray:

@@ -19,15 +19,21 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 _counter = itertools.count()
 
 
 class TmuxTerminal:
-    def __init__(self, argv: Sequence[str], width: int = 80, height: int = 24, cwd: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        width: int = 80,
+        height: int = 24,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         if shutil.which("tmux") is None:
             raise RuntimeError("tmux is not installed: run scripts/test, which installs it")
         self.socket = f"va-test-{os.getpid()}-{next(_counter)}"
@@ -39,13 +45,25 @@ class TmuxTerminal:
         full_env = dict(os.environ, **(env or {}))
         full_env.pop("TMUX", None)  # never nest into (or talk to) a tmux the tests run inside
         full_env.setdefault("TERM", "xterm-256color")  # CI has no terminal; tmux gives the pane its own TERM
-        self._tmux("new-session", "-d", "-x", str(width), "-y", str(height), "-s", "t",
-                   *(["-c", cwd] if cwd else []), f"sh -c {shlex.quote(cmd)}", env=full_env)
+        self._tmux(
+            "new-session",
+            "-d",
+            "-x",
+            str(width),
+            "-y",
+            str(height),
+            "-s",
+            "t",
+            *(["-c", cwd] if cwd else []),
+            f"sh -c {shlex.quote(cmd)}",
+            env=full_env,
+        )
         self._tmux("set-option", "-g", "remain-on-exit", "off", check=False)
 
     def _tmux(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
-        out = subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", *args], capture_output=True,
-                             text=True, timeout=10, env=env)
+        out = subprocess.run(
+            ["tmux", "-L", self.socket, "-f", "/dev/null", *args], capture_output=True, text=True, timeout=10, env=env
+        )
         if check and out.returncode:
             raise RuntimeError(f"tmux {' '.join(args)} failed: {out.stderr.strip()}")
         return out.stdout
@@ -97,7 +115,7 @@ class TmuxTerminal:
         socket = Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}" / self.socket
         socket.unlink(missing_ok=True)
 
-    def __enter__(self) -> "TmuxTerminal":
+    def __enter__(self) -> TmuxTerminal:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -40,8 +40,7 @@ def vllm_python() -> Path:
 class VllmServer:
     """``python -m vllm.entrypoints.openai.api_server`` serving ``model_dir`` on 127.0.0.1."""
 
-    def __init__(self, model_dir: Path, log_path: Path, *, port: int | None = None,
-                 api_key: str | None = None) -> None:
+    def __init__(self, model_dir: Path, log_path: Path, *, port: int | None = None, api_key: str | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.log_path = Path(log_path)
         self.port = port or free_port()
@@ -62,9 +61,23 @@ class VllmServer:
         return str(self.model_dir)  # vLLM names the model by the --model argument
 
     def command(self) -> list[str]:
-        cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
-               "--host", "127.0.0.1", "--port", str(self.port), "--max-model-len", str(MAX_MODEL_LEN),
-               "--limit-mm-per-prompt", f'{{"audio": {AUDIO_LIMIT}}}', "--dtype", "float32"]
+        cmd = [
+            str(vllm_python()),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--max-model-len",
+            str(MAX_MODEL_LEN),
+            "--limit-mm-per-prompt",
+            f'{{"audio": {AUDIO_LIMIT}}}',
+            "--dtype",
+            "float32",
+        ]
         return cmd + (["--api-key", self.api_key] if self.api_key else [])
 
     def start(self, api_key: str | None = None, timeout_s: float = HEALTH_TIMEOUT_S) -> VllmServer:
@@ -78,13 +91,20 @@ class VllmServer:
         log = open(self.log_path, "ab")
         t0 = time.monotonic()
         # Its own session: vLLM starts engine and worker processes; stop() signals the whole group.
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=str(self.log_path.parent), start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(self.log_path.parent),
+            start_new_session=True,
+        )
         log.close()
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with code {self.proc.returncode}; "
-                                   f"log {self.log_path}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"the vLLM server exited with code {self.proc.returncode}; log {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(self.root + "/health", timeout=2.0).status_code == 200:
                     self.startup_s = time.monotonic() - t0
@@ -93,8 +113,9 @@ class VllmServer:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise RuntimeError(f"the vLLM server was not healthy after {timeout_s:g} s; log {self.log_path}:\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"the vLLM server was not healthy after {timeout_s:g} s; log {self.log_path}:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 30.0, hard: bool = False) -> None:
         """SIGTERM to the server's process group (it started it), SIGKILL if it lingers; ``hard``: SIGKILL at

@@ -48,9 +48,11 @@ def resolve_device(spec: str | int | None, kind: str = "input") -> dict[str, Any
         if default is None or default < 0:
             usable = [d for d in devices if d[key] > 0]
             if not usable:
-                raise DeviceError(f"no {kind} device found: connect a microphone or start PulseAudio/PipeWire"
-                                  if kind == "input" else
-                                  f"no {kind} device found: connect speakers or start PulseAudio/PipeWire")
+                raise DeviceError(
+                    f"no {kind} device found: connect a microphone or start PulseAudio/PipeWire"
+                    if kind == "input"
+                    else f"no {kind} device found: connect speakers or start PulseAudio/PipeWire"
+                )
             return usable[0]  # no default configured: the first device that can do it
         return devices[default]
     if isinstance(spec, int) or str(spec).strip().lstrip("-").isdigit():
@@ -58,8 +60,7 @@ def resolve_device(spec: str | int | None, kind: str = "input") -> dict[str, Any
         if not 0 <= index < len(devices):
             raise DeviceError(f"{kind} device index {index} does not exist; {_available(kind)}")
         if devices[index][key] <= 0:
-            raise DeviceError(f"device {index} {devices[index]['name']!r} has no {kind} channels; "
-                              f"{_available(kind)}")
+            raise DeviceError(f"device {index} {devices[index]['name']!r} has no {kind} channels; {_available(kind)}")
         return devices[index]
     wanted = str(spec).strip().lower()
     usable = [d for d in devices if d[key] > 0]
@@ -83,16 +84,21 @@ def describe_devices() -> str:
         return str(err)
     devices = sd.query_devices()
     if not len(devices):
-        return ("no audio devices found: PortAudio sees no input or output device "
-                "(no sound card, and no PulseAudio/PipeWire server running)")
+        return (
+            "no audio devices found: PortAudio sees no input or output device "
+            "(no sound card, and no PulseAudio/PipeWire server running)"
+        )
     default_in, default_out = sd.default.device
     apis = {i: a["name"] for i, a in enumerate(sd.query_hostapis())}
     lines = [f"{'idx':>3}  {'in':>3} {'out':>3}  {'rate':>6}  {'api':<6}  name"]
     for d in devices:
         mark = (" (default input)" if d["index"] == default_in else "") + (
-            " (default output)" if d["index"] == default_out else "")
-        lines.append(f"{d['index']:>3}  {d['max_input_channels']:>3} {d['max_output_channels']:>3}  "
-                     f"{int(d['default_samplerate']):>6}  {apis.get(d['hostapi'], '?')[:6]:<6}  {d['name']}{mark}")
+            " (default output)" if d["index"] == default_out else ""
+        )
+        lines.append(
+            f"{d['index']:>3}  {d['max_input_channels']:>3} {d['max_output_channels']:>3}  "
+            f"{int(d['default_samplerate']):>6}  {apis.get(d['hostapi'], '?')[:6]:<6}  {d['name']}{mark}"
+        )
     if not any(d["max_input_channels"] > 0 for d in devices):
         lines.append("no input device: voiceassist can only read audio files (--from-file)")
     if not any(d["max_output_channels"] > 0 for d in devices):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -75,8 +75,9 @@ def open_audio(path: str | os.PathLike[str]) -> sf.SoundFile:
         with _quiet_c_stderr():
             f = sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        raise AudioFileError(f"{p} is not a readable audio file ({_reason(err)}); "
-                             "give a WAV, FLAC, OGG or MP3 file") from None
+        raise AudioFileError(
+            f"{p} is not a readable audio file ({_reason(err)}); give a WAV, FLAC, OGG or MP3 file"
+        ) from None
     if f.samplerate <= 0 or f.channels <= 0:
         f.close()
         raise AudioFileError(f"{p} has no valid audio stream; give a WAV, FLAC, OGG or MP3 file")
@@ -93,8 +94,10 @@ def read_blocks(f: sf.SoundFile, name: str, frames: int = READ_FRAMES):
             with _quiet_c_stderr():
                 block = f.read(frames, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-            raise AudioFileError(f"{name} is corrupt after {f.tell() / f.samplerate:.2f} s "
-                                 f"({_reason(err)}); re-encode or choose another file") from None
+            raise AudioFileError(
+                f"{name} is corrupt after {f.tell() / f.samplerate:.2f} s "
+                f"({_reason(err)}); re-encode or choose another file"
+            ) from None
         if not len(block):
             return
         yield block

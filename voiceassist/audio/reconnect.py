@@ -31,7 +31,8 @@ import gc
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from voiceassist.errors import DeviceError
 
@@ -110,9 +111,15 @@ class ReconnectingSource:
     block, and its errors are logged and ignored.
     """
 
-    def __init__(self, factory: Callable[[str | None], Any], *,
-                 on_state: Callable[[str, str], None] | None = None, stall_s: float = STALL_S,
-                 backoff_s: tuple[float, ...] = BACKOFF_S, reinit: bool = True) -> None:
+    def __init__(
+        self,
+        factory: Callable[[str | None], Any],
+        *,
+        on_state: Callable[[str, str], None] | None = None,
+        stall_s: float = STALL_S,
+        backoff_s: tuple[float, ...] = BACKOFF_S,
+        reinit: bool = True,
+    ) -> None:
         self._factory = factory
         self.on_state = on_state
         self.stall_s = stall_s  # s without a block before the device counts as lost
@@ -237,7 +244,10 @@ def reconnecting_microphone(audio: Any, on_state: Callable[[str, str], None] | N
     from voiceassist.audio.sources import MicrophoneSource
 
     def factory(name: str | None) -> Any:
-        return MicrophoneSource(name if name is not None else (audio.input_device or None),
-                                block_ms=audio.block_ms, queue_blocks=audio.queue_blocks)
+        return MicrophoneSource(
+            name if name is not None else (audio.input_device or None),
+            block_ms=audio.block_ms,
+            queue_blocks=audio.queue_blocks,
+        )
 
     return ReconnectingSource(factory, on_state=on_state)

@@ -13,7 +13,9 @@ import numpy as np
 import soxr
 
 TARGET_RATE = 16000  # Hz: what webrtcvad and Qwen2-Audio's feature extractor take
-QUALITY = "HQ"  # soxr "high quality": 20-bit precision, ~0.3 ms latency at these rates; VHQ costs 2x for nothing audible
+QUALITY = (
+    "HQ"  # soxr "high quality": 20-bit precision, ~0.3 ms latency at these rates; VHQ costs 2x for nothing audible
+)
 
 
 def downmix(block: np.ndarray) -> np.ndarray:
@@ -39,8 +41,11 @@ class StreamingResampler:
         self.in_rate = float(in_rate)
         self.channels = channels
         # Identity when the input is already 16 kHz: soxr would still add its filter's latency.
-        self._stream = None if self.in_rate == TARGET_RATE else soxr.ResampleStream(
-            self.in_rate, TARGET_RATE, 1, dtype="float32", quality=QUALITY)
+        self._stream = (
+            None
+            if self.in_rate == TARGET_RATE
+            else soxr.ResampleStream(self.in_rate, TARGET_RATE, 1, dtype="float32", quality=QUALITY)
+        )
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """Downmix and resample one block; may return fewer (even zero) samples while the filter fills."""

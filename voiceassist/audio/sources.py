@@ -79,8 +79,9 @@ class MicrophoneSource:
     ``stall_s`` seconds (an unplugged USB device or a vanished sound server often just goes quiet).
     """
 
-    def __init__(self, device: str | int | None, block_ms: int = 20, queue_blocks: int = 250,
-                 stall_s: float = 1.0) -> None:
+    def __init__(
+        self, device: str | int | None, block_ms: int = 20, queue_blocks: int = 250, stall_s: float = 1.0
+    ) -> None:
         self.device = device
         self.block_ms = block_ms
         self.queue_blocks = queue_blocks
@@ -151,12 +152,15 @@ class MicrophoneSource:
             if self.stats.blocks > self._blocks_at_open:
                 return
             self.close()
-        raise DeviceError(f"input device {info['index']} {self.name!r} opened but delivers no audio "
-                          f"(tried {START_ATTEMPTS} times); check it in `voiceassist devices` or pick another "
-                          "with --input-device / [audio] input_device")
+        raise DeviceError(
+            f"input device {info['index']} {self.name!r} opened but delivers no audio "
+            f"(tried {START_ATTEMPTS} times); check it in `voiceassist devices` or pick another "
+            "with --input-device / [audio] input_device"
+        )
 
     def _open(self, info: dict[str, Any]) -> None:
         import sounddevice as sd
+
         self._resampler = StreamingResampler(self.rate, self.channels)
         self._queue = queue.Queue(maxsize=self.queue_blocks)
         self._lost, self._closing = None, False
@@ -165,10 +169,16 @@ class MicrophoneSource:
         self._offset = None
         self._blocks_at_open = self.stats.blocks
         try:
-            stream = sd.InputStream(device=info["index"], samplerate=self.rate, channels=self.channels,
-                                    dtype="float32", blocksize=max(1, round(self.rate * self.block_ms / 1000)),
-                                    latency=LATENCY, callback=self._callback,
-                                    finished_callback=self._finished)
+            stream = sd.InputStream(
+                device=info["index"],
+                samplerate=self.rate,
+                channels=self.channels,
+                dtype="float32",
+                blocksize=max(1, round(self.rate * self.block_ms / 1000)),
+                latency=LATENCY,
+                callback=self._callback,
+                finished_callback=self._finished,
+            )
             self._last_callback = now()
             self._stream = stream
             stream.start()
@@ -176,14 +186,18 @@ class MicrophoneSource:
             if self._stream is not None:
                 self.close()
             self._stream = None
-            raise DeviceError(f"cannot open input device {info['index']} {self.name!r} at {self.rate:.0f} Hz "
-                              f"({' '.join(str(err).split())}); is it busy or unplugged? "
-                              "see `voiceassist devices`") from None
+            raise DeviceError(
+                f"cannot open input device {info['index']} {self.name!r} at {self.rate:.0f} Hz "
+                f"({' '.join(str(err).split())}); is it busy or unplugged? "
+                "see `voiceassist devices`"
+            ) from None
 
     def _check_alive(self) -> None:
         if self._lost is None and now() - self._last_callback > self.stall_s:
-            self._lost = (f"input device {self.name!r} stopped delivering audio (nothing for "
-                          f"{now() - self._last_callback:.1f} s): unplugged, or its sound server went away")
+            self._lost = (
+                f"input device {self.name!r} stopped delivering audio (nothing for "
+                f"{now() - self._last_callback:.1f} s): unplugged, or its sound server went away"
+            )
         if self._lost is not None:
             raise DeviceError(self._lost)
 
@@ -227,8 +241,7 @@ class MicrophoneSource:
         self._closing = True
         # A stream whose server vanished can hang in Pa_CloseStream: close it on a helper thread and stop
         # waiting after CLOSE_TIMEOUT_S (the thread is a daemon, so it never blocks exit).
-        closer = threading.Thread(target=stream.close, kwargs={"ignore_errors": True}, daemon=True,
-                                  name="va-mic-close")
+        closer = threading.Thread(target=stream.close, kwargs={"ignore_errors": True}, daemon=True, name="va-mic-close")
         closer.start()
         closer.join(CLOSE_TIMEOUT_S)
 
@@ -293,7 +306,7 @@ class FileSource:
                 return None
             if wait > 0:
                 time.sleep(wait)
-        self._pending = self._pending[len(samples):]
+        self._pending = self._pending[len(samples) :]
         self._emitted += len(samples)
         self.stats.blocks += 1
         return AudioBlock(np.array(samples, dtype=np.float32, copy=True), t)

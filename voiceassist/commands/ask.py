@@ -33,13 +33,17 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ask", help="ask about audio files: each file is one turn of one conversation",
-                       description="Each FILE is one user turn of one conversation, in order; the replies "
-                                   "stream to stdout.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "ask",
+        help="ask about audio files: each file is one turn of one conversation",
+        description="Each FILE is one user turn of one conversation, in order; the replies stream to stdout.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("files", nargs="*", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3, any rate)")
-    p.add_argument("--text", metavar="TEXT", default="", help="typed question added to each turn (alone: one "
-                   "text-only turn)")
+    p.add_argument(
+        "--text", metavar="TEXT", default="", help="typed question added to each turn (alone: one text-only turn)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per turn and line instead of the text")
     add_config_arg(p)
     add_model_args(p)
@@ -71,9 +75,13 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             result = backend.reply(turn, lambda _piece: None, threading.Event())
             record = {
-                "turn": k, "audio_s": round(audio_s, 3), "prompt_ids": list(result.prompt_ids),
-                "reply_ids": list(result.reply_ids), "reply": result.text,
-                "context_tokens": result.context_tokens, "ttft_s": round(result.ttft_s, 4),
+                "turn": k,
+                "audio_s": round(audio_s, 3),
+                "prompt_ids": list(result.prompt_ids),
+                "reply_ids": list(result.reply_ids),
+                "reply": result.text,
+                "context_tokens": result.context_tokens,
+                "ttft_s": round(result.ttft_s, 4),
                 "tok_per_s": round(result.tok_per_s, 2),
             }
             # ensure_ascii: model text is untrusted; escaped, no control character reaches the terminal.

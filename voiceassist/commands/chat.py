@@ -18,16 +18,23 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("chat", help="talk to the assistant (the default command)",
-                       description="Talk to the assistant: your speech (no transcription) goes straight into a "
-                                   "Qwen2-Audio conversation; replies stream into the terminal.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "chat",
+        help="talk to the assistant (the default command)",
+        description="Talk to the assistant: your speech (no transcription) goes straight into a "
+        "Qwen2-Audio conversation; replies stream into the terminal.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_arg(p)
     add_model_args(p)
     g = add_input_args(p)
     g.add_argument("--mode", choices=("handsfree", "ptt"), help="hands-free (voice detection) or push-to-talk")
-    g.add_argument("--plain", action="store_true", help="one line per event instead of the full-screen UI "
-                   "(automatic when stdout is not a terminal)")
+    g.add_argument(
+        "--plain",
+        action="store_true",
+        help="one line per event instead of the full-screen UI (automatic when stdout is not a terminal)",
+    )
     g.add_argument("--events", metavar="PATH", help="write every event as a JSON line to PATH (- = stdout)")
     g.add_argument("--tts", action="store_true", help="speak the replies aloud")
     p.set_defaults(func=run)
@@ -42,15 +49,19 @@ def open_input(config: Config, args: argparse.Namespace) -> Any:
     wrong path costs no waiting."""
     if args.from_file:
         from voiceassist.audio.files import open_audio
+
         for path in args.from_file:
             open_audio(path).close()  # AudioFileError: one line naming the file and the problem
         if len(args.from_file) > 1:
             from voiceassist.filesequence import FileSequence
+
             return FileSequence(args.from_file, realtime=not args.fast, block_ms=config.audio.block_ms)
         from voiceassist.audio.sources import open_source
+
         return open_source(config.audio, from_file=args.from_file[0], fast=args.fast)
     from voiceassist.audio.devices import resolve_device
     from voiceassist.audio.reconnect import reconnecting_microphone
+
     resolve_device(config.audio.input_device or None, "input")  # DeviceError: names what is available
     return reconnecting_microphone(config.audio)  # a lost device is reopened by name when it comes back
 
@@ -61,10 +72,13 @@ def open_speaker(config: Config) -> Any:
         return None
     try:
         from voiceassist.speech import Speaker
+
         return Speaker(config.tts, config.audio.output_device)
     except Exception as err:  # noqa: BLE001 - speech is optional: say why once and go on in text
-        print(f"voiceassist: warning: speech output unavailable ({' '.join(str(err).split())}); "
-              "replies stay text only", file=sys.stderr)
+        print(
+            f"voiceassist: warning: speech output unavailable ({' '.join(str(err).split())}); replies stay text only",
+            file=sys.stderr,
+        )
         return None
 
 

@@ -10,8 +10,9 @@ from voiceassist.errors import ConfigError
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH",
-                        help="configuration file (default: $XDG_CONFIG_HOME/voiceassist/config.toml)")
+    parser.add_argument(
+        "--config", metavar="PATH", help="configuration file (default: $XDG_CONFIG_HOME/voiceassist/config.toml)"
+    )
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +37,20 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 # argparse dest → "section.key" in Config.
 _MODEL_FLAGS = {
-    "model": "model.name", "device": "model.device", "dtype": "model.dtype",
-    "attn_implementation": "model.attn_implementation", "quantization": "model.quantization",
-    "context_limit": "model.context_limit", "max_new_tokens": "generation.max_new_tokens",
-    "temperature": "generation.temperature", "top_p": "generation.top_p", "seed": "generation.seed",
-    "system_prompt": "generation.system_prompt", "language": "generation.language",
-    "server": "server.url", "server_model": "server.model",
+    "model": "model.name",
+    "device": "model.device",
+    "dtype": "model.dtype",
+    "attn_implementation": "model.attn_implementation",
+    "quantization": "model.quantization",
+    "context_limit": "model.context_limit",
+    "max_new_tokens": "generation.max_new_tokens",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "seed": "generation.seed",
+    "system_prompt": "generation.system_prompt",
+    "language": "generation.language",
+    "server": "server.url",
+    "server_model": "server.model",
 }
 
 
@@ -59,12 +68,21 @@ def add_input_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The input flags that ``chat`` and ``kiosk`` share (same spelling, same meaning); returns the group so a
     command can add its own output flags to it."""
     g = parser.add_argument_group("input and output")
-    g.add_argument("--input-device", metavar="DEV", help="input device: index or name substring "
-                   "(see `voiceassist devices`)")
-    g.add_argument("--from-file", metavar="FILE", action="append", default=[],
-                   help="an audio file stands in for the microphone (repeatable: played one after another)")
-    g.add_argument("--fast", action="store_true", help="with --from-file: read the audio as fast as possible "
-                   "instead of in real time")
+    g.add_argument(
+        "--input-device", metavar="DEV", help="input device: index or name substring (see `voiceassist devices`)"
+    )
+    g.add_argument(
+        "--from-file",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="an audio file stands in for the microphone (repeatable: played one after another)",
+    )
+    g.add_argument(
+        "--fast",
+        action="store_true",
+        help="with --from-file: read the audio as fast as possible instead of in real time",
+    )
     g.add_argument("--stay", action="store_true", help="with --from-file: keep running after the input ended")
     return g
 

@@ -16,5 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     load_config(args)  # a bad configuration is reported even here
     from voiceassist.audio.devices import describe_devices
+
     print(describe_devices())
     return 0

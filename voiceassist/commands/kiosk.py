@@ -18,20 +18,31 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("kiosk", help="run unattended as a service: JSON-line log, status file, systemd",
-                       description="The assistant as an unattended kiosk service: no screen; events and log "
-                                   "records as JSON lines on stdout; idle and max-turn resets; a greeting; "
-                                   "device-loss recovery; systemd notify and watchdog; SIGHUP reloads.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "kiosk",
+        help="run unattended as a service: JSON-line log, status file, systemd",
+        description="The assistant as an unattended kiosk service: no screen; events and log "
+        "records as JSON lines on stdout; idle and max-turn resets; a greeting; "
+        "device-loss recovery; systemd notify and watchdog; SIGHUP reloads.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_arg(p)
     add_model_args(p)
     g = add_input_args(p)
     g.add_argument("--tts", action="store_true", help="speak the replies (and the greeting) aloud")
     g.add_argument("--status-file", metavar="PATH", help="where to keep the status (overrides kiosk.status_file)")
-    g.add_argument("--log-text", action="store_true", help="write reply text and tokens to the log (by default "
-                   "the log holds no conversation text unless kiosk.store_transcripts is on)")
-    g.add_argument("--check-config", action="store_true", help="validate the configuration and the storage "
-                   "folder, print one line, exit (0 = fine)")
+    g.add_argument(
+        "--log-text",
+        action="store_true",
+        help="write reply text and tokens to the log (by default "
+        "the log holds no conversation text unless kiosk.store_transcripts is on)",
+    )
+    g.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and the storage folder, print one line, exit (0 = fine)",
+    )
     p.set_defaults(func=run)
 
 
@@ -46,9 +57,11 @@ def run(args: argparse.Namespace) -> int:
     if args.check_config:
         from voiceassist.kiosk.status import status_path
         from voiceassist.kiosk.storage import Store
+
         store = Store.from_config(config.kiosk)  # ConfigError when the folder is not writable
         where = f"storing in {store.folder}" if store else "nothing stored"
         print(f"configuration OK ({args.config or 'defaults'}; {where}; status file {status_path(config.kiosk)})")
         return 0
     from voiceassist.kiosk.daemon import Kiosk
+
     return Kiosk(config, args, lambda: build_config(args), sys.stdout).run()

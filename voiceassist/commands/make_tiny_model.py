@@ -10,9 +10,11 @@ from voiceassist.errors import ModelError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "make-tiny-model", help="write the tiny offline Qwen2-Audio (random weights, for tests and demos)",
+        "make-tiny-model",
+        help="write the tiny offline Qwen2-Audio (random weights, for tests and demos)",
         description="Write a tiny Qwen2-Audio of the real architecture with random weights to DIR, fully offline. "
-                    "`from_pretrained(DIR)` and `--model DIR` load it. Its replies are noise.")
+        "`from_pretrained(DIR)` and `--model DIR` load it. Its replies are noise.",
+    )
     p.add_argument("dir", metavar="DIR", help="folder to write (created; must be empty if it exists)")
     p.set_defaults(func=run)
 
@@ -22,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ModelError(f"{target} exists and is not an empty folder; choose a new folder for the tiny model")
     from voiceassist.model.tiny import build_tiny_model
+
     try:
         build_tiny_model(target)
     except OSError as err:

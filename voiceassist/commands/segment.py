@@ -17,15 +17,21 @@ from voiceassist.commands.common import add_config_arg, load_config
 
 # argparse dest → "section.key": the VAD settings worth trying from the command line.
 _VAD_FLAGS = {
-    "aggressiveness": "vad.aggressiveness", "hangover_ms": "vad.hangover_ms", "snr_gate_db": "vad.snr_gate_db",
-    "min_speech_ms": "vad.min_speech_ms", "max_chunk_s": "vad.max_chunk_s",
+    "aggressiveness": "vad.aggressiveness",
+    "hangover_ms": "vad.hangover_ms",
+    "snr_gate_db": "vad.snr_gate_db",
+    "min_speech_ms": "vad.min_speech_ms",
+    "max_chunk_s": "vad.max_chunk_s",
 }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="cut an audio file into utterances, as the live assistant would",
-                       description="Run an audio file through the same resampler and VAD segmenter as the "
-                                   "microphone, as fast as possible, and print the utterances.")
+    p = sub.add_parser(
+        "segment",
+        help="cut an audio file into utterances, as the live assistant would",
+        description="Run an audio file through the same resampler and VAD segmenter as the "
+        "microphone, as fast as possible, and print the utterances.",
+    )
     p.add_argument("file", metavar="FILE", help="WAV, FLAC, OGG or MP3 file, any rate and channel count")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     g = p.add_argument_group("VAD (override the [vad] configuration)")
@@ -68,8 +74,15 @@ def segment_file(path: str, vad_config: Any, block_ms: int = 20) -> tuple[float,
     for turn, (start_t, durations, reasons) in enumerate(turns, start=1):
         start = start_t - source.start_t
         for chunk_s, reason in zip(durations, reasons):
-            segments.append({"start": round(start, 3), "end": round(start + chunk_s, 3),
-                             "duration": round(chunk_s, 3), "turn": turn, "reason": reason})
+            segments.append(
+                {
+                    "start": round(start, 3),
+                    "end": round(start + chunk_s, 3),
+                    "duration": round(chunk_s, 3),
+                    "turn": turn,
+                    "reason": reason,
+                }
+            )
             start += chunk_s
     return source.duration_s, segments
 

@@ -18,10 +18,15 @@ NOT_RUNNING = 3
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show the state of the running kiosk service")
     add_config_arg(p)
-    p.add_argument("--file", metavar="PATH", help="status file to read (default: kiosk.status_file, else the "
-                   "runtime folder, else /run/voiceassist/status.json)")
-    p.add_argument("--json", action="store_true", help="print the status as one JSON object (with uptime_s "
-                   "and running)")
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="status file to read (default: kiosk.status_file, else the "
+        "runtime folder, else /run/voiceassist/status.json)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the status as one JSON object (with uptime_s and running)"
+    )
     p.set_defaults(func=run)
 
 
@@ -43,20 +48,25 @@ def run(args: argparse.Namespace) -> int:
         out = dict(data or {}, running=running, status_file=str(path))
         if data and running:
             import time
+
             out["uptime_s"] = round(time.time() - float(data.get("started_unix", time.time())), 1)
         print(json.dumps(out, sort_keys=True))
         return 0 if running else NOT_RUNNING
     if not running:
         where = ", ".join(str(p) for p in candidates)
         if data is None:
-            print(f"no kiosk is running (no status file at {where}); start it with `voiceassist kiosk` "
-                  "or `systemctl start voiceassist`")
+            print(
+                f"no kiosk is running (no status file at {where}); start it with `voiceassist kiosk` "
+                "or `systemctl start voiceassist`"
+            )
         else:
             how = "stopped" if data.get("state") == "stopped" else f"pid {data.get('pid')} is gone"
             err = data.get("last_error") or {}
             why = f"; last error: {err['message']}" if err.get("message") else ""
-            print(f"no kiosk is running ({how}{why}; last status in {path}); start it with `voiceassist kiosk` "
-                  "or `systemctl start voiceassist`")
+            print(
+                f"no kiosk is running ({how}{why}; last status in {path}); start it with `voiceassist kiosk` "
+                "or `systemctl start voiceassist`"
+            )
         return NOT_RUNNING
     print("\n".join(st.describe(data, path)))
     return 0

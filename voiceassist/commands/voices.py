@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     load_config(args)  # a bad configuration is reported even here
     from voiceassist.speech.engine import SynthWorker
+
     worker = SynthWorker()
     try:
         voices = worker.voices()
@@ -30,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'id':<{width_id}}  {'name':<{width_name}}  languages")
     for v in voices:
         print(f"{v.id:<{width_id}}  {v.name:<{width_name}}  {', '.join(v.languages)}")
-    print(f"{len(voices)} voices ({engine}); choose one with tts.voice = \"ID\" or a part of its name")
+    print(f'{len(voices)} voices ({engine}); choose one with tts.voice = "ID" or a part of its name')
     return 0

@@ -21,8 +21,9 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from voiceassist.config import Config
 from voiceassist.errors import VoiceAssistError
@@ -42,11 +43,18 @@ EXIT_SHUTDOWN_STUCK = 1  # exiting is forced: systemd shows the stop as failed, 
 SPEECH_STUCK_S = 2.0  # still "speaking" this long after a speech-output error = stuck, s
 HEALTH_STATUS_S = 5.0  # how often the status file gets the health figures (memory, queues, capture counters), s
 # Settings the running kiosk applies on SIGHUP; any other change is reported as needing a restart.
-LIVE_KEYS = {"kiosk.greeting", "kiosk.idle_reset_s", "kiosk.max_turns", "kiosk.store_audio",
-             "kiosk.store_transcripts", "kiosk.store_dir", "kiosk.store_max_mb", "kiosk.store_max_days",
-             "kiosk.status_file", "tts.enabled"}
-
-
+LIVE_KEYS = {
+    "kiosk.greeting",
+    "kiosk.idle_reset_s",
+    "kiosk.max_turns",
+    "kiosk.store_audio",
+    "kiosk.store_transcripts",
+    "kiosk.store_dir",
+    "kiosk.store_max_mb",
+    "kiosk.store_max_days",
+    "kiosk.status_file",
+    "tts.enabled",
+}
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -61,8 +69,9 @@ def changed_keys(old: Config, new: Config) -> list[str]:
 class Kiosk:
     """One run of ``voiceassist kiosk``. ``reload_config`` re-reads the configuration (for SIGHUP)."""
 
-    def __init__(self, config: Config, args: argparse.Namespace, reload_config: Callable[[], Config],
-                 out: IO[str]) -> None:
+    def __init__(
+        self, config: Config, args: argparse.Namespace, reload_config: Callable[[], Config], out: IO[str]
+    ) -> None:
         self.config = config
         self.args = args
         self._reload_config = reload_config
@@ -127,8 +136,9 @@ class Kiosk:
         from voiceassist.kiosk.faults import wrap_from_env
 
         cfg = self.config
-        log.info("kiosk starting", extra={"fields": {"status_file": str(self.status.path),
-                                                     "privacy": self._privacy_line()}})
+        log.info(
+            "kiosk starting", extra={"fields": {"status_file": str(self.status.path), "privacy": self._privacy_line()}}
+        )
         if self.status.write_error:
             log.warning("%s; `voiceassist status` will not see this kiosk", self.status.write_error)
         self._open_store()
@@ -136,9 +146,11 @@ class Kiosk:
         self._state("loading", cfg.server.url or cfg.model.name)
         backend = wrap_from_env(open_backend(cfg))
         from voiceassist.kiosk.recorder import RecordingBackend
+
         # Always in place (storing nothing while storage is off), so a reload can switch storage on live.
         backend = self._recorder = RecordingBackend(backend, self.store or _NoStore())
         from voiceassist.kiosk.limits import TurnLimit
+
         backend = TurnLimit(backend, lambda: self.config.kiosk.max_turns, self._on_turn_limit)
         speaker = self._open_speaker()
         self.status.update(model=getattr(backend, "description", ""))
@@ -155,11 +167,17 @@ class Kiosk:
             raise
         self.status.device("input", "open", name=getattr(source, "name", ""))
         self.notifier.ready(f"listening on {getattr(source, 'name', 'input')}")
-        log.info("kiosk ready", extra={"fields": {"model": getattr(backend, "description", ""),
-                                                  "input": getattr(source, "name", "")}})
+        log.info(
+            "kiosk ready",
+            extra={"fields": {"model": getattr(backend, "description", ""), "input": getattr(source, "name", "")}},
+        )
         # kiosk.watchdog = false: the heartbeat still checks the workers, it just does not ping systemd.
-        heartbeat = Heartbeat(Notifier(enabled=cfg.kiosk.watchdog), self._dead_workers,
-                              watchdog_interval_s() or HEALTH_EVERY_S, self._on_dead)
+        heartbeat = Heartbeat(
+            Notifier(enabled=cfg.kiosk.watchdog),
+            self._dead_workers,
+            watchdog_interval_s() or HEALTH_EVERY_S,
+            self._on_dead,
+        )
         heartbeat.start()
         self._greet()
         try:
@@ -213,8 +231,11 @@ class Kiosk:
         log.info("kiosk stopped", extra={"fields": {"shutdown_s": round(time.monotonic() - t0, 3)}})
 
     def _shutdown_stuck(self) -> None:
-        log.error("shutdown did not finish within %.1f s; thread stacks on stderr; exiting", SHUTDOWN_GUARD_S,
-                  extra={"fields": {"shutdown_stuck": True}})
+        log.error(
+            "shutdown did not finish within %.1f s; thread stacks on stderr; exiting",
+            SHUTDOWN_GUARD_S,
+            extra={"fields": {"shutdown_stuck": True}},
+        )
         faulthandler.dump_traceback(all_threads=True)
         self.status.update(state="stopped", detail="forced")
         os._exit(EXIT_SHUTDOWN_STUCK)
@@ -254,8 +275,7 @@ class Kiosk:
 
     def _on_device(self, state: str, detail: str) -> None:
         """ReconnectingSource's callback (capture thread): the status file and a log line."""
-        self.status.device("input", state, detail if state == "lost" else "",
-                           name=detail if state == "open" else None)
+        self.status.device("input", state, detail if state == "lost" else "", name=detail if state == "open" else None)
         if state == "lost":
             log.warning("input device lost: %s", detail, extra={"fields": {"device_state": "lost"}})
         elif state == "open" and self.app is not None:
@@ -272,8 +292,10 @@ class Kiosk:
             return
         self._tts_error_t = 0.0
         if app.state == "speaking" and app.speaker is not None:
-            log.warning("speech output stalled after a device error: the rest of this reply is not spoken",
-                        extra={"fields": {"device_state": "output_stalled"}})
+            log.warning(
+                "speech output stalled after a device error: the rest of this reply is not spoken",
+                extra={"fields": {"device_state": "output_stalled"}},
+            )
             try:
                 app.speaker.stop()
             except Exception as err:
@@ -292,7 +314,7 @@ class Kiosk:
             self._reset_done(f"max_turns ({self.config.kiosk.max_turns})")
         idle_s = self.config.kiosk.idle_reset_s
         quiet = not app.busy and app.state in ("listening", "device_lost") and not app.pending
-        if (idle_s and self._conv_turns and quiet and time.monotonic() - self._last_activity >= idle_s):
+        if idle_s and self._conv_turns and quiet and time.monotonic() - self._last_activity >= idle_s:
             app.reset()
             self._reset_done(f"idle ({idle_s:g} s without speech)")
 
@@ -339,28 +361,38 @@ class Kiosk:
             self.config = new
             self.lines.redact = not (new.kiosk.store_transcripts or self.args.log_text)
             restart = [k for k in keys if k not in LIVE_KEYS]
-            log.info("configuration reloaded: applied %s; needs a restart: %s", ", ".join(live) or "nothing",
-                     ", ".join(restart) or "nothing", extra={"fields": {"applied": live, "needs_restart": restart}})
+            log.info(
+                "configuration reloaded: applied %s; needs a restart: %s",
+                ", ".join(live) or "nothing",
+                ", ".join(restart) or "nothing",
+                extra={"fields": {"applied": live, "needs_restart": restart}},
+            )
         self.notifier.ready(f"{self.status.snapshot()['state']}")
 
     # ---- building the parts ----------------------------------------------------------------------------------------
     def _open_store(self, config: Config | None = None) -> None:
         from voiceassist.kiosk.storage import Store
+
         kc = (config or self.config).kiosk
         self.store = Store.from_config(kc)  # ConfigError when the folder is not writable
         if self._recorder is not None:
             self._recorder.store = self.store or _NoStore()
         if self.store is not None:
             removed = self.store.rotate()
-            log.info("storing %s in %s", " and ".join(
-                w for w, on in (("audio", kc.store_audio), ("transcripts", kc.store_transcripts)) if on),
-                self.store.folder, extra={"fields": {"rotated": len(removed)}})
+            log.info(
+                "storing %s in %s",
+                " and ".join(w for w, on in (("audio", kc.store_audio), ("transcripts", kc.store_transcripts)) if on),
+                self.store.folder,
+                extra={"fields": {"rotated": len(removed)}},
+            )
 
     def _open_source(self) -> Any:
         if self.args.from_file:
             from voiceassist.commands.chat import open_input
+
             return open_input(self.config, self.args)
         from voiceassist.audio.reconnect import reconnecting_microphone
+
         return reconnecting_microphone(self.config.audio, on_state=self._on_device)
 
     def _open_speaker(self) -> Any:
@@ -368,6 +400,7 @@ class Kiosk:
             return None
         try:
             from voiceassist.speech import Speaker
+
             return Speaker(self.config.tts, self.config.audio.output_device)
         except Exception as err:  # speech is optional: say why once and go on in text
             log.warning("speech output unavailable (%s); replies stay text only", " ".join(str(err).split()))
@@ -379,8 +412,11 @@ class Kiosk:
         file_input = bool(self.args.from_file)
         input_ended = app.input_ended  # a file's capture thread ends with the file
         for th in app.threads:
-            if not th.is_alive() and not (file_input and input_ended and th.name == "va-capture") \
-                    and not self._stop.is_set():
+            if (
+                not th.is_alive()
+                and not (file_input and input_ended and th.name == "va-capture")
+                and not self._stop.is_set()
+            ):
                 dead.append(th.name)
         sp = app.speaker
         for th in getattr(sp, "threads", ()):
@@ -394,9 +430,15 @@ class Kiosk:
         """Figures a long run is judged by (scripts/soak.py): memory, queue depths, capture counters."""
         app = self.app
         stats = getattr(app.source, "stats", None)
-        return {"rss_kb": rss_kb(), "events_queued": app.events.qsize(), "turns_queued": app.turns_queued,
-                "blocks": getattr(stats, "blocks", 0), "dropped_blocks": getattr(stats, "dropped_blocks", 0),
-                "overflows": getattr(stats, "overflows", 0), "threads": threading.active_count()}
+        return {
+            "rss_kb": rss_kb(),
+            "events_queued": app.events.qsize(),
+            "turns_queued": app.turns_queued,
+            "blocks": getattr(stats, "blocks", 0),
+            "dropped_blocks": getattr(stats, "dropped_blocks", 0),
+            "overflows": getattr(stats, "overflows", 0),
+            "threads": threading.active_count(),
+        }
 
     def _on_dead(self, names: list[str]) -> None:
         self._dead = names

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from voiceassist.backend import Backend, BackendWrapper, ReplyResult, UserTurn
 from voiceassist.errors import BackendError, ConfigError
@@ -51,8 +51,10 @@ def parse_plan(spec: str) -> FaultPlan | None:
         if not turns or plan.kind not in ("error", "oom", "backend") or plan.at not in ("token", "start"):
             raise ValueError
     except ValueError:
-        raise ConfigError(f"{ENV}={spec!r} is not a fault plan; use e.g. model:turns=2,5:kind=oom:at=token "
-                          "(kind error|oom|backend, at token|start)") from None
+        raise ConfigError(
+            f"{ENV}={spec!r} is not a fault plan; use e.g. model:turns=2,5:kind=oom:at=token "
+            "(kind error|oom|backend, at token|start)"
+        ) from None
     return plan
 
 
@@ -67,6 +69,7 @@ def _make_error(kind: str, n: int) -> BaseException:
     if kind == "oom":
         try:
             import torch
+
             return torch.OutOfMemoryError(f"CUDA out of memory (simulated: {message})")
         except (ImportError, AttributeError):
             return MemoryError(message)

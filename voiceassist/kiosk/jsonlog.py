@@ -62,8 +62,13 @@ class JsonLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            out: dict[str, Any] = {"type": "log", "t": round(now(), 6), "level": record.levelname.lower(),
-                                   "logger": record.name, "message": " ".join(record.getMessage().split())}
+            out: dict[str, Any] = {
+                "type": "log",
+                "t": round(now(), 6),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": " ".join(record.getMessage().split()),
+            }
             fields = getattr(record, "fields", None)
             if isinstance(fields, dict):
                 out.update({k: v for k, v in fields.items() if k not in ("type", "t")})

@@ -9,7 +9,8 @@ new conversation instead of being dropped, and this is deterministic (no race wi
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from voiceassist.backend import Backend, ReplyResult, UserTurn
 

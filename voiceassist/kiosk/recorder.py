@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from voiceassist.backend import Backend, BackendWrapper, ReplyResult, UserTurn
 from voiceassist.kiosk.storage import Store
@@ -35,16 +36,25 @@ class RecordingBackend(BackendWrapper):
         except Exception as err:
             self._record(n, turn, error=" ".join(str(err).split()))
             raise
-        self._record(n, turn, reply=result.text, figures={
-            "n_tokens": result.n_tokens, "ttft_s": round(result.ttft_s, 3), "interrupted": result.interrupted})
+        self._record(
+            n,
+            turn,
+            reply=result.text,
+            figures={"n_tokens": result.n_tokens, "ttft_s": round(result.ttft_s, 3), "interrupted": result.interrupted},
+        )
         return result
 
     def _record(self, n: int, turn: UserTurn, **kw: Any) -> None:
         try:
             self.store.record_turn(n, turn.audios, turn.text, **kw)
         except OSError as err:
-            log.error("could not store turn %d in %s: %s", n, self.store.folder, err.strerror or err,
-                      extra={"fields": {"source": "storage"}})
+            log.error(
+                "could not store turn %d in %s: %s",
+                n,
+                self.store.folder,
+                err.strerror or err,
+                extra={"fields": {"source": "storage"}},
+            )
 
     def reset(self) -> None:
         self.inner.reset()

@@ -85,14 +85,26 @@ class StatusFile:
 
     def __init__(self, path: Path, **fields: Any) -> None:
         from voiceassist import __version__
+
         self.path = path
         self._lock = threading.RLock()  # re-entrant: a signal handler may log mid-write
         self.write_error: str = ""  # the last failure to write, "" when fine (reported once by the daemon)
         self._data: dict[str, Any] = {
-            "state": "starting", "detail": "", "pid": os.getpid(), "version": __version__, "model": "",
-            "started_unix": time.time(), "turns": 0, "conversation_turns": 0, "resets": 0, "errors": 0,
-            "last_error": None, "device": {"input": {"name": "", "state": "closed", "detail": ""},
-                                           "output": {"name": "", "state": "closed", "detail": ""}},
+            "state": "starting",
+            "detail": "",
+            "pid": os.getpid(),
+            "version": __version__,
+            "model": "",
+            "started_unix": time.time(),
+            "turns": 0,
+            "conversation_turns": 0,
+            "resets": 0,
+            "errors": 0,
+            "last_error": None,
+            "device": {
+                "input": {"name": "", "state": "closed", "detail": ""},
+                "output": {"name": "", "state": "closed", "detail": ""},
+            },
         }
         self._data.update(fields)
         self.update()
@@ -155,10 +167,12 @@ def describe(data: dict[str, Any], path: Path, now: float | None = None) -> list
     h, rem = divmod(int(up), 3600)
     m, s = divmod(rem, 60)
     state = data.get("state", "?") + (f" ({data['detail']})" if data.get("detail") else "")
-    lines = [f"state:      {state}",
-             f"uptime:     {h}h{m:02d}m{s:02d}s (pid {data.get('pid')}, voiceassist {data.get('version', '?')})",
-             f"turns:      {data.get('turns', 0)} answered, {data.get('conversation_turns', 0)} in this "
-             f"conversation, {data.get('resets', 0)} resets"]
+    lines = [
+        f"state:      {state}",
+        f"uptime:     {h}h{m:02d}m{s:02d}s (pid {data.get('pid')}, voiceassist {data.get('version', '?')})",
+        f"turns:      {data.get('turns', 0)} answered, {data.get('conversation_turns', 0)} in this "
+        f"conversation, {data.get('resets', 0)} resets",
+    ]
     for which in ("input", "output"):
         dev = (data.get("device") or {}).get(which) or {}
         if dev.get("state") not in (None, "closed") or dev.get("name"):
@@ -175,8 +189,10 @@ def describe(data: dict[str, Any], path: Path, now: float | None = None) -> list
         lines.append(f"model:      {data['model']}")
     health = data.get("health")
     if isinstance(health, dict) and health:
-        lines.append(f"health:     {health.get('rss_kb', 0) / 1024:.0f} MB resident, {health.get('events_queued', 0)} "
-                     f"events and {health.get('turns_queued', 0)} turns queued, {health.get('overflows', 0)} "
-                     f"overflows, {health.get('dropped_blocks', 0)} dropped blocks")
+        lines.append(
+            f"health:     {health.get('rss_kb', 0) / 1024:.0f} MB resident, {health.get('events_queued', 0)} "
+            f"events and {health.get('turns_queued', 0)} turns queued, {health.get('overflows', 0)} "
+            f"overflows, {health.get('dropped_blocks', 0)} dropped blocks"
+        )
     lines.append(f"status:     {path}")
     return lines

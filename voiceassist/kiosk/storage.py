@@ -20,9 +20,10 @@ import re
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,24 +60,33 @@ class Store:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
-            raise ConfigError(f"kiosk.store_dir {self.folder} is not a writable folder "
-                              f"({err.strerror or err}); fix store_dir or turn store_audio and "
-                              "store_transcripts off") from None
+            raise ConfigError(
+                f"kiosk.store_dir {self.folder} is not a writable folder "
+                f"({err.strerror or err}); fix store_dir or turn store_audio and "
+                "store_transcripts off"
+            ) from None
         self.new_conversation()
 
     @staticmethod
-    def from_config(kiosk: KioskConfig) -> "Store | None":
+    def from_config(kiosk: KioskConfig) -> Store | None:
         """A Store when storing is configured, else None (nothing is ever written)."""
         return Store(kiosk) if (kiosk.store_audio or kiosk.store_transcripts) else None
 
     def new_conversation(self) -> str:
         with self._lock:
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
             self.conversation = f"{stamp}-{secrets.token_hex(2)}"
             return self.conversation
 
-    def record_turn(self, turn: int, audios: Sequence[np.ndarray], text: str, reply: str = "",
-                    error: str = "", figures: dict[str, Any] | None = None) -> list[Path]:
+    def record_turn(
+        self,
+        turn: int,
+        audios: Sequence[np.ndarray],
+        text: str,
+        reply: str = "",
+        error: str = "",
+        figures: dict[str, Any] | None = None,
+    ) -> list[Path]:
         """Store one turn as configured; returns the files written. Raises OSError (the caller reports it)."""
         written: list[Path] = []
         with self._lock:
@@ -84,6 +94,7 @@ class Store:
             wavs: list[str] = []
             if self.audio:
                 import soundfile as sf
+
                 for i, audio in enumerate(audios):
                     path = self.folder / f"{conv}-t{turn}-{i}.wav"
                     sf.write(str(path), np.asarray(audio, dtype=np.float32), SAMPLE_RATE, subtype="PCM_16")
@@ -91,9 +102,14 @@ class Store:
                     written.append(path)
                     wavs.append(path.name)
             if self.transcripts:
-                record = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "turn": turn,
-                          "audio_s": [round(len(a) / SAMPLE_RATE, 2) for a in audios], "text": text,
-                          "audio_files": wavs, "reply": reply}
+                record = {
+                    "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "turn": turn,
+                    "audio_s": [round(len(a) / SAMPLE_RATE, 2) for a in audios],
+                    "text": text,
+                    "audio_files": wavs,
+                    "reply": reply,
+                }
                 if error:
                     record["error"] = error
                 if figures:

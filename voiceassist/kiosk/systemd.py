@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("voiceassist.kiosk")
 
@@ -30,6 +30,7 @@ class Notifier:
             return
         try:
             import sdnotify
+
             notifier = sdnotify.SystemdNotifier()
             if notifier.socket is not None:
                 # A full socket queue must not block the heartbeat or the event loop: drop the message.
@@ -95,8 +96,13 @@ class Heartbeat:
     and exit non-zero (which restarts the service under Restart=on-failure even without a watchdog).
     """
 
-    def __init__(self, notifier: Notifier, check: Callable[[], list[str]], interval_s: float,
-                 on_dead: Callable[[list[str]], None] | None = None) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        check: Callable[[], list[str]],
+        interval_s: float,
+        on_dead: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.notifier = notifier
         self.check = check
         self.interval_s = interval_s

@@ -22,8 +22,8 @@ def split_long_audio(audio: np.ndarray, max_s: float = MAX_AUDIO_S, search_s: fl
         lo = max(WINDOW, limit - int(search_s * SAMPLE_RATE))
         n = (limit - lo) // WINDOW
         if n > 0:
-            seg = rest[limit - n * WINDOW: limit].astype(np.float64)
-            energy = (seg ** 2).reshape(n, WINDOW).sum(axis=1)
+            seg = rest[limit - n * WINDOW : limit].astype(np.float64)
+            energy = (seg**2).reshape(n, WINDOW).sum(axis=1)
             k = min(SMOOTH, n)
             # A mean over the windows that exist (no zero padding: the edges must not look quieter than they are).
             counts = np.convolve(np.ones(n), np.ones(k), mode="same")

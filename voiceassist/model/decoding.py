@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -47,7 +48,7 @@ class IncrementalDetokenizer:
     def _take(self, text: str) -> str:
         # With byte-level BPE the decoded text only grows at its end. Were a tokenizer to rewrite earlier text,
         # what was shown stays shown: only what lies beyond its length is handed out.
-        piece = text[len(self.emitted):]
+        piece = text[len(self.emitted) :]
         self.emitted += piece
         return piece
 

@@ -72,7 +72,10 @@ def _audio_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def encode_audios(
-    model: nn.Module, input_features: Tensor, feature_attention_mask: Tensor, trimmed: bool = True,
+    model: nn.Module,
+    input_features: Tensor,
+    feature_attention_mask: Tensor,
+    trimmed: bool = True,
     cancel: threading.Event | None = None,
 ) -> list[Tensor]:
     """Encode a batch of processor outputs into one ``[N_i, text_hidden]`` tensor per audio, in order.
@@ -136,8 +139,9 @@ def _groups(conv_lengths: list[int]) -> list[list[int]]:
     return groups
 
 
-def _encode_trimmed(tower: nn.Module, input_features: Tensor, lengths: list[int],
-                    cancel: threading.Event | None = None) -> list[Tensor]:
+def _encode_trimmed(
+    tower: nn.Module, input_features: Tensor, lengths: list[int], cancel: threading.Event | None = None
+) -> list[Tensor]:
     """The encoder's own modules over the first T frames of each clip (see the module doc for why exact)."""
     out: list[Tensor | None] = [None] * len(lengths)
     width = tower.config.d_model
@@ -154,8 +158,9 @@ def _encode_trimmed(tower: nn.Module, input_features: Tensor, lengths: list[int]
     return out  # type: ignore[return-value]
 
 
-def _run_tower(tower: nn.Module, features: Tensor, positions: list[int],
-               cancel: threading.Event | None = None) -> Tensor:
+def _run_tower(
+    tower: nn.Module, features: Tensor, positions: list[int], cancel: threading.Event | None = None
+) -> Tensor:
     """Qwen2AudioEncoder.forward's steps on ``features`` [B, mels, T]; row b has ``positions[b]`` valid
     positions after conv2. Returns the pooled, normalised states [B, max(positions) // 2, d_model]."""
     longest = max(positions)

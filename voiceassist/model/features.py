@@ -13,7 +13,8 @@ frames that all exist in the shorter extraction (an all-zero frame is the floor,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,14 @@ def extract(feature_extractor: Any, audios: Sequence[np.ndarray]) -> tuple[torch
             out = fe([audio], sampling_rate=SAMPLE_RATE, padding="max_length", return_tensors="pt")
             feat = out["input_features"][0]
         else:
-            out = fe([audio], sampling_rate=SAMPLE_RATE, padding="max_length", max_length=frames * hop,
-                     truncation=True, return_tensors="pt")
+            out = fe(
+                [audio],
+                sampling_rate=SAMPLE_RATE,
+                padding="max_length",
+                max_length=frames * hop,
+                truncation=True,
+                return_tensors="pt",
+            )
             part = out["input_features"][0]  # [mels, frames]; its last frame reads zeros only
             feat = part[:, -1:].expand(part.shape[0], total).clone()
             feat[:, :frames] = part

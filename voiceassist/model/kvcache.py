@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import inspect
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -34,8 +35,9 @@ class KVCache:
     def device(self) -> torch.device:
         return self._embed.weight.device
 
-    def extend(self, ids: Sequence[int], audio: Sequence[torch.Tensor],
-               cancel: threading.Event | None = None) -> torch.Tensor | None:
+    def extend(
+        self, ids: Sequence[int], audio: Sequence[torch.Tensor], cancel: threading.Event | None = None
+    ) -> torch.Tensor | None:
         """Run ``ids`` after the cached prefix, their ``<|AUDIO|>`` positions filled in order from ``audio``
         ([N_i, hidden] each); return the last position's logits [vocab], or None if ``cancel`` was set between
         two chunks (the cache is then longer than :attr:`length`: :meth:`restore` or :meth:`crop` it)."""
@@ -52,9 +54,9 @@ class KVCache:
         for start in range(0, len(ids), self.chunk):
             if cancel is not None and cancel.is_set():
                 return None
-            part = list(ids[start: start + self.chunk])
+            part = list(ids[start : start + self.chunk])
             n = sum(1 for i in part if i == self.audio_token_id)
-            logits = self._forward(part, feats[used: used + n] if n else None)
+            logits = self._forward(part, feats[used : used + n] if n else None)
             used += n
             self.length += len(part)
         return logits
@@ -86,8 +88,10 @@ class KVCache:
 
     def layer_lengths(self) -> list[int]:
         """Positions held by each layer (all equal to :attr:`length` when consistent)."""
-        return [layer.keys.shape[-2] if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 else 0
-                for layer in getattr(self._cache, "layers", [])]
+        return [
+            layer.keys.shape[-2] if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 else 0
+            for layer in getattr(self._cache, "layers", [])
+        ]
 
     def drop(self) -> None:
         """Free everything (the next :meth:`extend` starts a new cache)."""
@@ -149,6 +153,7 @@ def _growing_layer_class(base: Any) -> Any:
     ever go beyond the current length, so a cut-back prefix is never touched."""
     global _GROWER
     if _GROWER is None:
+
         class _GrowingLayer(base):  # type: ignore[misc, valid-type]
             def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
                 self.device = key_states.device
@@ -156,8 +161,9 @@ def _growing_layer_class(base: Any) -> Any:
                 self.keys, self.values = key_states[..., :0, :], value_states[..., :0, :]
                 self.is_initialized = True
 
-            def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-                       **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            def update(
+                self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+            ) -> tuple[torch.Tensor, torch.Tensor]:
                 if not self.is_initialized:
                     self.lazy_initialization(key_states, value_states)
                 n, add = self.keys.shape[-2], key_states.shape[-2]
@@ -169,8 +175,8 @@ def _growing_layer_class(base: Any) -> Any:
                     kbuf[..., :n, :] = self.keys
                     vbuf[..., :n, :] = self.values
                     self._kbuf, self._vbuf = kbuf, vbuf
-                self._kbuf[..., n: n + add, :] = key_states
-                self._vbuf[..., n: n + add, :] = value_states
+                self._kbuf[..., n : n + add, :] = key_states
+                self._vbuf[..., n : n + add, :] = value_states
                 self.keys, self.values = self._kbuf[..., : n + add, :], self._vbuf[..., : n + add, :]
                 return self.keys, self.values
 

@@ -36,8 +36,14 @@ def load_session(config: Config) -> Any:
     path, label = resolve_model_path(mc.name)
     processor, model = _load(path, mc, device, dtype)
     precision = {"8bit": "8-bit", "4bit": "4-bit"}.get(mc.quantization, _DTYPE_LABEL.get(str(dtype), str(dtype)))
-    return Session(model, processor, generation=config.generation, context_limit=mc.context_limit,
-                   trimmed_encoder=mc.trimmed_encoder, description=f"{label} · {device} · {precision}")
+    return Session(
+        model,
+        processor,
+        generation=config.generation,
+        context_limit=mc.context_limit,
+        trimmed_encoder=mc.trimmed_encoder,
+        description=f"{label} · {device} · {precision}",
+    )
 
 
 _DTYPE_LABEL = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
@@ -53,12 +59,16 @@ def resolve_device(device: str) -> str:
         return "cpu"
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ModelError(f"--device {device} was asked for but torch sees no CUDA GPU (torch "
-                             f"{torch.__version__}); use --device cpu or auto, or install a CUDA build of torch")
+            raise ModelError(
+                f"--device {device} was asked for but torch sees no CUDA GPU (torch "
+                f"{torch.__version__}); use --device cpu or auto, or install a CUDA build of torch"
+            )
         index = 0 if device == "cuda" else device.split(":", 1)[1]
         if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
-            raise ModelError(f"--device {device}: there is no such GPU (found {torch.cuda.device_count()}); "
-                             f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+            raise ModelError(
+                f"--device {device}: there is no such GPU (found {torch.cuda.device_count()}); "
+                f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}"
+            )
         return f"cuda:{int(index)}"
     raise ModelError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
 
@@ -78,19 +88,24 @@ def _check_quantization(mc: ModelConfig, device: str) -> None:
     if mc.quantization == "none":
         return
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError(f"--quantization {mc.quantization} needs bitsandbytes, which is not installed; "
-                         "pip install 'voiceassist[quant]' (or use --quantization none)")
+        raise ModelError(
+            f"--quantization {mc.quantization} needs bitsandbytes, which is not installed; "
+            "pip install 'voiceassist[quant]' (or use --quantization none)"
+        )
     if not device.startswith("cuda"):
-        raise ModelError(f"--quantization {mc.quantization} runs on a CUDA GPU only, not on {device}; "
-                         "use --quantization none on CPU")
+        raise ModelError(
+            f"--quantization {mc.quantization} runs on a CUDA GPU only, not on {device}; use --quantization none on CPU"
+        )
 
 
 def _check_attention(mc: ModelConfig, device: str) -> None:
     if mc.attn_implementation != "flash_attention_2":
         return
     if importlib.util.find_spec("flash_attn") is None:
-        raise ModelError("--attn flash_attention_2 needs the flash-attn package, which is not installed; "
-                         "pip install flash-attn, or use --attn sdpa")
+        raise ModelError(
+            "--attn flash_attention_2 needs the flash-attn package, which is not installed; "
+            "pip install flash-attn, or use --attn sdpa"
+        )
     if not device.startswith("cuda"):
         raise ModelError(f"--attn flash_attention_2 runs on a CUDA GPU only, not on {device}; use --attn sdpa")
 
@@ -99,6 +114,7 @@ def resolve_model_path(name: str) -> tuple[str, str]:
     """(a local folder to load from, a short label) for ``tiny``, a folder, or a hub id (cached or reachable)."""
     if name == "tiny":
         from voiceassist.model.tiny import tiny_model_dir
+
         return str(tiny_model_dir()), "tiny Qwen2-Audio (random weights)"
     p = Path(name).expanduser()
     if p.exists() or _looks_like_path(name):
@@ -118,23 +134,27 @@ def _check_folder(p: Path) -> Path:
         raise ModelError(f"{p} is a file, not a model folder; give a Qwen2-Audio folder, a hub id, or tiny")
     cfg = p / "config.json"
     if not cfg.is_file():
-        raise ModelError(f"{p} is not a Qwen2-Audio model folder (no config.json); give a folder with the model "
-                         "files, a hub id, or tiny")
+        raise ModelError(
+            f"{p} is not a Qwen2-Audio model folder (no config.json); give a folder with the model "
+            "files, a hub id, or tiny"
+        )
     try:
         model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError):
         raise ModelError(f"{cfg} is not a readable model config (bad JSON); re-download the model") from None
     if model_type != "qwen2_audio":
-        raise ModelError(f"{p} holds a {model_type or 'unknown'} model, not Qwen2-Audio; give a Qwen2-Audio "
-                         "folder (e.g. Qwen/Qwen2-Audio-7B-Instruct), or tiny")
+        raise ModelError(
+            f"{p} holds a {model_type or 'unknown'} model, not Qwen2-Audio; give a Qwen2-Audio "
+            "folder (e.g. Qwen/Qwen2-Audio-7B-Instruct), or tiny"
+        )
     return p
 
 
 def _hub(repo: str) -> str:
     """The local snapshot of hub model ``repo``: from the cache if complete, else downloaded."""
     try:
-        from huggingface_hub import snapshot_download
         from huggingface_hub import constants as hub_constants
+        from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
         raise ModelError("huggingface_hub is not installed; pip install 'voiceassist[model]'") from None
@@ -144,16 +164,22 @@ def _hub(repo: str) -> str:
         pass
     offline = hub_constants.HF_HUB_OFFLINE or not _hub_reachable(hub_constants.ENDPOINT)
     if offline:
-        raise ModelError(f"model {repo} is not downloaded and the hub cannot be reached (offline); use --model "
-                         "PATH (a downloaded copy), or --model tiny for the offline test model")
+        raise ModelError(
+            f"model {repo} is not downloaded and the hub cannot be reached (offline); use --model "
+            "PATH (a downloaded copy), or --model tiny for the offline test model"
+        )
     try:
         return _check_folder(Path(snapshot_download(repo))).as_posix()
     except RepositoryNotFoundError:
-        raise ModelError(f"model {repo} was not found on the hub (or needs a login); check the id, e.g. "
-                         "Qwen/Qwen2-Audio-7B-Instruct, or use --model PATH or tiny") from None
+        raise ModelError(
+            f"model {repo} was not found on the hub (or needs a login); check the id, e.g. "
+            "Qwen/Qwen2-Audio-7B-Instruct, or use --model PATH or tiny"
+        ) from None
     except (OSError, ValueError) as err:
-        raise ModelError(f"model {repo} could not be downloaded ({type(err).__name__}); check the connection "
-                         "and disk space, or use --model PATH or tiny") from None
+        raise ModelError(
+            f"model {repo} could not be downloaded ({type(err).__name__}); check the connection "
+            "and disk space, or use --model PATH or tiny"
+        ) from None
 
 
 def _hub_reachable(endpoint: str) -> bool:
@@ -179,9 +205,12 @@ def _load(path: str, mc: ModelConfig, device: str, dtype: Any) -> tuple[Any, Any
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": mc.attn_implementation}
     if mc.quantization != "none":
         from transformers import BitsAndBytesConfig
+
         kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True) if mc.quantization == "8bit" else
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype))
+            BitsAndBytesConfig(load_in_8bit=True)
+            if mc.quantization == "8bit"
+            else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        )
     if device.startswith("cuda") and importlib.util.find_spec("accelerate") is not None:
         kwargs["device_map"] = {"": device}  # load straight onto the GPU, no CPU copy of 17 GB
     try:
@@ -195,8 +224,10 @@ def _load(path: str, mc: ModelConfig, device: str, dtype: Any) -> tuple[Any, Any
         if "out of memory" in str(err).lower():
             raise ModelError(_oom_message(device)) from None
         first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise ModelError(f"cannot load the model from {path} ({first}); check the folder is a complete "
-                         "Qwen2-Audio model, or use --model tiny") from None
+        raise ModelError(
+            f"cannot load the model from {path} ({first}); check the folder is a complete "
+            "Qwen2-Audio model, or use --model tiny"
+        ) from None
     if getattr(processor, "chat_template", None) is None:
         raise ModelError(f"{path} has no chat template; use Qwen2-Audio-7B-Instruct (the base model cannot chat)")
     model.eval()
@@ -204,5 +235,7 @@ def _load(path: str, mc: ModelConfig, device: str, dtype: Any) -> tuple[Any, Any
 
 
 def _oom_message(device: str) -> str:
-    return (f"out of memory loading the model on {device}: Qwen2-Audio-7B needs about {NEED_BF16_GB} GB in bf16 "
-            f"or about {NEED_4BIT_GB} GB with --quantization 4bit; free GPU memory or use --quantization 4bit")
+    return (
+        f"out of memory loading the model on {device}: Qwen2-Audio-7B needs about {NEED_BF16_GB} GB in bf16 "
+        f"or about {NEED_4BIT_GB} GB with --quantization 4bit; free GPU memory or use --quantization 4bit"
+    )

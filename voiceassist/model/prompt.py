@@ -17,8 +17,9 @@ rendered whole.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 # Stands for a reply's content while rendering the template. A special token: rendered verbatim, one id, and
 # the tokenizer never merges text across it.
@@ -70,21 +71,23 @@ class PromptBuilder:
             ([UserMessage(1, ""), UserMessage(3, "y")], UserMessage(2, "")),
         ]
         try:
-            return all(self._turn_text("S", e, n, collapse=True) == self._turn_text("S", e, n, collapse=False)
-                       for e, n in probes)
+            return all(
+                self._turn_text("S", e, n, collapse=True) == self._turn_text("S", e, n, collapse=False)
+                for e, n in probes
+            )
         except Exception:  # noqa: BLE001 - a template that cannot render the collapsed form: render whole
             return False
 
     def render(self, msgs: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(msgs, chat_template=self.chat_template, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            msgs, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def turn_text(self, system_prompt: str, earlier: Sequence[UserMessage], new: UserMessage) -> str:
         """The template text the turn ``new`` adds after the ``earlier`` turns (each answered)."""
         return self._turn_text(system_prompt, earlier, new, collapse=self.collapsible)
 
-    def _turn_text(self, system_prompt: str, earlier: Sequence[UserMessage], new: UserMessage,
-                   collapse: bool) -> str:
+    def _turn_text(self, system_prompt: str, earlier: Sequence[UserMessage], new: UserMessage, collapse: bool) -> str:
         if collapse and len(earlier) > 1:
             earlier = [UserMessage(sum(m.n_audios for m in earlier), "")]
         full = self.render(messages(system_prompt, [*earlier, new], reply_after_last=False), True)
@@ -97,8 +100,9 @@ class PromptBuilder:
             raise ValueError("the chat template does not render a conversation as a prefix of its continuation")
         return full[cut:]
 
-    def turn_ids(self, system_prompt: str, earlier: Sequence[UserMessage], new: UserMessage,
-                 audio_token_counts: Sequence[int]) -> list[int]:
+    def turn_ids(
+        self, system_prompt: str, earlier: Sequence[UserMessage], new: UserMessage, audio_token_counts: Sequence[int]
+    ) -> list[int]:
         """The turn's prompt ids, each ``<|AUDIO|>`` expanded to its audio's token count (as the processor)."""
         text = self.turn_text(system_prompt, earlier, new)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

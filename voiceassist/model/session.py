@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,8 +101,16 @@ class Session:
     - One caller at a time (the app's model worker); methods take a lock, so other threads may read figures.
     """
 
-    def __init__(self, model: Any, processor: Any, *, generation: GenerationConfig | None = None,
-                 context_limit: int = 8192, trimmed_encoder: bool = True, description: str = "") -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        generation: GenerationConfig | None = None,
+        context_limit: int = 8192,
+        trimmed_encoder: bool = True,
+        description: str = "",
+    ) -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -120,8 +129,13 @@ class Session:
         self.description = description or f"{type(model).__name__} · {self.device} · {str(self.dtype)[6:]}"
         tok = self.tokenizer.convert_tokens_to_ids
         self._end_ids = {tok(t) for t in END_TOKENS}
-        self._sampler = Sampler(self.generation.temperature, self.generation.top_p, self.generation.seed,
-                                [tok(t) for t in STRUCTURAL_TOKENS], self.device)
+        self._sampler = Sampler(
+            self.generation.temperature,
+            self.generation.top_p,
+            self.generation.seed,
+            [tok(t) for t in STRUCTURAL_TOKENS],
+            self.device,
+        )
         self._kv = KVCache(model, self._builder.audio_token_id)
         self._lock = threading.RLock()
         self._turns: list[TurnRecord] = []
@@ -175,8 +189,9 @@ class Session:
 
     # ---- the Backend protocol -----------------------------------------------------------------------------
 
-    def reply(self, turn: UserTurn, on_text: Callable[[str], None] | None = None,
-              cancel: threading.Event | None = None) -> ReplyResult:
+    def reply(
+        self, turn: UserTurn, on_text: Callable[[str], None] | None = None, cancel: threading.Event | None = None
+    ) -> ReplyResult:
         """Add ``turn`` and generate the reply, streaming text pieces to ``on_text`` as they become final.
 
         Raises BackendError (one line) and leaves the conversation as it was if anything fails.
@@ -275,15 +290,15 @@ class Session:
             return None
         message = UserMessage(len(audios), turn.text)
         prompt_ids, dropped, max_new = self._fit(message, embeds, self.generation.max_new_tokens)
-        self._turns.append(TurnRecord(message, tuple(len(a) / SAMPLE_RATE for a in audios), tuple(embeds),
-                                      tuple(prompt_ids)))
+        self._turns.append(
+            TurnRecord(message, tuple(len(a) / SAMPLE_RATE for a in audios), tuple(embeds), tuple(prompt_ids))
+        )
         logits = self._prefill_pending(cancel)
         if logits is None:
             return None
         return _Prefilled(turn, audios, logits, prompt_ids, dropped, max_new, snap)
 
-    def _decode(self, p: _Prefilled, on_text: Callable[[str], None], cancel: threading.Event,
-                t0: float) -> ReplyResult:
+    def _decode(self, p: _Prefilled, on_text: Callable[[str], None], cancel: threading.Event, t0: float) -> ReplyResult:
         logits = p.logits
         detok = IncrementalDetokenizer(self.tokenizer)
         self.last_logits = []
@@ -314,19 +329,24 @@ class Session:
         piece = detok.flush()
         if piece:
             on_text(piece)
-        self._turns[-1] = dataclasses.replace(self._turns[-1], reply_ids=tuple(reply), reply_text=detok.emitted,
-                                              interrupted=interrupted)
+        self._turns[-1] = dataclasses.replace(
+            self._turns[-1], reply_ids=tuple(reply), reply_text=detok.emitted, interrupted=interrupted
+        )
         t_first = t_first if t_first is not None else time.perf_counter()
         decode_s = t_last - t_first
         return ReplyResult(
-            text=detok.emitted, n_tokens=len(reply), ttft_s=t_first - t0,
+            text=detok.emitted,
+            n_tokens=len(reply),
+            ttft_s=t_first - t0,
             tok_per_s=(len(reply) - 1) / decode_s if len(reply) > 1 and decode_s > 0 else 0.0,
-            context_tokens=self.context_tokens, interrupted=interrupted, prompt_ids=tuple(p.prompt_ids),
-            reply_ids=tuple(reply), dropped_turns=p.dropped,
+            context_tokens=self.context_tokens,
+            interrupted=interrupted,
+            prompt_ids=tuple(p.prompt_ids),
+            reply_ids=tuple(reply),
+            dropped_turns=p.dropped,
         )
 
-    def _encode(self, audios: Sequence[np.ndarray],
-                cancel: threading.Event | None = None) -> list[torch.Tensor] | None:
+    def _encode(self, audios: Sequence[np.ndarray], cancel: threading.Event | None = None) -> list[torch.Tensor] | None:
         """Each audio's embeddings [N_i, hidden] (N_i = the processor's <|AUDIO|> count), encoded once; None
         if ``cancel`` was set during the encoding (checked before each encoder layer: a speculative encode
         overtaken by new speech stops within one layer instead of finishing work that will be thrown away).
@@ -373,16 +393,19 @@ class Session:
         prompt = self._builder.turn_ids(self.system_prompt, [t.message for t in self._turns], message, counts)
         room = self.context_limit - self.context_tokens - len(prompt)
         if room < 1:
-            raise BackendError(f"this turn needs {len(prompt)} tokens, more than the context limit of "
-                               f"{self.context_limit} allows; send shorter audio or raise --context-limit")
+            raise BackendError(
+                f"this turn needs {len(prompt)} tokens, more than the context limit of "
+                f"{self.context_limit} allows; send shorter audio or raise --context-limit"
+            )
         return prompt, dropped, min(max_new, room)
 
     def _renumbered(self, turns: list[TurnRecord]) -> list[TurnRecord]:
         """``turns`` as the first turns of a conversation: prompts re-rendered (audio numbers, system prompt)."""
         out: list[TurnRecord] = []
         for t in turns:
-            ids = self._builder.turn_ids(self.system_prompt, [o.message for o in out], t.message,
-                                         [e.shape[0] for e in t.audio_embeds])
+            ids = self._builder.turn_ids(
+                self.system_prompt, [o.message for o in out], t.message, [e.shape[0] for e in t.audio_embeds]
+            )
             out.append(dataclasses.replace(t, prompt_ids=tuple(ids)))
         return out
 
@@ -398,7 +421,7 @@ class Session:
             if end > cached:
                 # The cache ends at the end of a turn or one token before it (a reply's last token is not fed
                 # until the next turn), never inside a prompt: audio goes with whole turns.
-                ids.extend((*t.prompt_ids, *t.reply_ids)[max(0, cached - start):])
+                ids.extend((*t.prompt_ids, *t.reply_ids)[max(0, cached - start) :])
                 if start >= cached:
                     audio.extend(t.audio_embeds)
             start = end
@@ -418,8 +441,11 @@ class Session:
 
 def _same_turn(a: UserTurn, b: UserTurn) -> bool:
     """Same text and the same audio samples (a speculation holds for exactly the turn it prefilled)."""
-    return a.text == b.text and len(a.audios) == len(b.audios) and all(
-        x is y or (np.shape(x) == np.shape(y) and np.array_equal(x, y)) for x, y in zip(a.audios, b.audios))
+    return (
+        a.text == b.text
+        and len(a.audios) == len(b.audios)
+        and all(x is y or (np.shape(x) == np.shape(y) and np.array_equal(x, y)) for x, y in zip(a.audios, b.audios))
+    )
 
 
 def _check_turn(turn: UserTurn) -> list[np.ndarray]:
@@ -458,8 +484,12 @@ def _backend_error(err: BaseException, context_tokens: int) -> BackendError:
     if isinstance(err, BackendError):
         return err
     if type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower():
-        return BackendError(f"out of GPU memory during the turn ({context_tokens} tokens of context); the "
-                            "conversation is unchanged: lower --context-limit, reset, or use --quantization 4bit")
+        return BackendError(
+            f"out of GPU memory during the turn ({context_tokens} tokens of context); the "
+            "conversation is unchanged: lower --context-limit, reset, or use --quantization 4bit"
+        )
     first = str(err).splitlines()[0] if str(err) else ""
-    return BackendError(f"the model failed during the turn ({type(err).__name__}: {first[:200]}); "
-                        "the conversation is unchanged, try again")
+    return BackendError(
+        f"the model failed during the turn ({type(err).__name__}: {first[:200]}); "
+        "the conversation is unchanged, try again"
+    )

@@ -64,14 +64,17 @@ def _corpus() -> str:
 
 def _train_tokenizer():
     """Byte-level BPE like Qwen2's, trained on the shipped corpus; special tokens appended in the real order."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
     text = _corpus()
     tok.train_from_iterator(text.splitlines(), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
@@ -82,36 +85,66 @@ def build_tiny_model(dir: Path) -> Path:
     """Write the tiny Qwen2-Audio (config, seeded random weights, tokenizer, feature extractor, chat template)
     to ``dir`` (created if needed) and return it. Takes a few seconds; a few MB on disk."""
     import torch
-    from transformers import (GenerationConfig, PreTrainedTokenizerFast, Qwen2AudioConfig,
-                              Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, WhisperFeatureExtractor)
+    from transformers import (
+        GenerationConfig,
+        PreTrainedTokenizerFast,
+        Qwen2AudioConfig,
+        Qwen2AudioForConditionalGeneration,
+        Qwen2AudioProcessor,
+        WhisperFeatureExtractor,
+    )
 
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     raw = _train_tokenizer()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
-        model_max_length=32768, clean_up_tokenization_spaces=False,
+        tokenizer_object=raw,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
     )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    feature_extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160,
-                                                chunk_length=30, n_fft=400, padding_value=0.0,
-                                                return_attention_mask=True)
-    processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer,
-                                    chat_template=CHAT_TEMPLATE)
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128,
+        sampling_rate=16000,
+        hop_length=160,
+        chunk_length=30,
+        n_fft=400,
+        padding_value=0.0,
+        return_attention_mask=True,
+    )
+    processor = Qwen2AudioProcessor(
+        feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
 
     config = Qwen2AudioConfig(
         audio_config={
-            "model_type": "qwen2_audio_encoder", "num_mel_bins": 128, "encoder_layers": 2,
-            "encoder_attention_heads": 2, "encoder_ffn_dim": 256, "d_model": 128,  # head size 64
+            "model_type": "qwen2_audio_encoder",
+            "num_mel_bins": 128,
+            "encoder_layers": 2,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 256,
+            "d_model": 128,  # head size 64
             "max_source_positions": 1500,  # 3000 mel frames → 1500 positions, as the real encoder
             "initializer_range": INIT_STD,
         },
         text_config={
-            "model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 128, "intermediate_size": 256,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,  # head size 64
-            "max_position_embeddings": 8192, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-            "tie_word_embeddings": False, "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+            "model_type": "qwen2",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,  # head size 64
+            "max_position_embeddings": 8192,
+            "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": False,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
             "initializer_range": INIT_STD,
         },
         audio_token_index=ids["<|AUDIO|>"],
@@ -120,10 +153,13 @@ def build_tiny_model(dir: Path) -> Path:
     torch.manual_seed(SEED)
     model = Qwen2AudioForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
-        eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]], pad_token_id=ids["<|endoftext|>"],
-        bos_token_id=ids["<|endoftext|>"], do_sample=False,
+        eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        do_sample=False,
     )
     from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar on the user's terminal
     model.save_pretrained(dir)
     processor.save_pretrained(dir)
@@ -137,7 +173,8 @@ def build_tiny_model(dir: Path) -> Path:
     (dir / "README.md").write_text(
         "# tiny Qwen2-Audio (voiceassist)\n\nThe real Qwen2-Audio architecture with random weights, built offline "
         "by `voiceassist make-tiny-model`. Its replies are noise; use it for tests and demos only.\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return dir
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from voiceassist.backend import ReplyResult, UserTurn
@@ -59,9 +60,15 @@ class RemoteBackend:
     status bar). ``extra_body``: extra request fields (vLLM sampling extensions such as ``min_tokens``).
     """
 
-    def __init__(self, config: Config, *, client: ServerClient | None = None,
-                 extra_body: dict[str, Any] | None = None, backoff_s: float = BACKOFF_FIRST_S,
-                 on_status: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: ServerClient | None = None,
+        extra_body: dict[str, Any] | None = None,
+        backoff_s: float = BACKOFF_FIRST_S,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
         self._server = config.server
         self._gen = config.generation
         self._budget = config.model.context_limit  # tokens; the same budget setting as the local session
@@ -70,8 +77,9 @@ class RemoteBackend:
         self._backoff_s = backoff_s
         self.on_status = on_status
         self._system = wire.system_prompt(self._gen.system_prompt, self._gen.language)
-        self._system_tokens = (wire.estimate_text_tokens(self._system) + wire.MESSAGE_OVERHEAD_TOKENS
-                               if self._system else 0)
+        self._system_tokens = (
+            wire.estimate_text_tokens(self._system) + wire.MESSAGE_OVERHEAD_TOKENS if self._system else 0
+        )
         self._turns: list[RemoteTurn] = []
         self._model: str | None = config.server.model or None
         self._checked_model = False
@@ -109,8 +117,9 @@ class RemoteBackend:
             except Retryable as err:
                 attempt += 1
                 if attempt > self._server.retries:
-                    raise BackendError(f"{err} (gave up after {self._server.retries} retries)",
-                                       retryable=True) from None
+                    raise BackendError(
+                        f"{err} (gave up after {self._server.retries} retries)", retryable=True
+                    ) from None
                 pause = min(self._backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
                 self._status(f"{err}; retry {attempt}/{self._server.retries} in {pause:g} s")
                 cancel.wait(pause)
@@ -182,7 +191,7 @@ class RemoteBackend:
         if new is None:
             return self._messages(self._turns, None)
         extra = self._new_turn(new)
-        return self._messages(self._turns[self._turns_to_drop(extra):], extra)
+        return self._messages(self._turns[self._turns_to_drop(extra) :], extra)
 
     def connect(self) -> str:
         """Ask the server for its model now (once); returns the model name. Raises BackendError."""
@@ -200,9 +209,15 @@ class RemoteBackend:
 
     def _new_turn(self, turn: UserTurn) -> RemoteTurn:
         samples = tuple(int(len(a)) for a in turn.audios)
-        return RemoteTurn(audios_b64=tuple(wire.wav_base64(a) for a in turn.audios), audio_samples=samples,
-                          text=turn.text, reply="", interrupted=False,
-                          user_tokens=wire.estimate_user_tokens(samples, turn.text), reply_tokens=0)
+        return RemoteTurn(
+            audios_b64=tuple(wire.wav_base64(a) for a in turn.audios),
+            audio_samples=samples,
+            text=turn.text,
+            reply="",
+            interrupted=False,
+            user_tokens=wire.estimate_user_tokens(samples, turn.text),
+            reply_tokens=0,
+        )
 
     def _ensure_model(self) -> None:
         """Learn the model name (when not configured) and its context length from ``GET /v1/models``."""
@@ -217,12 +232,16 @@ class RemoteBackend:
         ids = [m["id"] for m in models]
         if self._model is None:
             if not ids:
-                raise Rejected(f"the server at {self._client.base} lists no model; set server.model "
-                               "(--server-model)", "model")
+                raise Rejected(
+                    f"the server at {self._client.base} lists no model; set server.model (--server-model)", "model"
+                )
             self._model = ids[0]
         elif ids and self._model not in ids:
-            raise Rejected(f"the server at {self._client.base} has no model {self._model!r}; it serves: "
-                           f"{', '.join(ids)}; set server.model (--server-model) to one of them", "model")
+            raise Rejected(
+                f"the server at {self._client.base} has no model {self._model!r}; it serves: "
+                f"{', '.join(ids)}; set server.model (--server-model) to one of them",
+                "model",
+            )
         for m in models:
             if m["id"] == self._model and isinstance(m.get("max_model_len"), int):
                 self._server_max_len = m["max_model_len"]
@@ -240,13 +259,17 @@ class RemoteBackend:
         budget = limit - min(self._gen.max_new_tokens, limit // REPLY_SHARE)
         need = self._system_tokens + new.user_tokens + ASSISTANT_PROMPT_TOKENS
         if need > budget:
-            raise BackendError(f"this turn alone needs about {need} tokens, more than the context budget allows "
-                               f"({limit} tokens: --context-limit, server.context_limit or the server's "
-                               "--max-model-len); send shorter audio or text")
+            raise BackendError(
+                f"this turn alone needs about {need} tokens, more than the context budget allows "
+                f"({limit} tokens: --context-limit, server.context_limit or the server's "
+                "--max-model-len); send shorter audio or text"
+            )
         if self._audio_limit is not None and len(new.audios_b64) > self._audio_limit:
-            raise BackendError(f"this turn has {len(new.audios_b64)} audios but the server accepts at most "
-                               f"{self._audio_limit} per prompt; raise its --limit-mm-per-prompt or "
-                               "lower vad.max_chunks_per_turn")
+            raise BackendError(
+                f"this turn has {len(new.audios_b64)} audios but the server accepts at most "
+                f"{self._audio_limit} per prompt; raise its --limit-mm-per-prompt or "
+                "lower vad.max_chunks_per_turn"
+            )
         costs = [t.user_tokens + t.reply_tokens for t in self._turns]
         audios = [len(t.audios_b64) for t in self._turns]
 
@@ -303,22 +326,30 @@ class RemoteBackend:
         else:
             user_tokens = new.user_tokens
         reply_tokens = n_tokens + 2 if (n_tokens or result.text) else 2  # + "<|im_end|>\n"
-        turn = dataclasses.replace(new, reply=result.text, interrupted=result.interrupted,
-                                   user_tokens=user_tokens, reply_tokens=reply_tokens)
+        turn = dataclasses.replace(
+            new, reply=result.text, interrupted=result.interrupted, user_tokens=user_tokens, reply_tokens=reply_tokens
+        )
         self._turns = [*kept, turn]
         if result.prompt_tokens is not None:
             context = result.prompt_tokens + (result.completion_tokens or n_tokens)
         else:
             context = self.context_tokens()
         ttft = (result.first_token_t - t0) if result.first_token_t is not None else 0.0
-        span = ((result.last_token_t or 0.0) - (result.first_token_t or 0.0))
+        span = (result.last_token_t or 0.0) - (result.first_token_t or 0.0)
         if n_tokens > 1 and span >= MIN_RATE_SPAN_S:
             tok_per_s = (n_tokens - 1) / span
         else:  # the reply came in one burst (a fast server batches its events): the end-to-end rate
             whole = (result.last_token_t or t0) - t0
             tok_per_s = n_tokens / whole if n_tokens and whole > 0 else 0.0
-        return ReplyResult(text=result.text, n_tokens=n_tokens, ttft_s=ttft, tok_per_s=tok_per_s,
-                           context_tokens=context, interrupted=result.interrupted, dropped_turns=drop)
+        return ReplyResult(
+            text=result.text,
+            n_tokens=n_tokens,
+            ttft_s=ttft,
+            tok_per_s=tok_per_s,
+            context_tokens=context,
+            interrupted=result.interrupted,
+            dropped_turns=drop,
+        )
 
     def _status(self, line: str) -> None:
         if self.on_status is not None:

@@ -17,9 +17,10 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -126,12 +127,15 @@ class ServerClient:
         data = _json_or_text(resp)
         models = data.get("data") if isinstance(data, dict) else None
         if not isinstance(models, list):
-            raise Rejected(f"the server at {self.base} did not answer /models with a model list; "
-                           "is server.url an OpenAI-compatible server?")
+            raise Rejected(
+                f"the server at {self.base} did not answer /models with a model list; "
+                "is server.url an OpenAI-compatible server?"
+            )
         return [m for m in models if isinstance(m, dict) and "id" in m]
 
-    def stream_chat(self, body: dict[str, Any], on_text: Callable[[str], None],
-                    cancel: threading.Event) -> StreamResult:
+    def stream_chat(
+        self, body: dict[str, Any], on_text: Callable[[str], None], cancel: threading.Event
+    ) -> StreamResult:
         """POST a streamed chat completion; call ``on_text`` with each piece of text as it arrives.
 
         ``cancel`` is honoured within ~POLL_S in every phase (connecting, waiting for the first token,
@@ -143,8 +147,9 @@ class ServerClient:
         events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=256)
         abandon = threading.Event()
         holder: dict[str, httpx.Response] = {}
-        reader = threading.Thread(target=self._read_stream, args=(body, events, abandon, holder),
-                                  name="vllm-stream", daemon=True)
+        reader = threading.Thread(
+            target=self._read_stream, args=(body, events, abandon, holder), name="vllm-stream", daemon=True
+        )
         reader.start()
         result = StreamResult()
         complete = False
@@ -161,7 +166,8 @@ class ServerClient:
                     chunk: wire.Chunk = item
                     if chunk.error:  # e.g. the engine died while the API server still answered
                         raise (Broken if result.text else Retryable)(
-                            f"the server at {self.base} failed during the reply ({chunk.error})")
+                            f"the server at {self.base} failed during the reply ({chunk.error})"
+                        )
                     if chunk.is_token:
                         now = time.monotonic()
                         result.first_token_t = result.first_token_t or now
@@ -193,8 +199,7 @@ class ServerClient:
                     raise (Broken if result.text else Retryable)(self._timeout_line())
                 elif kind == "transport":
                     if result.text:
-                        raise Broken(f"the connection to {self.base} broke during the reply "
-                                     f"({_reason(item)})")
+                        raise Broken(f"the connection to {self.base} broke during the reply ({_reason(item)})")
                     raise Retryable(self._unreachable_line(item))
                 else:  # "bug": an unexpected exception in the reader; re-raise it where it can be seen
                     raise item
@@ -205,8 +210,13 @@ class ServerClient:
 
     # ---- the reader thread ---------------------------------------------------------------------------------
 
-    def _read_stream(self, body: dict[str, Any], events: queue.Queue[tuple[str, Any]],
-                     abandon: threading.Event, holder: dict[str, httpx.Response]) -> None:
+    def _read_stream(
+        self,
+        body: dict[str, Any],
+        events: queue.Queue[tuple[str, Any]],
+        abandon: threading.Event,
+        holder: dict[str, httpx.Response],
+    ) -> None:
         def put(kind: str, item: Any = None) -> bool:
             while not abandon.is_set():
                 try:
@@ -217,8 +227,7 @@ class ServerClient:
             return False
 
         try:
-            with self._http.stream("POST", self.base + "/chat/completions", json=body,
-                                   headers=self._headers()) as resp:
+            with self._http.stream("POST", self.base + "/chat/completions", json=body, headers=self._headers()) as resp:
                 holder["resp"] = resp
                 if abandon.is_set():
                     return
@@ -245,33 +254,47 @@ class ServerClient:
     # ---- one-line messages ---------------------------------------------------------------------------------
 
     def _unreachable_line(self, err: BaseException) -> str:
-        return (f"cannot reach the server at {self.base} ({_reason(err)}); "
-                "check server.url (--server) and that the server is running")
+        return (
+            f"cannot reach the server at {self.base} ({_reason(err)}); "
+            "check server.url (--server) and that the server is running"
+        )
 
     def _timeout_line(self) -> str:
-        return (f"the server at {self.base} did not answer within {self.timeout_s:g} s "
-                "(server.timeout_s); it may be overloaded")
+        return (
+            f"the server at {self.base} did not answer within {self.timeout_s:g} s "
+            "(server.timeout_s); it may be overloaded"
+        )
 
     def _status_error(self, status: int, payload: Any) -> Exception:
         msg = wire.error_message(payload) or f"HTTP {status}"
         if status in (401, 403):
             if not self.api_key:
-                return Rejected(f"the server at {self.base} needs an API key (HTTP {status}); put it in the "
-                                f"environment variable {self.key_env}", "auth")
-            return Rejected(f"the server at {self.base} refused the API key from {self.key_env} (HTTP {status}); "
-                            "check that it matches the server's --api-key", "auth")
+                return Rejected(
+                    f"the server at {self.base} needs an API key (HTTP {status}); put it in the "
+                    f"environment variable {self.key_env}",
+                    "auth",
+                )
+            return Rejected(
+                f"the server at {self.base} refused the API key from {self.key_env} (HTTP {status}); "
+                "check that it matches the server's --api-key",
+                "auth",
+            )
         if status == 404 and wire.is_unknown_model(msg):
             return Rejected(f"the server at {self.base} does not serve that model: {msg}", "model")
         if status in (400, 413, 422):
             limit = wire.audio_limit_from(msg)
             if limit is not None:
-                return Rejected(f"the server accepts at most {limit} audios per prompt ({msg})",
-                                "too_many_audios", limit)
+                return Rejected(
+                    f"the server accepts at most {limit} audios per prompt ({msg})", "too_many_audios", limit
+                )
             if wire.is_prompt_too_long(msg):
                 return Rejected(f"the conversation is too long for the server's context ({msg})", "too_long")
             if "prompt replacement" in msg:
-                return Rejected(f"the server could not place the audio in the prompt ({msg}); its chat "
-                                "template must mark audio parts as Qwen2-Audio's does", "other")
+                return Rejected(
+                    f"the server could not place the audio in the prompt ({msg}); its chat "
+                    "template must mark audio parts as Qwen2-Audio's does",
+                    "other",
+                )
             return Rejected(f"the server at {self.base} rejected the request (HTTP {status}): {msg}")
         if status == 429 or status >= 500:
             return Retryable(f"the server at {self.base} failed (HTTP {status}: {msg})")

@@ -81,11 +81,11 @@ def estimate_audio_tokens(n_samples: int) -> int:
 
 def estimate_user_tokens(audio_lengths: tuple[int, ...], text: str) -> int:
     """Tokens a user message costs (audio lengths in samples); exact counts come later from the server's usage."""
-    return (MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(text)
-            + sum(estimate_audio_tokens(n) for n in audio_lengths))
+    return MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(text) + sum(estimate_audio_tokens(n) for n in audio_lengths)
 
 
 # ---- server-sent events ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -125,11 +125,17 @@ def parse_sse_line(line: str) -> Chunk | None:
         finish = choice.get("finish_reason")
         is_token = "role" not in delta
     usage = obj.get("usage") or {}
-    return Chunk(text=text, finish_reason=finish, prompt_tokens=usage.get("prompt_tokens"),
-                 completion_tokens=usage.get("completion_tokens"), is_token=is_token)
+    return Chunk(
+        text=text,
+        finish_reason=finish,
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        is_token=is_token,
+    )
 
 
 # ---- error bodies ------------------------------------------------------------------------------------------
+
 
 def error_message(body: Any) -> str:
     """The human message inside an error body (OpenAI ``{"error": {"message"}}`` or older vLLM

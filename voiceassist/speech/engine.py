@@ -44,8 +44,9 @@ class Voice:
 class SynthWorker:
     """One synthesis worker process; thread-safe (one request at a time)."""
 
-    def __init__(self, voice: str = "", rate: int = 175, volume: float = 1.0,
-                 sentence_timeout_s: float = SENTENCE_TIMEOUT_S) -> None:
+    def __init__(
+        self, voice: str = "", rate: int = 175, volume: float = 1.0, sentence_timeout_s: float = SENTENCE_TIMEOUT_S
+    ) -> None:
         self.voice, self.rate, self.volume = voice, rate, volume
         self.sentence_timeout_s = sentence_timeout_s
         self.engine = ""  # the engine the worker reported, e.g. "pyttsx3/espeak"
@@ -81,8 +82,13 @@ class SynthWorker:
         try:
             # stderr is discarded: the worker reports its errors in the protocol; the engine's own chatter
             # (ALSA, espeak) would otherwise fill a pipe nobody reads.
-            self._proc = subprocess.Popen([sys.executable, "-u", str(WORKER_SCRIPT)], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-u", str(WORKER_SCRIPT)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
         except OSError as err:
             raise EngineUnavailable(f"speech output is unavailable: cannot start its worker ({err})") from None
         self._buf = b""
@@ -159,8 +165,9 @@ class SynthWorker:
                 except _WorkerHung:
                     self._reap()
                     self.restarts += 1
-                    raise SpeechError(f"the speech engine hung (no sound after {timeout:.1f} s); "
-                                      "it was restarted") from None
+                    raise SpeechError(
+                        f"the speech engine hung (no sound after {timeout:.1f} s); it was restarted"
+                    ) from None
                 if not reply.get("ok"):
                     raise SpeechError(f"the speech engine failed: {reply.get('error')}")
                 return _read_sound(path)
@@ -234,6 +241,7 @@ class _WorkerHung(Exception):
 
 def _read_sound(path: Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
+
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # noqa: BLE001  (soundfile raises several types)

@@ -44,7 +44,7 @@ class Segment:
     voiced: tuple[int, int] = (0, 0)  # first voiced sample, last voiced sample + 1
 
     @staticmethod
-    def make(turn: int, text: str, samples: np.ndarray) -> "Segment":
+    def make(turn: int, text: str, samples: np.ndarray) -> Segment:
         loud = np.flatnonzero(np.abs(samples) > VOICED_LEVEL)
         voiced = (int(loud[0]), int(loud[-1]) + 1) if len(loud) else (0, len(samples))
         return Segment(turn, text, samples, voiced)
@@ -86,6 +86,7 @@ class Player:
         if self._stream is not None:
             return
         from voiceassist.audio.devices import _sd, resolve_device
+
         sd = _sd()
         info = resolve_device(self.device, "output")
         rate = int(info["default_samplerate"])
@@ -95,12 +96,21 @@ class Player:
         except Exception:  # noqa: BLE001  (a device that wants stereo)
             channels = min(2, int(info["max_output_channels"]))
         try:
-            stream = sd.OutputStream(device=info["index"], samplerate=rate, channels=channels, dtype="float32",
-                                     blocksize=rate * BLOCK_MS // 1000, latency="low", callback=self._callback)
+            stream = sd.OutputStream(
+                device=info["index"],
+                samplerate=rate,
+                channels=channels,
+                dtype="float32",
+                blocksize=rate * BLOCK_MS // 1000,
+                latency="low",
+                callback=self._callback,
+            )
             stream.start()
         except Exception as err:  # noqa: BLE001  (PortAudioError and friends)
-            raise DeviceError(f"cannot open output device {info['name']!r} for speech ({err}); "
-                              "check tts output with `voiceassist devices`") from None
+            raise DeviceError(
+                f"cannot open output device {info['name']!r} for speech ({err}); "
+                "check tts output with `voiceassist devices`"
+            ) from None
         self.rate, self.latency_s, self._stream = rate, float(stream.latency), stream
         self._last_callback = time.monotonic()
         self._idle_since = time.monotonic()
@@ -168,7 +178,7 @@ class Player:
                 if n and seg.turn not in self._first_heard:
                     self._first_heard[seg.turn] = now + ahead + filled / self.rate
                     self._first_delivered[seg.turn] = now
-                out[filled:filled + n] = seg.samples[self._pos:self._pos + n]
+                out[filled : filled + n] = seg.samples[self._pos : self._pos + n]
                 filled += n
                 self._pos += n
                 if self._pos >= len(seg.samples):
@@ -231,7 +241,7 @@ class Player:
             fade_n = 0
             if self._idx < len(self._segs) and self._stream is not None:
                 seg = self._segs[self._idx]
-                tail = seg.samples[self._pos:self._pos + max(1, self.rate * FADE_MS // 1000)]
+                tail = seg.samples[self._pos : self._pos + max(1, self.rate * FADE_MS // 1000)]
                 fade_n = len(tail)
                 if fade_n:
                     self._fade = tail * np.linspace(1.0, 0.0, fade_n, dtype=np.float32)
@@ -253,7 +263,7 @@ class Player:
         with self._lock:
             if not self.rate:
                 return 0.0
-            left = sum(len(s.samples) for s in self._segs[self._idx:]) - self._pos
+            left = sum(len(s.samples) for s in self._segs[self._idx :]) - self._pos
             return max(0, left) / self.rate
 
     def last_audio_end(self) -> float:

@@ -127,7 +127,7 @@ class SentenceSplitter:
             if not nxt:
                 return "wait", i  # "3" "." may become "3.5"
             line_start = buf.rfind("\n", 0, i - len(word)) + 1
-            if not buf[line_start:i - len(word)].strip():
+            if not buf[line_start : i - len(word)].strip():
                 return "no", end  # "1. First item": a list number, not a sentence end
             return "cut", end
         if lower in TITLES or lower in NEVER_FINAL:

@@ -26,8 +26,8 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -55,9 +55,14 @@ class Speaker:
     """Speaks streaming reply text; see the module docstring. All public methods are thread-safe and return
     quickly (none waits for synthesis or playback)."""
 
-    def __init__(self, tts: TtsConfig, output_device: str = "", *,
-                 sentence_timeout_s: float = SENTENCE_TIMEOUT_S,
-                 on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        tts: TtsConfig,
+        output_device: str = "",
+        *,
+        sentence_timeout_s: float = SENTENCE_TIMEOUT_S,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.tts = tts
         # producer: the speech thread (and feed() when overloaded); consumer: the App / UI status bar.
         self.errors: queue.Queue[str] = queue.Queue(maxsize=32)
@@ -318,6 +323,7 @@ class Speaker:
                 self._reported.clear()  # working again: a later failure is news
                 if rate != self._player.rate and len(samples):
                     import soxr
+
                     samples = soxr.resample(samples, rate, self._player.rate).astype(np.float32)
         with self._lock:
             if job.epoch == self._epoch and not self._closed.is_set():

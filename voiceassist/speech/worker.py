@@ -33,6 +33,7 @@ class Pyttsx3Engine:
 
     def __init__(self) -> None:
         import pyttsx3  # noqa: PLC0415  (optional dependency: the `tts` extra)
+
         self.engine = pyttsx3.init()
         self.driver = type(self.engine.proxy._driver).__module__.rsplit(".", 1)[-1]
         self.name = f"pyttsx3/{self.driver}"
@@ -78,9 +79,10 @@ class Pyttsx3Engine:
 
 
 def wav_state(path: str) -> str:
-    """"partial" (missing, or a WAV file still being written: no frames yet, or fewer bytes than its header
+    """ "partial" (missing, or a WAV file still being written: no frames yet, or fewer bytes than its header
     promises), "done" (a WAV file with all its frames), or "other" (another format: nothing to check)."""
     import wave  # noqa: PLC0415
+
     try:
         with open(path, "rb") as f:
             head = f.read(12)
@@ -119,14 +121,20 @@ class EspeakCliEngine:
         self.voice, self.rate, self.volume = "", 175, 1.0
 
     def voices(self) -> list[dict[str, Any]]:
-        lines = subprocess.run([self.exe, "--voices"], capture_output=True, text=True, timeout=30,
-                               check=True).stdout.splitlines()[1:]
+        lines = subprocess.run(
+            [self.exe, "--voices"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.splitlines()[1:]
         out = []
         for line in lines:
             parts = line.split()
             if len(parts) >= 5:  # Pty Language Age/Gender VoiceName File [Other languages]
-                out.append({"id": parts[4], "name": parts[3].replace("_", " "),
-                            "languages": [parts[1]] + [p.strip("()") for p in parts[5:] if not p[0].isdigit()]})
+                out.append(
+                    {
+                        "id": parts[4],
+                        "name": parts[3].replace("_", " "),
+                        "languages": [parts[1]] + [p.strip("()") for p in parts[5:] if not p[0].isdigit()],
+                    }
+                )
         return out
 
     def configure(self, voice_id: str | None, rate: int, volume: float) -> None:
@@ -153,17 +161,21 @@ def resolve_voice(voices: list[dict[str, Any]], wanted: str) -> str:
     """The id of the voice ``wanted`` names: an exact id (or the part after '/'), a language code, else a
     name or id substring (case-insensitive, the first match). Raises LookupError naming some choices."""
     w = wanted.strip().lower()
-    for test in (lambda v: v["id"].lower() == w,
-                 lambda v: v["id"].lower().rsplit("/", 1)[-1] == w,
-                 lambda v: w in [lang.lower() for lang in v["languages"]],
-                 lambda v: w in v["name"].lower(),
-                 lambda v: w in v["id"].lower()):
+    for test in (
+        lambda v: v["id"].lower() == w,
+        lambda v: v["id"].lower().rsplit("/", 1)[-1] == w,
+        lambda v: w in [lang.lower() for lang in v["languages"]],
+        lambda v: w in v["name"].lower(),
+        lambda v: w in v["id"].lower(),
+    ):
         for v in voices:
             if test(v):
                 return v["id"]
     sample = ", ".join(v["id"] for v in voices[:8])
-    raise LookupError(f"voice {wanted!r} not found; available voices include {sample} "
-                      f"(run `voiceassist voices` for all {len(voices)})")
+    raise LookupError(
+        f"voice {wanted!r} not found; available voices include {sample} "
+        f"(run `voiceassist voices` for all {len(voices)})"
+    )
 
 
 def main() -> int:
@@ -192,8 +204,10 @@ def main() -> int:
                     # Still no sound (Pyttsx3Engine has already asked twice): this engine instance is in a bad
                     # state. Exit without an answer: the assistant treats it as a crash and says the sentence
                     # again on a fresh worker.
-                    print(f"the engine's sound file is {_describe(req['path'])}; exiting for a fresh worker",
-                          file=sys.stderr)
+                    print(
+                        f"the engine's sound file is {_describe(req['path'])}; exiting for a fresh worker",
+                        file=sys.stderr,
+                    )
                     return 3
                 send({"ok": True, "path": req["path"]})
             elif cmd == "config":

@@ -16,4 +16,5 @@ from voiceassist.config import Config
 def run(app: Any, config: Config) -> int:
     """Run the UI over a started ``App`` until the user quits; stops the app; returns the exit status."""
     from voiceassist.tui.screen import run as _run
+
     return _run(app, config)

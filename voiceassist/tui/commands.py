@@ -7,8 +7,8 @@ applications so it is easy to test.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
@@ -26,13 +26,16 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("help", "", "this list"),
     Command("reset", "", "start a new conversation"),
-    Command("save", "[PATH]", "save the transcript (Markdown + JSON) and your audio clips (WAV) to a "
-            "folder, or to NAME.md + NAME.json", path_arg=True),
+    Command(
+        "save",
+        "[PATH]",
+        "save the transcript (Markdown + JSON) and your audio clips (WAV) to a folder, or to NAME.md + NAME.json",
+        path_arg=True,
+    ),
     Command("mode", "handsfree|ptt", "hands-free (voice detection) or push-to-talk", ("handsfree", "ptt")),
     Command("mute", "[on|off]", "stop / start listening (toggles)", ("on", "off")),
     Command("tts", "on|off", "speak the replies aloud", ("on", "off")),
-    Command("file", "PATH [question]", "an audio file as your turn, with a question",
-            path_arg=True),
+    Command("file", "PATH [question]", "an audio file as your turn, with a question", path_arg=True),
     Command("devices", "", "list audio input and output devices"),
     Command("quit", "", "leave (also Ctrl-D, or Ctrl-C on an empty prompt)"),
 )
@@ -101,8 +104,12 @@ class CommandCompleter(Completer):
             word = text[1:].lower()
             for c in COMMANDS:
                 if c.name.startswith(word):
-                    yield Completion("/" + c.name + " ", start_position=-len(text), display="/" + c.name,
-                                     display_meta=c.usage or c.doc[:30])
+                    yield Completion(
+                        "/" + c.name + " ",
+                        start_position=-len(text),
+                        display="/" + c.name,
+                        display_meta=c.usage or c.doc[:30],
+                    )
             return
         head, rest = text.split(" ", 1)
         cmd = BY_NAME.get(ALIASES.get(head[1:].lower(), head[1:].lower()))

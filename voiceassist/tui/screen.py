@@ -15,8 +15,9 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
@@ -24,8 +25,7 @@ from prompt_toolkit.filters import Condition, has_completions
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.key_binding.bindings.completion import generate_completions
-from prompt_toolkit.layout import (Float, FloatContainer, HSplit, Layout, UIContent,
-                                   UIControl, Window)
+from prompt_toolkit.layout import Float, FloatContainer, HSplit, Layout, UIContent, UIControl, Window
 from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
 from prompt_toolkit.layout.menus import CompletionsMenu
 from prompt_toolkit.layout.processors import AfterInput, BeforeInput, ConditionalProcessor
@@ -35,20 +35,36 @@ from voiceassist import events as ev
 from voiceassist.config import Config
 from voiceassist.errors import ConfigError, VoiceAssistError
 from voiceassist.tui import commands as cmds
-from voiceassist.tui.stderr import StderrCapture
 from voiceassist.tui.statusbar import StatusModel
+from voiceassist.tui.stderr import StderrCapture
 from voiceassist.tui.view import Conversation, plain_text, safe
 
-STYLE = Style.from_dict({
-    "you": "bold ansicyan", "bot": "bold ansigreen", "audio": "ansicyan", "spark": "ansiyellow",
-    "cut": "ansired", "figures": "ansibrightblack", "note": "ansibrightblack", "error": "ansired bold",
-    "help": "", "hint": "ansibrightblack", "pending": "ansibrightblack italic", "hint.scroll": "reverse",
-    "status": "bg:ansiblue ansiwhite", "status.mode": "bg:ansiwhite ansiblack bold",
-    "status.state": "bg:ansiblue ansiwhite bold", "status.rec": "bg:ansired ansiwhite bold blink",
-    "status.warn": "bg:ansiyellow ansiblack bold", "status.figures": "bg:ansiblue ansiwhite",
-    "status.tiny": "bg:ansimagenta ansiwhite bold", "status.info": "bg:ansiblack ansiwhite",
-    "prompt": "bold", "placeholder": "ansibrightblack",
-})
+STYLE = Style.from_dict(
+    {
+        "you": "bold ansicyan",
+        "bot": "bold ansigreen",
+        "audio": "ansicyan",
+        "spark": "ansiyellow",
+        "cut": "ansired",
+        "figures": "ansibrightblack",
+        "note": "ansibrightblack",
+        "error": "ansired bold",
+        "help": "",
+        "hint": "ansibrightblack",
+        "pending": "ansibrightblack italic",
+        "hint.scroll": "reverse",
+        "status": "bg:ansiblue ansiwhite",
+        "status.mode": "bg:ansiwhite ansiblack bold",
+        "status.state": "bg:ansiblue ansiwhite bold",
+        "status.rec": "bg:ansired ansiwhite bold blink",
+        "status.warn": "bg:ansiyellow ansiblack bold",
+        "status.figures": "bg:ansiblue ansiwhite",
+        "status.tiny": "bg:ansimagenta ansiwhite bold",
+        "status.info": "bg:ansiblack ansiwhite",
+        "prompt": "bold",
+        "placeholder": "ansibrightblack",
+    }
+)
 PUMP_INTERVAL_S = 0.04  # how often the event queue is drained and the screen redrawn at most (25 fps)
 MAX_EVENTS_PER_TICK = 2000  # events handled per drain, so a flood of tokens cannot starve the keyboard
 METER_REDRAW_S = 0.1  # the level meter alone redraws the screen at most 10 times a second
@@ -107,8 +123,9 @@ class PushToTalk:
             # and the next press starts a new recording rather than stopping this one.
             self.since, self.held, self.stop_at = None, False, None
             return True
-        if self.since is not None and ((self.stop_at is not None and now >= self.stop_at) or (
-                self.held and now - self.last_press > self.release_s)):
+        if self.since is not None and (
+            (self.stop_at is not None and now >= self.stop_at) or (self.held and now - self.last_press > self.release_s)
+        ):
             self.stop()
             return True
         return False
@@ -122,7 +139,7 @@ class PushToTalk:
 class ConversationControl(UIControl):
     """Draws exactly the pane's rows: the end of the history, or ``offset`` rows above it."""
 
-    def __init__(self, ui: "Tui") -> None:
+    def __init__(self, ui: Tui) -> None:
         self.ui = ui
 
     def is_focusable(self) -> bool:
@@ -147,9 +164,13 @@ class Tui:
         source = getattr(app, "source", None)
         self.conv = Conversation(cap_s=config.vad.max_chunk_s)
         self.status = StatusModel(
-            mode=config.ui.mode, silence_warning_s=config.audio.silence_warning_s, model=description,
-            device=safe(str(getattr(source, "name", "") or "")), tiny=is_tiny_model(config, description),
-            tts=config.tts.enabled)
+            mode=config.ui.mode,
+            silence_warning_s=config.audio.silence_warning_s,
+            model=description,
+            device=safe(str(getattr(source, "name", "") or "")),
+            tiny=is_tiny_model(config, description),
+            tts=config.tts.enabled,
+        )
         self.ptt = PushToTalk(app, config.ui.ptt_release_ms / 1000)
         self.offset = 0  # rows scrolled up from the bottom; 0 follows new text
         self.pane_height = 20  # rows of the conversation pane at the last draw
@@ -161,36 +182,58 @@ class Tui:
         self.streaming_turn: int | None = None  # the turn whose reply is streaming, if any
         # Producer: helper threads (/save, /devices); consumer: the pump task. Bounded: a note per command.
         self._notes: queue.Queue[tuple[str, str]] = queue.Queue(maxsize=100)
-        self.buffer = Buffer(multiline=False, completer=cmds.CommandCompleter(), complete_while_typing=False,
-                             history=InMemoryHistory(), accept_handler=self._accept)
+        self.buffer = Buffer(
+            multiline=False,
+            completer=cmds.CommandCompleter(),
+            complete_while_typing=False,
+            history=InMemoryHistory(),
+            accept_handler=self._accept,
+        )
         self.application = self._build()
         self.conv.note("voiceassist: speak, or type a message and press Enter; /help lists the commands")
         if self.status.tiny:
-            self.conv.note("this is the tiny random-weight demo model: its replies are noise, but every part of "
-                           "the pipeline is real", "error")
+            self.conv.note(
+                "this is the tiny random-weight demo model: its replies are noise, but every part of "
+                "the pipeline is real",
+                "error",
+            )
 
     # ---- layout and keys -------------------------------------------------------------------------------------
 
     def _build(self) -> Application:
-        placeholder = ConditionalProcessor(AfterInput(self._placeholder, style="class:placeholder"),
-                                           filter=Condition(lambda: not self.buffer.text))
-        input_window = Window(BufferControl(self.buffer, input_processors=[
-            BeforeInput("› ", style="class:prompt"), placeholder]), height=1)
-        body = HSplit([
-            Window(ConversationControl(self), wrap_lines=False),
-            Window(FormattedTextControl(self._hint_line), height=1),
-            Window(FormattedTextControl(lambda: self.status.line1(self._width(), ev.now())), height=1,
-                   style="class:status"),
-            Window(FormattedTextControl(lambda: self.status.line2(self._width())), height=1,
-                   style="class:status"),
-            input_window,
-        ])
-        root = FloatContainer(body, floats=[Float(xcursor=True, ycursor=True,
-                                                  content=CompletionsMenu(max_height=8, scroll_offset=1))])
+        placeholder = ConditionalProcessor(
+            AfterInput(self._placeholder, style="class:placeholder"), filter=Condition(lambda: not self.buffer.text)
+        )
+        input_window = Window(
+            BufferControl(self.buffer, input_processors=[BeforeInput("› ", style="class:prompt"), placeholder]),
+            height=1,
+        )
+        body = HSplit(
+            [
+                Window(ConversationControl(self), wrap_lines=False),
+                Window(FormattedTextControl(self._hint_line), height=1),
+                Window(
+                    FormattedTextControl(lambda: self.status.line1(self._width(), ev.now())),
+                    height=1,
+                    style="class:status",
+                ),
+                Window(FormattedTextControl(lambda: self.status.line2(self._width())), height=1, style="class:status"),
+                input_window,
+            ]
+        )
+        root = FloatContainer(
+            body, floats=[Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=8, scroll_offset=1))]
+        )
         layout = Layout(root, focused_element=input_window)
-        return Application(layout=layout, key_bindings=self._keys(), style=STYLE, full_screen=True,
-                           mouse_support=False, erase_when_done=True,
-                           enable_page_navigation_bindings=False)  # PageUp/PageDown scroll our pane
+        return Application(
+            layout=layout,
+            key_bindings=self._keys(),
+            style=STYLE,
+            full_screen=True,
+            mouse_support=False,
+            erase_when_done=True,
+            enable_page_navigation_bindings=False,
+        )  # PageUp/PageDown scroll our pane
 
     def _width(self) -> int:
         try:
@@ -215,6 +258,7 @@ class Tui:
         empty = Condition(lambda: not self.buffer.text)
         ptt_on = Condition(lambda: self.status.mode == "ptt")
         try:
+
             @kb.add(self.config.ui.ptt_key, filter=empty & ptt_on & ~has_completions)
             def _ptt(event: Any) -> None:
                 if self.status.muted and not self.ptt.recording:
@@ -223,16 +267,19 @@ class Tui:
                 self.ptt.press()
                 self.application.invalidate()
         except ValueError:
-            raise ConfigError(f"[ui] ptt_key = {self.config.ui.ptt_key!r} is not a key name; use e.g. space,"
-                              " f5 or c-t (prompt_toolkit key names)") from None
+            raise ConfigError(
+                f"[ui] ptt_key = {self.config.ui.ptt_key!r} is not a key name; use e.g. space,"
+                " f5 or c-t (prompt_toolkit key names)"
+            ) from None
 
         @kb.add("c-c")
         def _ctrl_c(event: Any) -> None:
             now = time.monotonic()
             if self.ptt.recording:
                 self.ptt.stop()
-            elif self._busy() and not (now - self._last_cancel < DOUBLE_CTRL_C_S
-                                       and self._cancelled_turn == self.streaming_turn):
+            elif self._busy() and not (
+                now - self._last_cancel < DOUBLE_CTRL_C_S and self._cancelled_turn == self.streaming_turn
+            ):
                 # (A second Ctrl-C while the same reply still streams falls through: the user wants out.)
                 self._last_cancel, self._cancelled_turn = now, self.streaming_turn
                 self.app.cancel()
@@ -315,8 +362,11 @@ class Tui:
                 self.ptt.stop()
             self.app.set_mode(args[0])
             self.status.mode = args[0]
-            self.status.hint = ("push-to-talk: press " + self.config.ui.ptt_key + " on an empty line to talk"
-                                if args[0] == "ptt" else "hands-free: just speak")
+            self.status.hint = (
+                "push-to-talk: press " + self.config.ui.ptt_key + " on an empty line to talk"
+                if args[0] == "ptt"
+                else "hands-free: just speak"
+            )
         elif name == "mute":
             muted = (not self.status.muted) if not args else args[0] == "on"
             self.app.set_muted(muted)
@@ -338,16 +388,21 @@ class Tui:
             self._in_background(lambda: self._save(args[0] if args else None), "saving the transcript…")
         elif name == "devices":
             from voiceassist.audio.devices import describe_devices
+
             self._in_background(lambda: (describe_devices(), "note"), "listing devices…")
 
     def _save(self, dest: str | None) -> tuple[str, str]:
         from voiceassist.transcript import save_transcript
+
         history = self.app.history()
         if not history:
             return "nothing to save yet: no turns so far", "note"
         saved = save_transcript(history, dest, meta={"model": self.status.model})
-        return (f"saved {len(history)} turns: {saved.markdown}, {saved.json.name}, "
-                f"{len(saved.clips)} audio clips" + (f" in {saved.clips[0].parent}" if saved.clips else ""), "note")
+        return (
+            f"saved {len(history)} turns: {saved.markdown}, {saved.json.name}, "
+            f"{len(saved.clips)} audio clips" + (f" in {saved.clips[0].parent}" if saved.clips else ""),
+            "note",
+        )
 
     def _in_background(self, work: Callable[[], tuple[str, str]], hint: str) -> None:
         self.status.hint = hint

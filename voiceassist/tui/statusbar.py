@@ -17,9 +17,17 @@ from voiceassist.tui.view import Fragments, char_width, safe
 
 METER_LO_DB, METER_HI_DB = -60.0, 0.0  # dBFS range of the live input meter
 STATE_LABELS = {
-    "starting": "starting", "listening": "listening", "hearing": "hearing speech", "recording": "recording",
-    "thinking": "thinking", "speaking": "speaking", "muted": "muted", "device_lost": "device lost",
-    "idle": "idle", "stopped": "stopped", "ended": "input ended",
+    "starting": "starting",
+    "listening": "listening",
+    "hearing": "hearing speech",
+    "recording": "recording",
+    "thinking": "thinking",
+    "speaking": "speaking",
+    "muted": "muted",
+    "device_lost": "device lost",
+    "idle": "idle",
+    "stopped": "stopped",
+    "ended": "input ended",
 }
 
 
@@ -62,8 +70,11 @@ class StatusModel:
             self.state, self.detail = event.state, safe(event.detail)
             # The app explains changes in the detail ("end of input", "only silence recorded", "new
             # conversation", ...): shown on the hint line. Recording time and lost devices are in the bar.
-            if self.detail and event.state not in ("recording", "device_lost") and not (
-                    self.detail.startswith("mode ")):
+            if (
+                self.detail
+                and event.state not in ("recording", "device_lost")
+                and not (self.detail.startswith("mode "))
+            ):
                 self.hint = self.detail
             if event.state == "muted":
                 self.muted = True
@@ -110,8 +121,11 @@ class StatusModel:
             st = "class:status.warn" if self.state in ("device_lost", "muted") else "class:status.state"
             out.append((st, f" {self.state_label()} "))
         if self.silent_s >= self.silence_warning_s and not self.muted:
-            warn = (f"no input signal for {self.silent_s:.0f} s: mic muted or dead?" if compact < 2
-                    else f"no input {self.silent_s:.0f} s: mic muted?")
+            warn = (
+                f"no input signal for {self.silent_s:.0f} s: mic muted or dead?"
+                if compact < 2
+                else f"no input {self.silent_s:.0f} s: mic muted?"
+            )
             out.append(("class:status.warn", f" {warn} "))
         else:
             db = "" if self.dbfs is None else f" {max(self.dbfs, -99):3.0f} dB"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 MAX_LINES = 40  # lines shown per run; after that one note says the rest was dropped
 MAX_LINE_CHARS = 300  # a longer line is cut, characters
@@ -27,7 +27,7 @@ class StderrCapture:
         self._shown = 0
         self._last = ""
 
-    def __enter__(self) -> "StderrCapture":
+    def __enter__(self) -> StderrCapture:
         try:
             sys.stderr.flush()
             read_fd, write_fd = os.pipe()

@@ -35,7 +35,7 @@ def sparkline(levels: tuple[float, ...] | list[float], width: int = 12) -> str:
         return ""
     if len(vals) > width:
         step = len(vals) / width
-        vals = [max(vals[int(i * step): max(int((i + 1) * step), int(i * step) + 1)]) for i in range(width)]
+        vals = [max(vals[int(i * step) : max(int((i + 1) * step), int(i * step) + 1)]) for i in range(width)]
     out = []
     for v in vals:
         x = (min(max(v, SPARK_LO_DB), SPARK_HI_DB) - SPARK_LO_DB) / (SPARK_HI_DB - SPARK_LO_DB)
@@ -49,6 +49,7 @@ def audio_label(seconds: float) -> str:
 
 
 # ---- wrapping ------------------------------------------------------------------------------------------------
+
 
 def char_width(ch: str) -> int:
     w = get_cwidth(ch)
@@ -134,18 +135,17 @@ class _StreamWrap:
             nl = text.find("\n", self.done_chars)
             if nl < 0:
                 break
-            para = text[self.done_chars:nl]
+            para = text[self.done_chars : nl]
             self.done_lines += [para[a:b] for a, b in (spans(para, self.room) or [(0, 0)])]
             self.done_chars, self.last = nl + 1, []
-        para = text[self.done_chars:]
+        para = text[self.done_chars :]
         resume = self.last[-1][0] if self.last else 0
         self.last = self.last[:-1] + spans(para, self.room, resume) if para else []
         self.text = text
         return self.done_lines + ([para[a:b] for a, b in self.last] if para else [""])
 
 
-def _paragraphs(label: tuple[str, str], body_style: str, text: str, width: int,
-                hang: int = 0) -> list[Fragments]:
+def _paragraphs(label: tuple[str, str], body_style: str, text: str, width: int, hang: int = 0) -> list[Fragments]:
     """``label`` on the first line, ``text`` (may contain newlines) wrapped and indented under it; continuation
     lines of a paragraph are indented by ``LABEL_WIDTH + hang`` (a hanging indent for tables like /help)."""
     out: list[Fragments] = []
@@ -156,6 +156,7 @@ def _paragraphs(label: tuple[str, str], body_style: str, text: str, width: int,
 
 
 # ---- conversation entries ------------------------------------------------------------------------------------
+
 
 @dataclass
 class UserEntry:
@@ -209,7 +210,8 @@ class ReplyEntry:
                 texts = texts + ["▌"]
         lines: list[Fragments] = [
             [("class:bot", "bot".ljust(LABEL_WIDTH)) if n == 0 else ("", " " * LABEL_WIDTH), ("class:reply", t)]
-            for n, t in enumerate(texts)]
+            for n, t in enumerate(texts)
+        ]
         figures = []
         if self.interrupted:
             figures.append(f"interrupted ({self.interrupted.replace('_', '-')})")
@@ -234,8 +236,13 @@ class NoteEntry:
 
     def render(self, width: int) -> list[Fragments]:
         label = {"error": "  ! ", "help": "    "}.get(self.style, "  · ")
-        return _paragraphs(("class:" + self.style, label.ljust(LABEL_WIDTH)), "class:" + self.style,
-                           safe(self.text), width, self.hang if width >= 60 else 0)
+        return _paragraphs(
+            ("class:" + self.style, label.ljust(LABEL_WIDTH)),
+            "class:" + self.style,
+            safe(self.text),
+            width,
+            self.hang if width >= 60 else 0,
+        )
 
 
 @dataclass
@@ -247,8 +254,7 @@ class PendingEntry:
 
     def render(self, width: int) -> list[Fragments]:
         what = f"[file {self.file}] {self.text}".strip() if self.file else self.text
-        return _paragraphs(("class:you", "you".ljust(LABEL_WIDTH)), "class:pending",
-                           safe(what) + "  (waiting)", width)
+        return _paragraphs(("class:you", "you".ljust(LABEL_WIDTH)), "class:pending", safe(what) + "  (waiting)", width)
 
 
 Entry = UserEntry | ReplyEntry | NoteEntry | PendingEntry
@@ -337,8 +343,9 @@ class Conversation:
         """Take one event; True if the pane changed."""
         if isinstance(event, ev.UtteranceEvent):
             self._take_pending(event)
-            self._add(UserEntry(event.turn, tuple(event.durations), event.capped, tuple(event.levels),
-                                event.text, self.cap_s))
+            self._add(
+                UserEntry(event.turn, tuple(event.durations), event.capped, tuple(event.levels), event.text, self.cap_s)
+            )
         elif isinstance(event, ev.ReplyStart):
             old = self._replies.get(event.turn)
             if old is not None and old.entry.done:  # type: ignore[union-attr]
@@ -384,7 +391,7 @@ class Conversation:
         changed since then are looked at, so a long history costs nothing; used to keep a scrolled-back view
         still while text arrives below it."""
         delta = -sum(n for w, n in self._removed if w == width)
-        for item in self._items[self._dirty_from:]:
+        for item in self._items[self._dirty_from :]:
             before = item.counted[1] if item.counted[0] == width else 0
             item.counted = (width, len(item.lines_for(width)))
             delta += item.counted[1] - before
@@ -401,7 +408,7 @@ class Conversation:
             if have > count:
                 break
         out = [line for chunk in reversed(chunks) for line in chunk]
-        return out[max(0, len(out) - count):], have > count
+        return out[max(0, len(out) - count) :], have > count
 
     def window(self, width: int, height: int, offset: int) -> tuple[list[Fragments], int]:
         """Lines for a pane of ``height`` rows, ``offset`` rows up from the bottom (0 = following the end).
@@ -412,7 +419,7 @@ class Conversation:
         elif len(lines) > height + max(offset, 0):
             lines = lines[1:]
         offset = max(0, min(offset, len(lines) - height))
-        return lines[max(0, len(lines) - height - offset): len(lines) - offset], offset
+        return lines[max(0, len(lines) - height - offset) : len(lines) - offset], offset
 
 
 def plain_text(lines: list[Fragments]) -> str:
