@@ -1,0 +1,223 @@
+"""The echo canceller and its far-end reference, on espeak speech through a simulated room (real AEC3)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+import soxr
+from support.audio_scenes import phrase
+from support.room import RoomSpec, echo_of
+from support.speech import SR, rms, silence
+
+from voiceassist.audio.echo import ArrayReference, EchoCanceller, FarEndReference
+from voiceassist.config import VadConfig
+from voiceassist.errors import ConfigError
+from voiceassist.events import AudioBlock, Utterance
+from voiceassist.vad import Segmenter
+
+pytest.importorskip("pywebrtc_audio")
+
+T0 = 5000.0  # capture-clock time of sample 0 in these scenes, s
+
+
+def reply(seconds: float = 14.0) -> np.ndarray:
+    """The assistant's voice: espeak sentences with short pauses, about ``seconds`` long, peak 0.5."""
+    parts = []
+    texts = [
+        "Here is the weather for today. It will be sunny in the morning.",
+        "In the afternoon clouds come in from the west, with light rain by the evening.",
+        "Tomorrow looks much the same, a little warmer, with wind from the south.",
+    ]
+    while sum(len(p) for p in parts) < seconds * SR:
+        for text in texts:
+            parts += [phrase(text, "en-gb"), silence(0.25)]
+    x = np.concatenate(parts)[: int(seconds * SR)]
+    return (0.5 * x / np.max(np.abs(x))).astype(np.float32)
+
+
+def feed_player(ref: FarEndReference, far16: np.ndarray, t0: float, timed: bool = True) -> list:
+    """Blocks as the player's callback would write them: 20 ms at 48 kHz stereo, stamped when heard."""
+    far48 = soxr.resample(far16, SR, 48000).astype(np.float32)
+    return [
+        (np.repeat(far48[i : i + 960, None], 2, axis=1), 48000, t0 + i / 48000, timed)
+        for i in range(0, len(far48) - 959, 960)
+    ]
+
+
+def run(
+    ec: EchoCanceller, mic: np.ndarray, pending: list, ref: FarEndReference | None, block: int = 320, skew: float = 0.0
+) -> np.ndarray:
+    """Mic blocks through the canceller in real-time order: the player's blocks are written ~60 ms before
+    they are heard, the mic's are processed once captured; ``skew``: error of the mic's stamps, s."""
+    out = []
+    for i in range(0, len(mic), block):
+        t = T0 + i / SR
+        while ref is not None and pending and pending[0][2] < t + block / SR + 0.06:
+            ref.write(*pending.pop(0))
+        out.append(ec.process(AudioBlock(mic[i : i + block], t + skew)).samples)
+    out.append(ec.flush().samples)
+    return np.concatenate(out)
+
+
+def erle(mic: np.ndarray, out: np.ndarray, from_s: float) -> float:
+    a, b = mic[int(from_s * SR) :], out[int(from_s * SR) :]
+    return 10 * np.log10(np.mean(a.astype(np.float64) ** 2) / (np.mean(b.astype(np.float64) ** 2) + 1e-12))
+
+
+@pytest.mark.parametrize("delay_ms", [20, 80, 150])
+def test_echo_only_is_cancelled_by_30_db_after_convergence_and_the_delay_is_measured(delay_ms):
+    far = reply()
+    spec = RoomSpec(delay_ms=delay_ms, rt60_s=0.5)
+    mic = echo_of(far, spec) + np.random.default_rng(3).normal(0, 3e-4, len(far)).astype(np.float32)
+    ref = FarEndReference()
+    ec = EchoCanceller(ref)
+    out = run(ec, mic, feed_player(ref, far, T0), ref)
+    assert len(out) == len(mic) + ec.latency  # nothing dropped: WebRTC's delay comes out at the end
+    out = out[ec.latency :]
+    got = erle(mic, out, 5.0)
+    state = ec.state()
+    print(f"delay {delay_ms} ms: ERLE {got:.1f} dB, state {state}")
+    assert got >= 30.0
+    assert state.convergence == "converged" and state.timing == "device"
+    assert state.delay_ms is not None and abs(state.delay_ms - delay_ms) <= 2.0
+
+
+def segments(audio: np.ndarray) -> list[tuple[float, float]]:
+    """(start, end) s of each utterance the live segmenter cuts from ``audio`` (speech extent: pre-roll/tail off)."""
+    seg = Segmenter(VadConfig())
+    utts = []
+    for i in range(0, len(audio), 320):
+        utts += [e for e in seg.feed(AudioBlock(audio[i : i + 320], i / SR)) if isinstance(e, Utterance)]
+    utts += [e for e in seg.flush() if isinstance(e, Utterance)]
+    return [(u.start_t + 0.3, u.end_t) for u in utts]
+
+
+def test_over_the_echo_only_the_users_speech_is_heard_and_it_survives_double_talk():
+    far = reply()
+    user = phrase("Stop, I would like to ask about something else instead.", "en-us")
+    echo = echo_of(far, RoomSpec(delay_ms=60))
+    at = int(8.0 * SR)  # after convergence, in the middle of the reply
+    clean = 0.5 * user / np.max(np.abs(user))  # as loud as the echo's source
+    mic = echo.copy()
+    mic[at : at + len(user)] += clean
+    ref = FarEndReference()
+    ec = EchoCanceller(ref)
+    out = run(ec, mic, feed_player(ref, far, T0), ref)[ec.latency :]  # output j is input j − latency
+    raw_segs, out_segs = segments(mic), segments(out)
+    truth = (at / SR, (at + len(user)) / SR)
+    print(f"user speech {truth}; segments without AEC {raw_segs}; with AEC {out_segs}")
+    assert sum(b - a for a, b in raw_segs) > 10.0  # without cancellation the assistant's own voice is a turn
+    late = [s for s in out_segs if s[1] > 6.0]  # after convergence
+    assert len(late) == 1
+    start, end = late[0]
+    assert abs(start - truth[0]) < 0.1 and end >= truth[1] - 0.15
+    seg = slice(at, at + len(user))
+    kept = rms(out[seg]) / rms(clean)
+    assert 0.4 < kept < 1.5  # the user's level is kept (AEC3 backs off its suppression in double talk)
+
+
+def test_a_device_without_latency_falls_back_to_the_cancellers_own_estimate_and_says_so_once():
+    far = reply()
+    spec = RoomSpec(delay_ms=40)
+    mic = echo_of(far, spec)
+    ref = FarEndReference()
+    ec = EchoCanceller(ref)
+    # The player could not tell its latency: blocks are stamped at write time, 90 ms before they are heard.
+    pending = feed_player(ref, far, T0 - 0.09, timed=False)
+    out = run(ec, mic, pending, ref)[ec.latency :]
+    notices = ec.notices()
+    assert len(notices) == 1 and "reports no latency" in notices[0]
+    assert ec.notices() == []  # said once
+    assert ec.state().timing == "estimated"
+    assert erle(mic, out, 6.0) >= 30.0
+
+
+def test_stamps_far_off_are_re_aligned_from_the_measured_delay():
+    far = reply()
+    mic = echo_of(far, RoomSpec(delay_ms=30))
+    ref = FarEndReference()
+    ec = EchoCanceller(ref)
+    # The microphone's stamps say its audio came 200 ms before it really did (a device that overstates its
+    # input latency): the echo then arrives before its reference.
+    out = run(ec, mic, feed_player(ref, far, T0), ref, skew=-0.2)[ec.latency :]
+    state = ec.state()
+    print(state, ec.notices())
+    assert state.realigned == 1
+    assert erle(mic, out, 8.0) >= 30.0
+
+
+@pytest.mark.parametrize("block", [1, 157, 320, 1000])
+def test_every_sample_comes_out_for_any_block_size_and_across_a_reset(block):
+    rng = np.random.default_rng(0)
+    mic = rng.normal(0, 0.05, SR * 2).astype(np.float32)
+    ec = EchoCanceller(ArrayReference(np.zeros(0, np.float32), T0), noise_suppression=False)
+    total, ts = 0, []
+    for i in range(0, len(mic), block):
+        if i >= SR and not ec.state().resets:
+            ec.reset()
+        b = ec.process(AudioBlock(mic[i : i + block], T0 + i / SR))
+        if len(b.samples):
+            ts.append((b.t, total))
+        total += len(b.samples)
+    total += len(ec.flush().samples)
+    assert total == len(mic) + ec.latency
+    for t, pos in ts:  # each output block is stamped with the capture time of its first sample
+        assert abs(t - (T0 + (pos - ec.latency) / SR)) < 1e-6
+
+
+@pytest.mark.parametrize("ns", [False, True])
+def test_output_stamps_account_for_webrtcs_own_delay(ns):
+    x = phrase("Testing the delay of the canceller with a whole sentence.")
+    ec = EchoCanceller(ArrayReference(np.zeros(0, np.float32), T0), noise_suppression=ns)
+    out = np.concatenate([ec.process(AudioBlock(x[i : i + 320], T0 + i / SR)).samples for i in range(0, len(x), 320)])
+    out = np.concatenate((out, ec.flush().samples))
+    lags = [float(np.dot(out[lag : lag + SR], x[:SR])) for lag in range(0, 400)]
+    assert int(np.argmax(np.abs(lags))) == ec.latency
+
+
+def test_reference_is_resampled_and_aligned_to_the_sample_and_silence_around_it():
+    ref = FarEndReference()
+    far = np.sin(2 * np.pi * 440 * np.arange(SR) / SR).astype(np.float32) * 0.3
+    for item in feed_player(ref, far, T0):
+        ref.write(*item)
+    got = ref.read(T0 - 0.1, 2 * SR)
+    lead = got[: int(0.1 * SR) - 10]
+    assert np.all(lead == 0.0)  # before anything was played
+    body = got[int(0.1 * SR) + 100 : int(1.0 * SR)]
+    expect = far[100 : int(0.9 * SR)]
+    assert np.max(np.abs(body - expect)) < 0.01
+    assert np.all(got[int(1.2 * SR) :] == 0.0)  # after the end
+
+
+def test_the_writer_never_blocks_and_loses_nothing_while_the_reader_reads():
+    ref = FarEndReference()
+    n_blocks = 1500
+    block = np.ones(320, np.float32) * 0.25
+
+    def writer() -> None:
+        for k in range(n_blocks):
+            ref.write(block, SR, T0 + k * 0.02)
+
+    th = threading.Thread(target=writer)
+    th.start()
+    while th.is_alive():
+        ref.read(T0, 320)
+    th.join()
+    got = ref.read(T0 + (n_blocks - 150) * 0.02, 150 * 320)  # the last 3 s
+    assert np.all(got == 0.25)
+
+
+def test_array_reference_shorter_than_the_recording_is_silence_after_its_end():
+    ref = ArrayReference(np.ones(SR, np.float32), T0 + 0.5)
+    got = ref.read(T0, 3 * SR)
+    assert np.all(got[: SR // 2] == 0) and np.all(got[SR // 2 : SR + SR // 2] == 1) and np.all(got[-SR:] == 0)
+
+
+def test_missing_pywebrtc_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pywebrtc_audio", None)
+    with pytest.raises(ConfigError) as err:
+        EchoCanceller(None)
+    assert "voiceassist[aec]" in str(err.value) and "\n" not in str(err.value)

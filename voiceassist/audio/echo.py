@@ -1,0 +1,421 @@
+"""Acoustic echo cancellation with the exact far end: what the player really wrote, aligned by the audio clocks.
+
+Two objects, one per side of the sound card:
+
+- :class:`FarEndReference` — written by the speech player's output callback (a copy of each block and the
+  capture-clock time its first sample is heard, from PortAudio's ``outputBufferDacTime``; nothing else happens
+  on that thread), read by the capture thread as 16 kHz mono for any stretch of the capture clock.
+- :class:`EchoCanceller` — a front-end processor on the capture thread: for each microphone block (stamped
+  with its ADC time, see ``audio.sources``) it takes the far end heard over the same stretch and runs WebRTC's
+  audio processing (AEC3, then optionally noise suppression and AGC2, from pywebrtc-audio) in 10 ms frames.
+
+Alignment. The microphone block at capture time ``t`` holds the echo of what was heard at ``t`` (plus the few
+ms of the acoustic path). AEC3 cannot cancel an echo that reaches the microphone before its reference does
+(measured on a simulated room: 4 dB ERLE with the reference exactly aligned, ≥ 45 dB with it 5–250 ms ahead), so
+the reference handed with the block at ``t`` is the one heard at ``t + LEAD_MS`` and AEC3's own delay estimator
+finds the remaining few ms. When a device reports no DAC/ADC times the stamps fall back to the write time plus
+PortAudio's latency figure (the player) or one block (the microphone): the echo then lags the reference by up to
+the real latency, which AEC3's estimator covers (measured up to 250 ms); :attr:`EchoCanceller.notice` says so
+once. A GCC-PHAT cross-correlation over the last second (:class:`DelayEstimator`) measures the delay that
+remains, for ``status``, and re-aligns the reference when it falls outside what AEC3 covers.
+
+Nothing is dropped: every input sample comes out, while the canceller starts (its first block is processed,
+not skipped) and across :meth:`EchoCanceller.reset`. WebRTC delays its output by :attr:`EchoCanceller.latency`
+samples (8 ms AEC3, 6 ms noise suppression) and the 10 ms framing holds back < 10 ms more: output blocks are
+stamped with the capture time their first sample was heard (so ``t`` stays the ADC clock), and ``flush``
+returns what is held back.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from voiceassist.errors import ConfigError
+from voiceassist.events import AudioBlock
+
+RATE = 16000  # Hz: everything here runs at the capture chain's rate
+FRAME = RATE // 100  # 160 samples: WebRTC's audio processing works in 10 ms frames
+LEAD_MS = 20  # the reference is handed this far ahead of its echo (AEC3 needs it ahead; see the docstring)
+HISTORY_S = 4.0  # s of far end kept (longer than any output latency + room delay we align)
+REANCHOR_S = 0.02  # s: a far-end block stamped further than this from where its run goes on starts a new run
+INBOX_BLOCKS = 2000  # far-end blocks the callback may queue before the capture side reads (40 s at 20 ms)
+# Delay measurement (GCC-PHAT of the microphone against the reference as handed to AEC3).
+XCORR_S = 1.0  # s of audio per measurement
+XCORR_EVERY_S = 0.5  # s between measurements (only while the far end is playing)
+XCORR_MAX_MS = 500.0  # largest delay searched, ms (either sign)
+XCORR_MIN_PEAK = 6.0  # peak / mean |correlation| needed to believe a measurement
+FAR_ACTIVE_DBFS = -50.0  # a far-end frame louder than this counts as playing
+# AEC3's range, measured (see the docstring): outside it the reference is re-aligned to LEAD_MS.
+AEC_MIN_DELAY_MS, AEC_MAX_DELAY_MS = 2.0, 250.0
+# ERLE: 10·log10(power in / power out) over frames while the far end plays; smoothed over ~1 s of them.
+ERLE_SMOOTHING = 0.01  # per 10 ms frame
+CONVERGED_ERLE_DB = 18.0  # the echo is this far down: "converged"
+# WebRTC's own processing delay, samples at 16 kHz (measured by cross-correlating input and output; a test
+# checks them): AEC3 holds back 8 ms, noise suppression 6 ms (their analysis windows overlap the next frame).
+AEC_LATENCY = 128
+NS_LATENCY = 96
+EPS = 1e-10
+INSTALL_HINT = "pip install 'voiceassist[aec]'"
+
+
+class ReferenceSource(Protocol):
+    """Where the far end comes from: the player's live output, or a file of what was played."""
+
+    def read(self, t: float, n: int) -> np.ndarray:
+        """``n`` 16 kHz mono float32 samples of what was heard from capture-clock time ``t`` on (0 = silence)."""
+        ...
+
+    @property
+    def timed(self) -> bool:
+        """The stamps come from the device's DAC clock (False: write time + nominal latency, or a guess)."""
+        ...
+
+
+class FarEndReference:
+    """Thread-safe far-end buffer. Writer: the player's output callback (:meth:`write`, a copy and an append).
+    Reader: the capture thread (:meth:`read`), which does the resampling and the bookkeeping."""
+
+    def __init__(self, history_s: float = HISTORY_S) -> None:
+        # Producer: Player._callback (append); consumer: read() on the capture thread (popleft). A deque's
+        # append/popleft are atomic, so the callback never waits on the reader; when full the oldest goes.
+        self._inbox: collections.deque[tuple[np.ndarray, int, float, bool]] = collections.deque(maxlen=INBOX_BLOCKS)
+        self._ring = np.zeros(1 << max(12, math.ceil(math.log2(history_s * RATE))), np.float32)
+        self._end = 0  # absolute 16 kHz position (round(t·RATE)) one past the last sample written
+        self._run_pos = 0  # absolute position of the next resampled sample of the current run
+        self._run_t = -math.inf  # capture-clock time the current run's next input sample is heard, s
+        self._run_rate = 0
+        self._resampler: Any = None
+        self._timed = True
+        self._any = False
+        self._lock = threading.Lock()  # read() may come from more than one thread (capture, status)
+
+    # ---- writer: the player's PortAudio callback ------------------------------------------------------------
+    def write(self, samples: np.ndarray, rate: int, t_heard: float, timed: bool = True) -> None:
+        """Record one output block (frames, or frames × channels) heard from ``t_heard`` (capture clock, s).
+        ``timed``: ``t_heard`` comes from PortAudio's DAC time (not from a nominal latency)."""
+        self._inbox.append((np.array(samples, dtype=np.float32, copy=True), int(rate), float(t_heard), timed))
+
+    # ---- reader: the capture thread -------------------------------------------------------------------------
+    @property
+    def timed(self) -> bool:
+        return self._timed
+
+    @property
+    def active(self) -> bool:
+        """Anything was ever written (a player is feeding this reference)."""
+        return self._any or bool(self._inbox)
+
+    def _put(self, pos: int, values: np.ndarray) -> None:
+        """Write 16 kHz samples at absolute position ``pos`` (zero-filling any gap since the last write)."""
+        size = len(self._ring)
+        if pos > self._end:  # silence between runs (the stream was closed, or a stamp jumped ahead)
+            gap_from = max(self._end, pos - size)
+            idx = np.arange(gap_from, pos) % size
+            self._ring[idx] = 0.0
+        if len(values):
+            idx = np.arange(pos, pos + len(values)) % size
+            self._ring[idx] = values
+        self._end = max(self._end, pos + len(values))
+
+    def _drain(self) -> None:
+        from voiceassist.audio.resample import StreamingResampler
+
+        while self._inbox:
+            block, rate, t, timed = self._inbox.popleft()
+            self._any, self._timed = True, timed
+            if rate != self._run_rate or abs(t - self._run_t) > REANCHOR_S:
+                # A new run: the stream (re)opened, or the clock jumped. The old run's last few ms are in the
+                # resampler's filter; they belong where that run ends.
+                if self._resampler is not None:
+                    tail = self._resampler.flush()
+                    self._put(self._run_pos, tail)
+                self._resampler = StreamingResampler(rate, 1 if block.ndim == 1 else block.shape[1])
+                self._run_rate, self._run_pos = rate, round(t * RATE)
+                self._run_t = t
+            out = self._resampler.process(block)
+            self._put(self._run_pos, out)
+            self._run_pos += len(out)
+            self._run_t += len(block) / rate
+
+    def read(self, t: float, n: int) -> np.ndarray:
+        with self._lock:
+            self._drain()
+            start = round(t * RATE)
+            out = np.zeros(n, np.float32)
+            lo, hi = max(start, self._end - len(self._ring)), min(start + n, self._end)
+            if hi > lo:
+                out[lo - start : hi - start] = self._ring[np.arange(lo, hi) % len(self._ring)]
+            return out
+
+
+class ArrayReference:
+    """A recording of what was played (``segment --reference``): sample 0 is heard at ``t0`` (capture clock)."""
+
+    def __init__(self, samples: np.ndarray, t0: float) -> None:
+        self.samples = np.asarray(samples, np.float32)
+        self.t0 = t0
+
+    @property
+    def timed(self) -> bool:
+        return True
+
+    def read(self, t: float, n: int) -> np.ndarray:
+        start = round((t - self.t0) * RATE)
+        out = np.zeros(n, np.float32)  # before the start and after the end of the recording: silence
+        lo, hi = max(start, 0), min(start + n, len(self.samples))
+        if hi > lo:
+            out[lo - start : hi - start] = self.samples[lo:hi]
+        return out
+
+
+class DelayEstimator:
+    """GCC-PHAT of the microphone against the reference: the delay of the echo behind the reference, in ms.
+
+    A plain cross-correlation is dominated by speech's low-frequency energy and smears over the room's
+    reverberation; the phase transform whitens both, so the direct path stands out as a sharp peak."""
+
+    def __init__(self) -> None:
+        n = round(XCORR_S * RATE)
+        self._near = np.zeros(n, np.float32)
+        self._far = np.zeros(n, np.float32)
+        self._fft = 1 << math.ceil(math.log2(2 * n))
+        self._max_lag = round(XCORR_MAX_MS * RATE / 1000)
+        self._since = 0  # samples since the last measurement
+        self._far_active = 0  # far-end-active frames in the window
+        self.delay_ms: float | None = None  # the last believable measurement
+        self.measurements = 0
+
+    def push(self, near: np.ndarray, far: np.ndarray, far_active_frames: int) -> float | None:
+        """Add a stretch of both signals; returns a new measurement (ms) when one was made and believable."""
+        k = len(near)
+        self._near = np.concatenate((self._near[k:], near))
+        self._far = np.concatenate((self._far[k:], far))
+        self._far_active += far_active_frames
+        self._since += k
+        if self._since < XCORR_EVERY_S * RATE:
+            return None
+        enough = self._far_active * FRAME >= 0.5 * len(self._far)  # far end playing in half of the window
+        self._since, self._far_active = 0, 0
+        if not enough:
+            return None
+        spec = np.fft.rfft(self._near, self._fft) * np.conj(np.fft.rfft(self._far, self._fft))
+        corr = np.fft.irfft(spec / (np.abs(spec) + EPS), self._fft)
+        lags = np.concatenate((corr[-self._max_lag :], corr[: self._max_lag + 1]))  # lag −max … +max
+        mag = np.abs(lags)
+        i = int(np.argmax(mag))
+        if mag[i] < XCORR_MIN_PEAK * (float(mag.mean()) + EPS):
+            return None
+        self.delay_ms = (i - self._max_lag) * 1000 / RATE
+        self.measurements += 1
+        return self.delay_ms
+
+
+class Convergence(enum.Enum):
+    IDLE = "idle"  # nothing played yet: nothing to cancel
+    CONVERGING = "converging"  # playing, the echo is not yet CONVERGED_ERLE_DB down
+    CONVERGED = "converged"  # the echo is at least CONVERGED_ERLE_DB down
+
+
+@dataclass(frozen=True)
+class EchoState:
+    """What ``voiceassist status --json`` and the kiosk's health show of the canceller."""
+
+    enabled: bool  # echo cancellation is running (False: only noise suppression / gain, or nothing)
+    convergence: str  # a Convergence value
+    erle_db: float | None  # echo return loss enhancement while the far end plays, dB (None before any)
+    delay_ms: float | None  # measured delay of the echo behind the sound leaving the speaker, ms
+    timing: str  # "device" (DAC/ADC times) or "estimated" (a device gave none: the canceller finds the delay)
+    realigned: int  # times the reference was re-aligned because the delay left AEC3's range
+    resets: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "convergence": self.convergence,
+            "erle_db": None if self.erle_db is None else round(self.erle_db, 1),
+            "delay_ms": None if self.delay_ms is None else round(self.delay_ms, 1),
+            "timing": self.timing,
+            "realigned": self.realigned,
+            "resets": self.resets,
+        }
+
+
+def _load_webrtc() -> Any:
+    try:
+        import pywebrtc_audio
+    except ImportError:
+        raise ConfigError(
+            f"echo cancellation / noise suppression needs pywebrtc-audio, which is not installed: {INSTALL_HINT}"
+        ) from None
+    return pywebrtc_audio
+
+
+def available() -> bool:
+    """pywebrtc-audio can be imported (``echo_cancel = "auto"`` quietly does without it)."""
+    try:
+        _load_webrtc()
+    except ConfigError:
+        return False
+    return True
+
+
+class EchoCanceller:
+    """A capture-chain processor: ``process(block) → block`` (16 kHz mono), same samples less echo and noise.
+
+    ``reference`` None runs without a far end (noise suppression / gain only). ``mic_timed`` is a callable that
+    says whether the microphone's block stamps come from the ADC clock (see MicrophoneSource.timing_reported).
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceSource | None,
+        *,
+        noise_suppression: bool = True,
+        auto_gain: bool = False,
+        ns_level: int = 1,
+        lead_ms: float = LEAD_MS,
+        mic_timed: Any = None,
+    ) -> None:
+        webrtc = _load_webrtc()
+        self.reference = reference
+        self.lead_s = lead_ms / 1000
+        self._mic_timed = mic_timed
+        self._make = lambda: webrtc.AudioProcessor(
+            sample_rate=RATE,
+            echo_cancellation=reference is not None,
+            noise_suppression=noise_suppression,
+            auto_gain_control=auto_gain,
+            high_pass_filter=True,
+            ns_level=ns_level,
+        )
+        self._apm = self._make()
+        # Samples WebRTC holds back: output sample j was captured at input sample j − latency.
+        self.latency = (AEC_LATENCY if reference is not None else 0) + (NS_LATENCY if noise_suppression else 0)
+        self._carry = np.zeros(0, np.float32)  # < FRAME samples waiting for a whole frame
+        self._carry_t = 0.0  # capture-clock time of the first carried sample, s
+        self._offset_s = 0.0  # extra shift of the reference after a re-alignment, s
+        self._estimator = DelayEstimator()
+        self._erle_db: float | None = None
+        self._converged_frames = 0
+        self._realigned = 0
+        self._resets = 0
+        self._out_of_range = 0  # consecutive delay measurements outside AEC3's range
+        self._notices: list[str] = []
+        self._told_untimed = False
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    def _timed(self) -> bool:
+        mic = True if self._mic_timed is None else bool(self._mic_timed())
+        return mic and (self.reference is None or self.reference.timed)
+
+    def state(self) -> EchoState:
+        erle = self._erle_db
+        if self.reference is None or erle is None:
+            conv = Convergence.IDLE
+        else:
+            conv = Convergence.CONVERGED if self._converged_frames >= 50 else Convergence.CONVERGING
+        delay = self._estimator.delay_ms
+        if delay is not None:  # the measured lag is behind the reference as handed: undo our own shift
+            delay = delay - (self.lead_s + self._offset_s) * 1000
+        return EchoState(
+            enabled=self.reference is not None,
+            convergence=conv.value,
+            erle_db=erle,
+            delay_ms=delay,
+            timing="device" if self._timed() else "estimated",
+            realigned=self._realigned,
+            resets=self._resets,
+        )
+
+    def notices(self) -> list[str]:
+        """One-line notices not yet shown (each said once), e.g. a device that reports no latency."""
+        out, self._notices = self._notices, []
+        return out
+
+    def reset(self) -> None:
+        """Forget the learned echo path and noise (a new room, a moved device); no audio is dropped."""
+        self._apm = self._make()  # AudioProcessor.reset keeps AEC3's delay state; a fresh one forgets all
+        self._erle_db, self._converged_frames, self._out_of_range = None, 0, 0
+        self._resets += 1
+
+    # ---- processing ------------------------------------------------------------------------------------------
+    def process(self, block: AudioBlock) -> AudioBlock:
+        """Whole 10 ms frames of (carry + block) through the canceller; the rest waits for the next block.
+        The returned block's ``t`` is the capture time of its first sample."""
+        samples = np.asarray(block.samples, np.float32).reshape(-1)
+        if len(self._carry):
+            data, t = np.concatenate((self._carry, samples)), self._carry_t
+        else:
+            data, t = samples, float(block.t)
+        n = len(data) // FRAME * FRAME
+        self._carry, self._carry_t = data[n:].copy(), t + n / RATE
+        out_t = t - self.latency / RATE  # what comes out now was captured `latency` samples earlier
+        if n == 0:
+            return AudioBlock(np.zeros(0, np.float32), out_t)
+        return AudioBlock(self._run(data[:n], t), out_t)
+
+    def flush(self) -> AudioBlock:
+        """End of input: the held-back partial frame and WebRTC's own delay, pushed out with silence."""
+        k, t = len(self._carry), self._carry_t
+        want = k + self.latency
+        if not want:
+            return AudioBlock(np.zeros(0, np.float32), t)
+        padded = np.concatenate((self._carry, np.zeros(-(-want // FRAME) * FRAME - k, np.float32)))
+        self._carry = np.zeros(0, np.float32)
+        return AudioBlock(self._run(padded, t)[:want], t - self.latency / RATE)
+
+    def _run(self, near: np.ndarray, t: float) -> np.ndarray:
+        if self.reference is None:
+            return self._apm.process(near)
+        if not self._told_untimed and not self._timed():
+            self._told_untimed = True
+            self._notices.append(
+                "echo cancellation: an audio device reports no latency; the canceller estimates the echo delay "
+                "itself (it may take a few seconds longer to converge)"
+            )
+        far = self.reference.read(t + self.lead_s + self._offset_s, len(near))
+        out = self._apm.process(near, far)
+        frames = len(near) // FRAME
+        far_pow = (far.reshape(frames, FRAME) ** 2).mean(axis=1)
+        active = far_pow > 10 ** (FAR_ACTIVE_DBFS / 10)
+        if active.any():
+            p_in = (near.reshape(frames, FRAME)[active] ** 2).mean()
+            p_out = (out.reshape(frames, FRAME)[active] ** 2).mean()
+            erle = 10 * math.log10((p_in + EPS) / (p_out + EPS))
+            n_act = int(active.sum())
+            a = 1 - (1 - ERLE_SMOOTHING) ** n_act
+            self._erle_db = erle if self._erle_db is None else self._erle_db + a * (erle - self._erle_db)
+            if self._erle_db >= CONVERGED_ERLE_DB:
+                self._converged_frames += n_act
+            else:
+                self._converged_frames = 0
+        delay = self._estimator.push(near, far, int(active.sum()))
+        if delay is not None:
+            self._check_alignment(delay)
+        return out
+
+    def _check_alignment(self, delay_ms: float) -> None:
+        """Re-align the reference when the echo's delay behind it leaves AEC3's range twice running."""
+        if AEC_MIN_DELAY_MS <= delay_ms <= AEC_MAX_DELAY_MS:
+            self._out_of_range = 0
+            return
+        self._out_of_range += 1
+        if self._out_of_range < 2:
+            return
+        # Shift the reference so that it leads the echo by lead_s again: a delay d behind means reading d later.
+        self._offset_s += self.lead_s - delay_ms / 1000
+        self._out_of_range = 0
+        self._realigned += 1
+        self._estimator = DelayEstimator()
+        if self._realigned == 1:
+            self._notices.append(
+                f"echo cancellation: the echo arrived {delay_ms:.0f} ms after the reference (outside what the "
+                "canceller tracks); the reference was re-aligned"
+            )
