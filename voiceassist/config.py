@@ -120,6 +120,16 @@ class VadConfig:
         10.0, "the noise floor is this percentile of recent frame levels", unit="%", lo=1.0, hi=50.0
     )
     min_level_dbfs: float = _f(-60.0, "frames quieter than this are never speech", unit="dBFS", lo=-100.0, hi=0.0)
+    # ---- engine (issue #12) ----
+    engine: str = _f(
+        "silero",
+        "frame classifier: webrtc (webrtcvad + level gate), silero (the Silero network), webrtc+silero"
+        " (webrtcvad proposes, Silero confirms)",
+        choices=("webrtc", "silero", "webrtc+silero"),
+    )
+    silero_threshold: float = _f(
+        0.5, "Silero speech probability that starts speech (continues down to 0.15 below)", lo=0.05, hi=0.95
+    )
 
 
 @dataclass(frozen=True)

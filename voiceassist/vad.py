@@ -4,11 +4,13 @@ A pure class, no threads: :class:`Segmenter` is fed :class:`~voiceassist.events.
 returns events (``events.SegmenterEvent``). All lengths in the configuration are in ms or s; they become
 frame or sample counts in :meth:`Segmenter.__init__` only.
 
-A frame (``vad.frame_ms``) is *speech* when all of these hold:
-- its level is at least ``vad.min_level_dbfs`` and at least ``vad.snr_gate_db`` above the adaptive noise
-  floor. Levels are taken after pre-emphasis (a gentle high-pass that removes hum and rumble), as the median of
-  the frame's 10 ms sub-frame levels, so a keyboard click (one loud sub-frame) does not pass;
-- webrtcvad (``vad.aggressiveness``) says speech.
+A frame (``vad.frame_ms``) is *speech* as the engine (``vad.engine``, see ``vad_engines``) decides from:
+- the level gate: its level is at least ``vad.min_level_dbfs`` and at least ``vad.snr_gate_db`` above the
+  adaptive noise floor. Levels are taken after pre-emphasis (a gentle high-pass that removes hum and rumble),
+  as the median of the frame's 10 ms sub-frame levels, so a keyboard click (one loud sub-frame) does not pass;
+- webrtcvad (``vad.aggressiveness``);
+- the Silero network's speech probability (engines ``silero`` and ``webrtc+silero``).
+With engine ``webrtc`` (round 1) both the gate and webrtcvad must say speech.
 
 The noise floor is the ``vad.noise_percentile`` th percentile of frame levels over the last
 ``vad.noise_window_s``. Real speech has gaps (stops, breaths, between words) where the floor shows through,
@@ -41,6 +43,7 @@ States (``VadState``)::
 from __future__ import annotations
 
 import bisect
+import collections
 import enum
 import math
 
@@ -49,11 +52,14 @@ import webrtcvad
 
 from voiceassist.config import VadConfig
 from voiceassist.events import AudioBlock, SegmenterEvent, SpeechPaused, SpeechResumed, SpeechStarted, Utterance
+from voiceassist.vad_engines import make_engine
 
 WEBRTC_RATES = (8000, 16000, 32000, 48000)  # Hz that webrtcvad accepts
 SUBFRAME_MS = 10  # level of a frame = median over sub-frames of this length
 FLOOR_EVERY = 4  # frames between noise-floor updates (the percentile is the costly part)
 PRE_EMPHASIS = 0.97  # y[n] = x[n] − 0.97·x[n−1] before measuring levels (a high-pass from ~100 Hz)
+ONSET_BACK_FRAMES = 5  # neural engines: the onset may go back this many frames (150 ms) over rising level
+ONSET_PROB = 0.15  # ... or over frames whose Silero probability already rose to this
 EPS = 1e-10  # mean-square floor: digital silence is −100 dBFS, not −inf
 
 
@@ -122,6 +128,9 @@ class Segmenter:
         self._floor_window = max(8, round(vad.noise_window_s * 1000 / fms))  # frames
         self._rise_frames = min(self._floor_window, round(vad.noise_rise_s * 1000 / fms))  # frames; 0 = off
         self._vad = webrtcvad.Vad(vad.aggressiveness)
+        self._engine = make_engine(vad.engine, vad.silero_threshold)
+        self._rising: collections.deque[bool] = collections.deque(maxlen=ONSET_BACK_FRAMES)  # recent frames
+        self._rise_now = False  # this frame is above floor + snr_gate_db/2 (neural engines' onset walk-back)
 
         self.state = VadState.QUIET
         self.noise_floor_db = -100.0  # dBFS, the adaptive floor (for meters and tests)
@@ -186,10 +195,21 @@ class Segmenter:
                     floor = float(np.nanpercentile(self._recent, self.config.noise_percentile))
             self.noise_floor_db = floor
         cfg = self.config
-        if gate_level < cfg.min_level_dbfs or gate_level < self.noise_floor_db + cfg.snr_gate_db:
-            return False, level
-        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
-        return self._vad.is_speech(pcm, self.sample_rate), level
+        audible = gate_level >= cfg.min_level_dbfs
+        gate = audible and gate_level >= self.noise_floor_db + cfg.snr_gate_db
+
+        def webrtc() -> bool:  # only computed when the engine asks (it is the costlier test)
+            pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+            return bool(self._vad.is_speech(pcm, self.sample_rate))
+
+        in_utterance = self.state in (VadState.SPEAKING, VadState.STOPPING)
+        # Half the SNR gate: enough to tell a word's soft start (and speech under loud noise) from the floor.
+        # _rising holds the frames before this one (this frame is appended after the step).
+        self._rise_now = audible and gate_level >= self.noise_floor_db + cfg.snr_gate_db / 2
+        speech = self._engine.is_speech(frame, gate, self._rise_now, audible, webrtc, in_utterance)
+        # Onset evidence for the walk-back: the level rose, or Silero's probability began to rise.
+        self._rise_now = self._rise_now or self._engine.prob >= ONSET_PROB
+        return speech, level
 
     def _utterance(self, reason: str, available: int) -> Utterance:
         """The turn so far, ending ``tail_ms`` after the last speech frame (or where the audio ends)."""
@@ -251,6 +271,12 @@ class Segmenter:
                     self._onset = max(self._burst_onset, k - 2 * self._lookback_frames)
                 else:
                     self._onset = k
+                    # The neural engines call a word's first 2–3 frames late (Silero needs context): the onset
+                    # goes back over the frames just before that already rose above the floor.
+                    j = 0
+                    while j < len(self._rising) and self._rising[-1 - j] and j < ONSET_BACK_FRAMES:
+                        j += 1
+                    self._onset = k - j
         elif st is VadState.STARTING:
             if speech:
                 self._run_speech += 1
@@ -320,6 +346,8 @@ class Segmenter:
             speech, level = self._classify(frame)
             self._levels.append(np.array([level], np.float32))
             self._step(speech, events)
+            if self._engine.walks_back:
+                self._rising.append(self._rise_now)
             self._k += 1
         self._carry = data[n * self._frame :].copy()
         self._trim()

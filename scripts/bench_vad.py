@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""VAD in noise: each ``[vad] engine`` × front end on synthesised hard cases; writes ``## VAD in noise``.
+
+Speech cases (6 espeak questions in 5 voices, 1.5 s apart, after 2 s of the noise alone): clean; pink noise and
+babble (6 talkers) at 10 and 5 dB SNR; music at 10 dB; knocks between the questions; a quiet distant talker
+(−48 dBFS RMS, reverberant, over a −70 dBFS room). Per case: onset error (SpeechStarted − true start, ms; the
+worst over the questions), coverage (share of the true speech inside the audio the model gets), questions
+missed, and turns that overlap no question. Non-speech: ``--noise-minutes`` each of pink noise, music, knocks
+and babble alone → false turns per hour (babble is speech, but nobody's talking to the assistant).
+
+Front ends: ``raw`` (as captured), ``ns`` (WebRTC noise suppression, as the capture chain runs it before the
+VAD), ``ns+agc`` (and AGC2). Targets (#12): onset within 60 ms, coverage ≥ 97 %, no turn from non-speech.
+
+Usage: PYTHONPATH=. .venv/bin/python scripts/bench_vad.py [--noise-minutes 10] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import noisy  # noqa: E402
+from support.audio_scenes import Scene  # noqa: E402
+from support.speech import SR, pink_noise  # noqa: E402
+
+from voiceassist.config import VadConfig  # noqa: E402
+from voiceassist.events import AudioBlock, SpeechStarted, Utterance  # noqa: E402
+from voiceassist.vad import Segmenter  # noqa: E402
+
+ENGINES = ("webrtc", "silero", "webrtc+silero")
+FRONTS = ("raw", "ns", "ns+agc")
+BLOCK = 320  # 20 ms blocks, as the microphone gives them
+
+
+def front_end(audio: np.ndarray, front: str) -> tuple[np.ndarray, float]:
+    """(processed audio on the input's timeline, CPU s) through the capture chain's noise suppression/AGC."""
+    if front == "raw":
+        return audio, 0.0
+    from voiceassist.audio.echo import EchoCanceller
+
+    ec = EchoCanceller(None, noise_suppression=True, auto_gain=front == "ns+agc")
+    t0 = time.process_time()
+    out = [ec.process(AudioBlock(audio[i : i + BLOCK], i / SR)).samples for i in range(0, len(audio), BLOCK)]
+    out.append(ec.flush().samples)
+    cpu = time.process_time() - t0
+    return np.concatenate(out)[ec.latency :], cpu
+
+
+VAD_OVERRIDES: dict[str, float] = {}  # --silero-threshold / --min-level-dbfs
+
+
+def segment(audio: np.ndarray, engine: str) -> tuple[list[float], list[tuple[float, float]], float]:
+    """(onsets s, utterance audio intervals s, CPU s) of the live segmenter with ``engine``."""
+    seg = Segmenter(dataclasses.replace(VadConfig(), engine=engine, **VAD_OVERRIDES))
+    events = []
+    t0 = time.process_time()
+    for i in range(0, len(audio), BLOCK):
+        events += seg.feed(AudioBlock(audio[i : i + BLOCK], i / SR))
+    events += seg.flush()
+    cpu = time.process_time() - t0
+    onsets = [e.t for e in events if isinstance(e, SpeechStarted)]
+    spans = [(u.start_t, u.start_t + sum(u.durations)) for u in events if isinstance(u, Utterance)]
+    return onsets, spans, cpu
+
+
+def score(scene: Scene, onsets: list[float], spans: list[tuple[float, float]]) -> dict[str, float]:
+    grid = np.zeros(int(scene.duration * 1000) + 1, bool)  # 1 ms grid of the audio the model gets
+    for a, b in spans:
+        grid[max(0, int(a * 1000)) : int(b * 1000)] = True
+    truth_ms = sum(int(b * 1000) - int(a * 1000) for a, b in scene.truth)
+    covered = sum(int(grid[int(a * 1000) : int(b * 1000)].sum()) for a, b in scene.truth)
+    errors, missed = [], 0
+    for a, b in scene.truth:
+        # The onset of the utterance that covers the question's start (an utterance that started more than
+        # 0.3 s before it began on something else: that question's onset is "merged", not measured).
+        covering = [o for o, (sa, sb) in zip(onsets, spans) if sa <= a + 0.05 and sb > a and o > a - 0.3]
+        later = [o for o, (sa, sb) in zip(onsets, spans) if a - 0.3 < o < b]
+        if covering or later:
+            errors.append(((covering or later)[0] - a) * 1000)
+        else:
+            missed += 1
+    merged = sum(1 for sa, sb in spans if sum(1 for ta, tb in scene.truth if sa < tb and sb > ta) > 1)
+    false = sum(1 for a, b in spans if not any(a < tb and b > ta for ta, tb in scene.truth))
+    return {
+        "onset_ms": max(errors, key=abs) if errors else float("nan"),
+        "coverage": covered / truth_ms,
+        "missed": missed,
+        "merged": merged,
+        "false": false,
+    }
+
+
+def speech_cases() -> dict[str, Scene]:
+    base = noisy.questions()
+    d = base.duration
+    knocks_between = noisy.knocks(d, peak=0.5)
+    for a, b in base.truth:  # knocks only in the gaps (a knock during a word is not a false turn)
+        knocks_between[int((a - 1.0) * SR) : int((b + 1.0) * SR)] = 0
+    return {
+        "clean": base,
+        "pink 10 dB": noisy.with_noise(base, pink_noise(d, 1.0, seed=11), 10),
+        "pink 5 dB": noisy.with_noise(base, pink_noise(d, 1.0, seed=12), 5),
+        "babble 10 dB": noisy.with_noise(base, noisy.babble(d), 10),
+        "babble 5 dB": noisy.with_noise(base, noisy.babble(d, seed=9), 5),
+        "music 10 dB": noisy.with_noise(base, noisy.music(d), 10),
+        "knocks": Scene((base.audio + knocks_between).astype(np.float32), base.truth),
+        "distant −48 dBFS": noisy.distant(base),
+    }
+
+
+def noise_cases(minutes: float) -> dict[str, np.ndarray]:
+    s = minutes * 60
+    return {
+        "pink": pink_noise(s, 0.05, seed=13),
+        "music": 0.1 * noisy.music(s),
+        "knocks": noisy.knocks(s),
+        "babble": 0.05 * noisy.babble(s),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--noise-minutes", type=float, default=10.0)
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--fronts", default=",".join(FRONTS))
+    ap.add_argument("--silero-threshold", type=float)
+    ap.add_argument("--min-level-dbfs", type=float)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    for key in ("silero_threshold", "min_level_dbfs"):
+        if getattr(args, key) is not None:
+            VAD_OVERRIDES[key] = getattr(args, key)
+    engines, fronts = args.engines.split(","), args.fronts.split(",")
+    cases = speech_cases()
+    noises = noise_cases(args.noise_minutes)
+    rows, cost = [], {}
+    summary: dict[tuple[str, str], dict[str, float]] = {}
+    for front in fronts:
+        processed = {name: front_end(sc.audio, front)[0] for name, sc in cases.items()}
+        processed_noise = {name: front_end(x, front) for name, x in noises.items()}
+        for engine in engines:
+            worst_onset, min_cov, missed, false, merged = 0.0, 1.0, 0, 0, 0
+            for name, sc in cases.items():
+                onsets, spans, _ = segment(processed[name], engine)
+                r = score(sc, onsets, spans)
+                rows.append((front, engine, name, r))
+                if r["onset_ms"] == r["onset_ms"]:
+                    worst_onset = max(worst_onset, abs(r["onset_ms"]))
+                min_cov = min(min_cov, r["coverage"])
+                missed += r["missed"]
+                false += r["false"]
+                merged += r["merged"]
+            per_hour = {}
+            cpu_total, audio_s = 0.0, 0.0
+            for name, (x, fe_cpu) in processed_noise.items():
+                _, spans, cpu = segment(x, engine)
+                per_hour[name] = len(spans) * 60 / args.noise_minutes
+                cpu_total += cpu + fe_cpu
+                audio_s += len(x) / SR
+            cost[(front, engine)] = cpu_total / audio_s
+            summary[(front, engine)] = dict(
+                worst_onset=worst_onset, min_cov=min_cov, missed=missed, merged=merged, false=false, **per_hour
+            )
+            print(front, engine, summary[(front, engine)], f"cpu {cost[(front, engine)]:.4f}", flush=True)
+    lines = [
+        "## VAD in noise",
+        "",
+        f"`PYTHONPATH=. .venv/bin/python scripts/bench_vad.py --noise-minutes {args.noise_minutes:g}` "
+        f"({time.strftime('%Y-%m-%d')}, one run, all engines side by side). Speech: 6 espeak questions, 5 voices; "
+        "targets: onset within 60 ms, coverage ≥ 97 %, no turn from non-speech.",
+        "",
+        "| front end | engine | worst onset (ms) | lowest coverage | questions without onset (of 48) "
+        "| turns holding >1 question | false turns in speech cases | false turns/h: pink | music | knocks | babble "
+        "| CPU s per s (front end + VAD) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (front, engine), s in summary.items():
+        lines.append(
+            f"| {front} | {engine} | {s['worst_onset']:.0f} | {100 * s['min_cov']:.1f} % | {s['missed']:.0f} | "
+            f"{s['merged']:.0f} | {s['false']:.0f} | {s['pink']:.0f} | {s['music']:.0f} | {s['knocks']:.0f} | "
+            f"{s['babble']:.0f} | {cost[(front, engine)]:.4f} |"
+        )
+    lines += ["", "Per case (worst onset ms / coverage / no onset / merged turns / false turns):", ""]
+    lines.append("| front end | engine | " + " | ".join(cases) + " |")
+    lines.append("|---|---|" + "---|" * len(cases))
+    by = {}
+    for front, engine, _name, r in rows:
+        cell = f"{r['onset_ms']:.0f} / {100 * r['coverage']:.1f} % / {r['missed']:.0f} / {r['merged']:.0f}"
+        by.setdefault((front, engine), []).append(f"{cell} / {r['false']:.0f}")
+    for (front, engine), cells in by.items():
+        lines.append(f"| {front} | {engine} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        write_section(ROOT / "BENCHMARKS.md", "## VAD in noise", text)
+    return 0
+
+
+def write_section(bench: Path, heading: str, text: str) -> None:
+    """Replace the section under ``heading`` (up to the next ``## ``) or append it."""
+    old = bench.read_text(encoding="utf-8") if bench.exists() else ""
+    start = old.find(heading + "\n")
+    if start < 0:
+        bench.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
+        return
+    end = old.find("\n## ", start + len(heading))
+    rest = old[end + 1 :] if end >= 0 else ""
+    bench.write_text(old[:start] + text + ("\n" + rest if rest else ""), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
