@@ -36,7 +36,11 @@ WARMUP_WINDOWS = 3  # context (96 ms) the network restarts on after idling
 
 class FrameEngine(Protocol):
     walks_back: bool  # the Segmenter may move an onset back over frames of rising level (see vad.py)
-    prob: float  # the latest speech probability (0 for engines without one)
+
+    @property
+    def prob(self) -> float:
+        """The latest speech probability (0 for engines without one)."""
+        ...
 
     def is_speech(
         self, frame: np.ndarray, gate: bool, rising: bool, audible: bool, webrtc: object, in_utterance: bool
