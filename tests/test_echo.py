@@ -53,13 +53,18 @@ def run(
     """Mic blocks through the canceller in real-time order: the player's blocks are written ~60 ms before
     they are heard, the mic's are processed once captured; ``skew``: error of the mic's stamps, s."""
     out = []
+    ECHO_FLAGS.clear()
     for i in range(0, len(mic), block):
         t = T0 + i / SR
         while ref is not None and pending and pending[0][2] < t + block / SR + 0.06:
             ref.write(*pending.pop(0))
         out.append(ec.process(AudioBlock(mic[i : i + block], t + skew)).samples)
+        ECHO_FLAGS.append(ec.echo_active)
     out.append(ec.flush().samples)
     return np.concatenate(out)
+
+
+ECHO_FLAGS: list[bool] = []  # EchoCanceller.echo_active after each block of the last run()
 
 
 def erle(mic: np.ndarray, out: np.ndarray, from_s: float) -> float:
@@ -73,7 +78,7 @@ def test_echo_only_is_cancelled_by_30_db_after_convergence_and_the_delay_is_meas
     spec = RoomSpec(delay_ms=delay_ms, rt60_s=0.5)
     mic = echo_of(far, spec) + np.random.default_rng(3).normal(0, 3e-4, len(far)).astype(np.float32)
     ref = FarEndReference()
-    ec = EchoCanceller(ref)
+    ec = EchoCanceller(ref, noise_suppression=True)  # as the capture chain runs it (noise_suppression "auto")
     out = run(ec, mic, feed_player(ref, far, T0), ref)
     assert len(out) == len(mic) + ec.latency  # nothing dropped: WebRTC's delay comes out at the end
     out = out[ec.latency :]
@@ -85,11 +90,14 @@ def test_echo_only_is_cancelled_by_30_db_after_convergence_and_the_delay_is_meas
     assert state.delay_ms is not None and abs(state.delay_ms - delay_ms) <= 2.0
 
 
-def segments(audio: np.ndarray) -> list[tuple[float, float]]:
-    """(start, end) s of each utterance the live segmenter cuts from ``audio`` (speech extent: pre-roll/tail off)."""
+def segments(audio: np.ndarray, echo_flags: list[bool] | None = None) -> list[tuple[float, float]]:
+    """(start, end) s of each utterance the live segmenter cuts from ``audio`` (speech extent: pre-roll/tail off);
+    ``echo_flags``: the canceller's echo_active per 320-sample block, passed on as the capture chain does."""
     seg = Segmenter(VadConfig())
     utts = []
-    for i in range(0, len(audio), 320):
+    for k, i in enumerate(range(0, len(audio), 320)):
+        if echo_flags is not None:
+            seg.set_echo_active(echo_flags[min(k, len(echo_flags) - 1)])
         utts += [e for e in seg.feed(AudioBlock(audio[i : i + 320], i / SR)) if isinstance(e, Utterance)]
     utts += [e for e in seg.flush() if isinstance(e, Utterance)]
     return [(u.start_t + 0.3, u.end_t) for u in utts]
@@ -104,9 +112,9 @@ def test_over_the_echo_only_the_users_speech_is_heard_and_it_survives_double_tal
     mic = echo.copy()
     mic[at : at + len(user)] += clean
     ref = FarEndReference()
-    ec = EchoCanceller(ref)
+    ec = EchoCanceller(ref, noise_suppression=True)  # as the capture chain runs it (noise_suppression "auto")
     out = run(ec, mic, feed_player(ref, far, T0), ref)[ec.latency :]  # output j is input j − latency
-    raw_segs, out_segs = segments(mic), segments(out)
+    raw_segs, out_segs = segments(mic), segments(out, list(ECHO_FLAGS))
     truth = (at / SR, (at + len(user)) / SR)
     print(f"user speech {truth}; segments without AEC {raw_segs}; with AEC {out_segs}")
     assert sum(b - a for a, b in raw_segs) > 10.0  # without cancellation the assistant's own voice is a turn
@@ -124,7 +132,7 @@ def test_a_device_without_latency_falls_back_to_the_cancellers_own_estimate_and_
     spec = RoomSpec(delay_ms=40)
     mic = echo_of(far, spec)
     ref = FarEndReference()
-    ec = EchoCanceller(ref)
+    ec = EchoCanceller(ref, noise_suppression=True)  # as the capture chain runs it (noise_suppression "auto")
     # The player could not tell its latency: blocks are stamped at write time, 90 ms before they are heard.
     pending = feed_player(ref, far, T0 - 0.09, timed=False)
     out = run(ec, mic, pending, ref)[ec.latency :]
@@ -139,7 +147,7 @@ def test_stamps_far_off_are_re_aligned_from_the_measured_delay():
     far = reply()
     mic = echo_of(far, RoomSpec(delay_ms=30))
     ref = FarEndReference()
-    ec = EchoCanceller(ref)
+    ec = EchoCanceller(ref, noise_suppression=True)  # as the capture chain runs it (noise_suppression "auto")
     # The microphone's stamps say its audio came 200 ms before it really did (a device that overstates its
     # input latency): the echo then arrives before its reference.
     out = run(ec, mic, feed_player(ref, far, T0), ref, skew=-0.2)[ec.latency :]

@@ -47,6 +47,22 @@ class AudioConfig:
     silence_warning_s: float = _f(
         5.0, "warn after this much digital silence (dead or muted microphone)", unit="s", lo=0.5, hi=3600
     )
+    # ---- echo cancellation and clean-up before the VAD (issue #12; needs the aec extra: pywebrtc-audio) ----
+    echo_cancel: str = _f(
+        "auto",
+        "cancel the assistant's own voice from the microphone (WebRTC AEC3, with the exact samples played);"
+        " auto = on while speech output is enabled and pywebrtc-audio is installed",
+        choices=("auto", "on", "off"),
+    )
+    noise_suppression: str = _f(
+        "auto",
+        "WebRTC noise suppression before the VAD; auto = on with echo cancellation (measured: it removes the"
+        " canceller's residual echo; without echo it loses quiet talkers)",
+        choices=("auto", "on", "off"),
+    )
+    auto_gain: bool = _f(
+        False, "WebRTC AGC2 before the VAD (measured: finds a quiet distant talker sooner, more false turns on knocks)"
+    )
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ class Segmenter:
         self._engine = make_engine(vad.engine, vad.silero_threshold)
         self._rising: collections.deque[bool] = collections.deque(maxlen=ONSET_BACK_FRAMES)  # recent frames
         self._rise_now = False  # this frame is above floor + snr_gate_db/2 (neural engines' onset walk-back)
+        self._echo_active = False  # the input is an echo canceller's output while the far end plays
 
         self.state = VadState.QUIET
         self.noise_floor_db = -100.0  # dBFS, the adaptive floor (for meters and tests)
@@ -203,6 +204,13 @@ class Segmenter:
             return bool(self._vad.is_speech(pcm, self.sample_rate))
 
         in_utterance = self.state in (VadState.SPEAKING, VadState.STOPPING)
+        if self._echo_active:
+            # Over the echo canceller's residual, webrtcvad and the gate decide: AEC3 reshapes the spectrum of
+            # speech in double talk and Silero misses it (measured: "Stop." over a reply, tests/
+            # test_segment_reference.py). Silero still sees the frame, to keep its context.
+            self._engine.is_speech(frame, gate, False, audible, lambda: False, in_utterance)
+            self._rise_now = False
+            return gate and webrtc(), level
         # Half the SNR gate: enough to tell a word's soft start (and speech under loud noise) from the floor.
         # _rising holds the frames before this one (this frame is appended after the step).
         self._rise_now = audible and gate_level >= self.noise_floor_db + cfg.snr_gate_db / 2
@@ -331,6 +339,11 @@ class Segmenter:
             del self._anchors[:i]
 
     # ---- public -----------------------------------------------------------------------------------------
+    def set_echo_active(self, active: bool) -> None:
+        """The next blocks come from an echo canceller while the loudspeaker plays (``EchoCanceller.echo_active``):
+        frames are then judged by webrtcvad and the level gate, whatever the engine."""
+        self._echo_active = active
+
     def feed(self, block: AudioBlock) -> list[SegmenterEvent]:
         """Process one block (16 kHz mono float32, any length); returns the events it caused, in order."""
         samples = np.asarray(block.samples, dtype=np.float32).reshape(-1)

@@ -52,6 +52,7 @@ XCORR_EVERY_S = 0.5  # s between measurements (only while the far end is playing
 XCORR_MAX_MS = 500.0  # largest delay searched, ms (either sign)
 XCORR_MIN_PEAK = 6.0  # peak / mean |correlation| needed to believe a measurement
 FAR_ACTIVE_DBFS = -50.0  # a far-end frame louder than this counts as playing
+ECHO_HOLD_S = 0.5  # s after the far end last played that its echo (the room's reverberation) may still be heard
 # AEC3's range, measured (see the docstring): outside it the reference is re-aligned to LEAD_MS.
 AEC_MIN_DELAY_MS, AEC_MAX_DELAY_MS = 2.0, 250.0
 # ERLE: 10·log10(power in / power out) over frames while the far end plays; smoothed over ~1 s of them.
@@ -277,7 +278,7 @@ class EchoCanceller:
         self,
         reference: ReferenceSource | None,
         *,
-        noise_suppression: bool = True,
+        noise_suppression: bool = False,
         auto_gain: bool = False,
         ns_level: int = 1,
         lead_ms: float = LEAD_MS,
@@ -309,6 +310,7 @@ class EchoCanceller:
         self._out_of_range = 0  # consecutive delay measurements outside AEC3's range
         self._notices: list[str] = []
         self._told_untimed = False
+        self._since_far = math.inf  # s of capture since the far end last played
 
     # ---- state -----------------------------------------------------------------------------------------------
     def _timed(self) -> bool:
@@ -333,6 +335,12 @@ class EchoCanceller:
             realigned=self._realigned,
             resets=self._resets,
         )
+
+    @property
+    def echo_active(self) -> bool:
+        """The far end played within the last ECHO_HOLD_S: what comes out is the canceller's residual (the VAD
+        judges it differently, see ``Segmenter.set_echo_active``)."""
+        return self._since_far <= ECHO_HOLD_S
 
     def notices(self) -> list[str]:
         """One-line notices not yet shown (each said once), e.g. a device that reports no latency."""
@@ -396,6 +404,10 @@ class EchoCanceller:
                 self._converged_frames += n_act
             else:
                 self._converged_frames = 0
+        if active.any():
+            self._since_far = (frames - 1 - int(np.flatnonzero(active)[-1])) * FRAME / RATE
+        else:
+            self._since_far += frames * FRAME / RATE
         delay = self._estimator.push(near, far, int(active.sum()))
         if delay is not None:
             self._check_alignment(delay)
@@ -419,3 +431,32 @@ class EchoCanceller:
                 f"echo cancellation: the echo arrived {delay_ms:.0f} ms after the reference (outside what the "
                 "canceller tracks); the reference was re-aligned"
             )
+
+
+def ns_wanted(setting: str, echo_cancelling: bool) -> bool:
+    """``[audio] noise_suppression``: auto = on exactly when echo is cancelled (measured, scripts/bench_vad.py
+    and the segment tests: it clears AEC3's residual echo, which webrtcvad otherwise hears; in a room without
+    echo it costs the quiet distant talker)."""
+    return setting == "on" or (setting == "auto" and echo_cancelling)
+
+
+def from_config(
+    audio: Any, speech_output: bool, reference: ReferenceSource | None, mic_timed: Any = None
+) -> tuple[EchoCanceller | None, list[str]]:
+    """The capture chain's canceller for ``[audio]`` (None when nothing is asked), and one-line notices.
+
+    ``echo_cancel``: "on" needs pywebrtc-audio (ConfigError naming the extra); "auto" is on while speech output
+    is enabled and the package is there (else a notice); "off" never. ``noise_suppression`` / ``auto_gain``
+    need the package too. ``reference`` is the player's far end (ignored when echo cancellation is off)."""
+    notices: list[str] = []
+    want_aec = audio.echo_cancel == "on" or (audio.echo_cancel == "auto" and speech_output)
+    if want_aec and audio.echo_cancel == "auto" and not available():
+        notices.append(f"echo cancellation is off: pywebrtc-audio is not installed ({INSTALL_HINT})")
+        want_aec = False
+    ns = ns_wanted(audio.noise_suppression, want_aec)
+    if not (want_aec or ns or audio.auto_gain):
+        return None, notices
+    canceller = EchoCanceller(
+        reference if want_aec else None, noise_suppression=ns, auto_gain=audio.auto_gain, mic_timed=mic_timed
+    )
+    return canceller, notices

@@ -5,6 +5,13 @@ the file's timeline. ``--json`` prints exactly one object:
 ``{"file": PATH, "duration_s": S, "segments": [{"start": S, "end": S, "duration": S, "turn": K,
 "reason": "silence"|"cap"|"end_of_input"}, ...]}``; segments of one turn (chunks of a long stretch of speech)
 share ``turn``.
+
+``--reference PLAYED`` (#12): the microphone recording has what was played through the loudspeaker in it; the
+echo canceller of the live capture chain (``audio.echo``) removes it before the VAD. PLAYED is resampled to
+16 kHz mono; sample 0 of it is taken to reach the microphone ``--reference-delay-ms`` after the recording's
+start (default 0: both started together; the canceller finds the room's delay itself, and re-aligns when it is
+more than ~250 ms off); after its end it counts as silence. ``[audio] noise_suppression`` (auto: on with a
+reference) and ``auto_gain`` apply with or without a reference, as they do live.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 from typing import Any
 
 from voiceassist.commands.common import add_config_arg, load_config
+from voiceassist.errors import ConfigError
 
 # argparse dest → "section.key": the VAD settings worth trying from the command line.
 _VAD_FLAGS = {
@@ -34,6 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", metavar="FILE", help="WAV, FLAC, OGG or MP3 file, any rate and channel count")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    e = p.add_argument_group("echo cancellation")
+    e.add_argument(
+        "--reference",
+        metavar="PLAYED",
+        help="audio file of what the loudspeaker played during the recording: its echo is cancelled first",
+    )
+    e.add_argument(
+        "--reference-delay-ms",
+        type=int,
+        metavar="N",
+        help="the reference's first sample reaches the microphone N ms after the recording starts (default 0)",
+    )
     g = p.add_argument_group("VAD (override the [vad] configuration)")
     g.add_argument("--aggressiveness", type=int, metavar="0-3", help="webrtcvad aggressiveness")
     g.add_argument("--hangover-ms", type=int, metavar="MS", help="silence that ends an utterance")
@@ -44,14 +64,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def segment_file(path: str, vad_config: Any, block_ms: int = 20) -> tuple[float, list[dict[str, Any]]]:
-    """(file duration in s, segments as in the --json output) for one file."""
+def segment_file(
+    path: str,
+    vad_config: Any,
+    block_ms: int = 20,
+    audio_config: Any = None,
+    reference: str | None = None,
+    reference_delay_ms: int = 0,
+) -> tuple[float, list[dict[str, Any]]]:
+    """(file duration in s, segments as in the --json output) for one file; ``reference``: what was played."""
+    from voiceassist.audio import echo
+    from voiceassist.audio.files import read_audio_16k
     from voiceassist.audio.sources import EndOfInput, FileSource
+    from voiceassist.config import AudioConfig
     from voiceassist.events import Utterance
     from voiceassist.vad import Segmenter
 
+    audio_config = audio_config or AudioConfig()
+    played = read_audio_16k(reference) if reference else None  # unreadable: AudioFileError, one line
     source = FileSource(path, realtime=False, block_ms=block_ms)
     source.start()
+    canceller: echo.EchoCanceller | None = None
+    if played is not None:
+        ref = echo.ArrayReference(played, source.start_t + reference_delay_ms / 1000)
+        ns = echo.ns_wanted(audio_config.noise_suppression, True)
+        canceller = echo.EchoCanceller(ref, noise_suppression=ns, auto_gain=audio_config.auto_gain)
+    else:
+        canceller, _ = echo.from_config(audio_config, speech_output=False, reference=None)
     segmenter = Segmenter(vad_config)
     # (start_t, chunk durations, reasons) per utterance: only the timing, so hours of speech stay small
     turns: list[tuple[float, tuple[float, ...], tuple[str, ...]]] = []
@@ -65,8 +104,14 @@ def segment_file(path: str, vad_config: Any, block_ms: int = 20) -> tuple[float,
                 block = source.read(timeout=1.0)
             except EndOfInput:
                 break
-            if block is not None:
+            if block is not None and canceller is not None:
+                out = canceller.process(block)
+                segmenter.set_echo_active(canceller.echo_active)
+                keep(segmenter.feed(out))
+            elif block is not None:
                 keep(segmenter.feed(block))
+        if canceller:
+            keep(segmenter.feed(canceller.flush()))
         keep(segmenter.flush())
     finally:
         source.close()
@@ -89,7 +134,18 @@ def segment_file(path: str, vad_config: Any, block_ms: int = 20) -> tuple[float,
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args, _VAD_FLAGS)
-    duration, segments = segment_file(args.file, config.vad, config.audio.block_ms)
+    if args.reference_delay_ms is not None and not args.reference:
+        raise ConfigError("--reference-delay-ms needs --reference PLAYED (the file of what was played)")
+    if args.reference_delay_ms is not None and abs(args.reference_delay_ms) > 60000:
+        raise ConfigError(f"--reference-delay-ms {args.reference_delay_ms} is out of range; use -60000 to 60000")
+    duration, segments = segment_file(
+        args.file,
+        config.vad,
+        config.audio.block_ms,
+        config.audio,
+        reference=args.reference,
+        reference_delay_ms=args.reference_delay_ms or 0,
+    )
     if args.json:
         print(json.dumps({"file": args.file, "duration_s": round(duration, 3), "segments": segments}))
         return 0
