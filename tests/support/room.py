@@ -26,6 +26,7 @@ import numpy as np
 
 SR = 16000
 BLOCK = 160  # 10 ms: the room's processing block
+PLAY_BUFFER_MS = 60  # what the room keeps queued towards the microphone sink (part of the echo's delay)
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,19 @@ def _main(argv: list[str]) -> int:
     spec = RoomSpec(float(argv[2]), float(argv[3]), float(argv[4]), float(argv[5]))
     conv_block = 640  # 40 ms: the convolver's latency is part of the room's delay (subtracted below)
     conv = StreamingConvolver(impulse_response(spec.rt60_s, spec.drr_db, spec.seed), conv_block)
-    extra = max(0, int(round(spec.delay_ms * SR / 1000)) - conv_block)
+    # The convolver's block and the playback buffer are part of the delay; the rest is a delay line.
+    extra = max(0, int(round(spec.delay_ms * SR / 1000)) - conv_block - PLAY_BUFFER_MS * SR // 1000)
     delay_line = np.zeros(extra, np.float32)
-    fmt = ["--format=float32le", f"--rate={SR}", "--channels=1", "--raw", "--latency-msec=10"]
-    rec = subprocess.Popen(["parec", f"--device={out_sink}.monitor", *fmt], stdout=subprocess.PIPE)
-    play = subprocess.Popen(["pacat", "--playback", f"--device={mic_sink}", *fmt], stdin=subprocess.PIPE)
+    fmt = ["--format=float32le", f"--rate={SR}", "--channels=1", "--raw"]
+    rec = subprocess.Popen(["parec", f"--device={out_sink}.monitor", *fmt, "--latency-msec=10"], stdout=subprocess.PIPE)
+    # The playback side keeps PLAY_BUFFER_MS queued: on a loaded machine a late block then never underruns
+    # (each underrun would lengthen the echo path for good, and a canceller cannot follow a path that jumps).
+    play = subprocess.Popen(
+        ["pacat", "--playback", f"--device={mic_sink}", *fmt, f"--latency-msec={PLAY_BUFFER_MS}"],
+        stdin=subprocess.PIPE,
+    )
     assert rec.stdout is not None and play.stdin is not None
+    play.stdin.write(np.zeros(PLAY_BUFFER_MS * SR // 1000, np.float32).tobytes())
     user: list[np.ndarray] = []  # speech being mixed in
     print("ready", flush=True)
     try:

@@ -44,7 +44,14 @@ RATE = 16000  # Hz: everything here runs at the capture chain's rate
 FRAME = RATE // 100  # 160 samples: WebRTC's audio processing works in 10 ms frames
 LEAD_MS = 20  # the reference is handed this far ahead of its echo (AEC3 needs it ahead; see the docstring)
 HISTORY_S = 4.0  # s of far end kept (longer than any output latency + room delay we align)
-REANCHOR_S = 0.02  # s: a far-end block stamped further than this from where its run goes on starts a new run
+# The player stamps each block from its own callback's DAC time, which jitters by the callback's scheduling
+# (ms, tens of ms on a loaded machine); the samples themselves are continuous. So a run of blocks keeps its
+# sample timeline, its stamps' deviation from it is smoothed, and the timeline moves only when that smoothed
+# deviation exceeds DRIFT_S (clock drift), or jumps when one block is more than REANCHOR_S off (an underrun, a
+# restarted stream).
+REANCHOR_S = 0.1  # s
+DRIFT_S = 0.004  # s
+STAMP_SMOOTHING = 0.05  # weight of each block's deviation (~20 blocks ≈ 0.4 s memory)
 INBOX_BLOCKS = 2000  # far-end blocks the callback may queue before the capture side reads (40 s at 20 ms)
 # Delay measurement (GCC-PHAT of the microphone against the reference as handed to AEC3).
 XCORR_S = 1.0  # s of audio per measurement
@@ -92,6 +99,8 @@ class FarEndReference:
         self._run_pos = 0  # absolute position of the next resampled sample of the current run
         self._run_t = -math.inf  # capture-clock time the current run's next input sample is heard, s
         self._run_rate = 0
+        self._deviation = 0.0  # smoothed (stamp − run timeline) of the current run, s
+        self.reanchors = 0  # runs started (stream opened, or a stamp jumped)
         self._resampler: Any = None
         self._timed = True
         self._any = False
@@ -139,7 +148,15 @@ class FarEndReference:
                     self._put(self._run_pos, tail)
                 self._resampler = StreamingResampler(rate, 1 if block.ndim == 1 else block.shape[1])
                 self._run_rate, self._run_pos = rate, round(t * RATE)
-                self._run_t = t
+                self._run_t, self._deviation = t, 0.0
+                self.reanchors += 1
+            else:
+                self._deviation += STAMP_SMOOTHING * ((t - self._run_t) - self._deviation)
+                if abs(self._deviation) > DRIFT_S:  # the stamps drift away for real: follow them
+                    shift = round(self._deviation * RATE)
+                    self._run_pos += shift
+                    self._run_t += shift / RATE
+                    self._deviation -= shift / RATE
             out = self._resampler.process(block)
             self._put(self._run_pos, out)
             self._run_pos += len(out)

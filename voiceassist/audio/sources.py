@@ -105,6 +105,9 @@ class MicrophoneSource:
         self._skipped_s = 0.0  # stream time lost to dropped blocks, s (the resampler joined across it)
         self._out_samples = 0  # 16 kHz samples handed out so far
         self._offset: float | None = None  # capture clock − stream position, s (smoothed)
+        # The last callback had a usable ADC time (False: stamped one block before the callback). The echo
+        # canceller reads it to say once that it falls back to estimating the delay.
+        self.timing_reported = True
 
     # ---- the PortAudio thread: copy, stamp, enqueue; nothing else -----------------------------------------
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -112,7 +115,8 @@ class MicrophoneSource:
         if status.input_overflow:
             self.stats.overflows += 1
         lag = time_info.currentTime - time_info.inputBufferAdcTime
-        if time_info.inputBufferAdcTime <= 0 or not 0.0 <= lag < 1.0:
+        self.timing_reported = time_info.inputBufferAdcTime > 0 and 0.0 <= lag < 1.0
+        if not self.timing_reported:
             lag = frames / self.rate  # no usable ADC time: the first sample is about one block old
         item = (indata.copy(), t_now - lag, self._cb_frames)
         self._cb_frames += frames

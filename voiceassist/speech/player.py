@@ -13,6 +13,10 @@ playing, the fraction of its voiced samples delivered is mapped to characters an
 
 Times are on the capture clock (``time.monotonic()``): the callback converts PortAudio's DAC time of each
 block into it, so :meth:`Player.quiet_since` is when the last sample really left the speaker.
+
+Echo cancellation (#12): with a far-end reference attached (:meth:`Player.set_reference`), the callback also
+hands every block it writes (silence included: the exact samples the device gets) and the capture-clock time
+its first sample is heard to ``FarEndReference.write`` — a copy and a lock-free append, nothing more.
 """
 
 from __future__ import annotations
@@ -78,6 +82,12 @@ class Player:
         self._last_callback = 0.0
         self._callbacks = 0
         self._idle_since = time.monotonic()
+        self._reference: Any = None  # audio.echo.FarEndReference fed by the callback (None: nobody listens)
+        self.dac_timed = True  # the last callback had a usable DAC time (False: stamped with latency_s)
+
+    def set_reference(self, reference: Any) -> None:
+        """Feed ``reference`` (an ``audio.echo.FarEndReference``) with every block written from now on."""
+        self._reference = reference
 
     # ---- stream --------------------------------------------------------------------------------------------
 
@@ -161,7 +171,8 @@ class Player:
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         now = time.monotonic()
         ahead = time_info.outputBufferDacTime - time_info.currentTime
-        if not (time_info.outputBufferDacTime > 0 and 0.0 < ahead < 2.0):
+        timed = time_info.outputBufferDacTime > 0 and 0.0 < ahead < 2.0
+        if not timed:
             ahead = self.latency_s  # host API without DAC times
         out = np.zeros(frames, dtype=np.float32)
         with self._lock:
@@ -193,6 +204,10 @@ class Player:
                 else:
                     self._intervals.append([start, end])
         outdata[:] = out[:, None]
+        reference = self._reference
+        if reference is not None:
+            self.dac_timed = timed
+            reference.write(out, self.rate, now + ahead, timed)
 
     # ---- segments ------------------------------------------------------------------------------------------
 
