@@ -55,10 +55,11 @@ STAMP_SMOOTHING = 0.05  # weight of each block's deviation (~20 blocks ≈ 0.4 s
 INBOX_BLOCKS = 2000  # far-end blocks the callback may queue before the capture side reads (40 s at 20 ms)
 # Delay measurement (GCC-PHAT of the microphone against the reference as handed to AEC3).
 XCORR_S = 1.0  # s of audio per measurement
-XCORR_EVERY_S = 0.5  # s between measurements (only while the far end is playing)
+XCORR_EVERY_S = 1.0  # s between measurements (only while the far end is playing)
 XCORR_MAX_MS = 500.0  # largest delay searched, ms (either sign)
 XCORR_MIN_PEAK = 6.0  # peak / mean |correlation| needed to believe a measurement
 FAR_ACTIVE_DBFS = -50.0  # a far-end frame louder than this counts as playing
+FAR_ACTIVE_ENERGY = FRAME * 10 ** (FAR_ACTIVE_DBFS / 10)  # the same, as a 10 ms frame's sum of squares
 ECHO_HOLD_S = 0.5  # s after the far end last played that its echo (the room's reverberation) may still be heard
 # AEC3's range, measured (see the docstring): outside it the reference is re-aligned to LEAD_MS.
 AEC_MIN_DELAY_MS, AEC_MAX_DELAY_MS = 2.0, 250.0
@@ -122,16 +123,28 @@ class FarEndReference:
         """Anything was ever written (a player is feeding this reference)."""
         return self._any or bool(self._inbox)
 
+    def _ring_write(self, pos: int, values: np.ndarray) -> None:
+        size = len(self._ring)
+        values = values[-size:]
+        i = pos % size
+        first = min(len(values), size - i)
+        self._ring[i : i + first] = values[:first]
+        self._ring[: len(values) - first] = values[first:]
+
+    def _ring_read(self, pos: int, n: int) -> np.ndarray:
+        size = len(self._ring)
+        i = pos % size
+        first = min(n, size - i)
+        return np.concatenate((self._ring[i : i + first], self._ring[: n - first]))
+
     def _put(self, pos: int, values: np.ndarray) -> None:
         """Write 16 kHz samples at absolute position ``pos`` (zero-filling any gap since the last write)."""
         size = len(self._ring)
         if pos > self._end:  # silence between runs (the stream was closed, or a stamp jumped ahead)
             gap_from = max(self._end, pos - size)
-            idx = np.arange(gap_from, pos) % size
-            self._ring[idx] = 0.0
+            self._ring_write(gap_from, np.zeros(pos - gap_from, np.float32))
         if len(values):
-            idx = np.arange(pos, pos + len(values)) % size
-            self._ring[idx] = values
+            self._ring_write(pos + max(0, len(values) - size), values)
         self._end = max(self._end, pos + len(values))
 
     def _drain(self) -> None:
@@ -169,7 +182,7 @@ class FarEndReference:
             out = np.zeros(n, np.float32)
             lo, hi = max(start, self._end - len(self._ring)), min(start + n, self._end)
             if hi > lo:
-                out[lo - start : hi - start] = self._ring[np.arange(lo, hi) % len(self._ring)]
+                out[lo - start : hi - start] = self._ring_read(lo, hi - lo)
             return out
 
 
@@ -201,8 +214,9 @@ class DelayEstimator:
 
     def __init__(self) -> None:
         n = round(XCORR_S * RATE)
-        self._near = np.zeros(n, np.float32)
+        self._near = np.zeros(n, np.float32)  # rings of the last XCORR_S, written at _pos
         self._far = np.zeros(n, np.float32)
+        self._pos = 0
         self._fft = 1 << math.ceil(math.log2(2 * n))
         self._max_lag = round(XCORR_MAX_MS * RATE / 1000)
         self._since = 0  # samples since the last measurement
@@ -212,18 +226,24 @@ class DelayEstimator:
 
     def push(self, near: np.ndarray, far: np.ndarray, far_active_frames: int) -> float | None:
         """Add a stretch of both signals; returns a new measurement (ms) when one was made and believable."""
-        k = len(near)
-        self._near = np.concatenate((self._near[k:], near))
-        self._far = np.concatenate((self._far[k:], far))
+        n = len(self._near)
+        for ring, x in ((self._near, near[-n:]), (self._far, far[-n:])):
+            i = self._pos
+            first = min(len(x), n - i)
+            ring[i : i + first] = x[:first]
+            ring[: len(x) - first] = x[first:]
+        self._pos = (self._pos + min(len(near), n)) % n
         self._far_active += far_active_frames
-        self._since += k
+        self._since += len(near)
         if self._since < XCORR_EVERY_S * RATE:
             return None
         enough = self._far_active * FRAME >= 0.5 * len(self._far)  # far end playing in half of the window
         self._since, self._far_active = 0, 0
         if not enough:
             return None
-        spec = np.fft.rfft(self._near, self._fft) * np.conj(np.fft.rfft(self._far, self._fft))
+        near_w = np.roll(self._near, -self._pos)  # oldest first
+        far_w = np.roll(self._far, -self._pos)
+        spec = np.fft.rfft(near_w, self._fft) * np.conj(np.fft.rfft(far_w, self._fft))
         corr = np.fft.irfft(spec / (np.abs(spec) + EPS), self._fft)
         lags = np.concatenate((corr[-self._max_lag :], corr[: self._max_lag + 1]))  # lag −max … +max
         mag = np.abs(lags)
@@ -408,24 +428,24 @@ class EchoCanceller:
         far = self.reference.read(t + self.lead_s + self._offset_s, len(near))
         out = self._apm.process(near, far)
         frames = len(near) // FRAME
-        far_pow = (far.reshape(frames, FRAME) ** 2).mean(axis=1)
-        active = far_pow > 10 ** (FAR_ACTIVE_DBFS / 10)
-        if active.any():
-            p_in = (near.reshape(frames, FRAME)[active] ** 2).mean()
-            p_out = (out.reshape(frames, FRAME)[active] ** 2).mean()
-            erle = 10 * math.log10((p_in + EPS) / (p_out + EPS))
-            n_act = int(active.sum())
+        f2 = far.reshape(frames, FRAME)
+        active = np.einsum("ij,ij->i", f2, f2) > FAR_ACTIVE_ENERGY  # per 10 ms frame (einsum: no temporaries)
+        n_act = int(np.count_nonzero(active))
+        if n_act:
+            n2, o2 = near.reshape(frames, FRAME)[active], out.reshape(frames, FRAME)[active]
+            erle = 10 * math.log10(
+                (float(np.einsum("ij,ij->", n2, n2)) + EPS) / (float(np.einsum("ij,ij->", o2, o2)) + EPS)
+            )
             a = 1 - (1 - ERLE_SMOOTHING) ** n_act
             self._erle_db = erle if self._erle_db is None else self._erle_db + a * (erle - self._erle_db)
             if self._erle_db >= CONVERGED_ERLE_DB:
                 self._converged_frames += n_act
             else:
                 self._converged_frames = 0
-        if active.any():
             self._since_far = (frames - 1 - int(np.flatnonzero(active)[-1])) * FRAME / RATE
         else:
             self._since_far += frames * FRAME / RATE
-        delay = self._estimator.push(near, far, int(active.sum()))
+        delay = self._estimator.push(near, far, n_act)
         if delay is not None:
             self._check_alignment(delay)
         return out
