@@ -42,7 +42,7 @@ from support.speech import silence, speech_16k  # noqa: E402
 
 from voiceassist.app import App  # noqa: E402
 from voiceassist.audio.sources import FileSource  # noqa: E402
-from voiceassist.backend import open_backend  # noqa: E402
+from voiceassist.openers import open_backend  # noqa: E402
 from voiceassist.config import Config, with_overrides  # noqa: E402
 
 QUESTIONS = (

@@ -38,7 +38,7 @@ from support.vllm_server import VllmServer  # noqa: E402
 
 from voiceassist import config as cfg  # noqa: E402
 from voiceassist.backend import UserTurn  # noqa: E402
-from voiceassist.remote import RemoteBackend  # noqa: E402
+from voiceassist.remote.backend import RemoteBackend  # noqa: E402
 
 SECTION = "## vLLM server (thin client)"
 SENTENCES = (

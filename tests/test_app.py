@@ -20,11 +20,13 @@ from support.speech import silence, speech_16k
 
 from voiceassist.app import App
 from voiceassist.audio.sources import FileSource, MicrophoneSource
-from voiceassist.backend import ReplyResult, UserTurn, open_backend
+from voiceassist.backend import ReplyResult, UserTurn
+from voiceassist.openers import open_backend
 from voiceassist.config import Config, with_overrides
 from voiceassist.kiosk.faults import FaultInjectingBackend, FaultPlan
-from voiceassist.recording import sound_bounds, split_chunks, trim_silence
-from voiceassist.remote import RemoteBackend, wire
+from voiceassist.audio.cutting import sound_bounds, split_chunks, trim_silence
+from voiceassist.remote import wire
+from voiceassist.remote.backend import RemoteBackend
 from voiceassist.replytext import StreamStripper
 
 SR = 16000
@@ -252,7 +254,7 @@ def test_stop_is_ordered_and_joins_every_thread(session, wavs, monkeypatch):
     app.submit_text("A long reply please")
     _run(app, lambda e: len(_kinds(e, "token")) >= 2)
     app.stop(timeout=2.0)
-    assert [t.name for t in app.threads] == ["va-model", "va-capture"]
+    assert [t.name for t in app.threads] == ["va-model", "va-capture", "va-speech"]
     assert not any(t.is_alive() for t in app.threads)
     assert source._file is None  # the input was closed
     rest = []

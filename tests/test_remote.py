@@ -17,9 +17,10 @@ from support.speech import speech_16k
 from support.vllm_server import AUDIO_LIMIT, VllmServer
 
 from voiceassist import config as cfg
-from voiceassist.backend import UserTurn, open_backend
+from voiceassist.backend import UserTurn
+from voiceassist.openers import open_backend
 from voiceassist.errors import BackendError
-from voiceassist.remote import RemoteBackend
+from voiceassist.remote.backend import RemoteBackend
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 

@@ -27,7 +27,7 @@ from support.speech import silence, speech_16k
 
 from voiceassist.app import App
 from voiceassist.audio.sources import MicrophoneSource
-from voiceassist.backend import open_backend
+from voiceassist.openers import open_backend
 from voiceassist.config import Config, with_overrides
 
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]

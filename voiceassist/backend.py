@@ -9,12 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from voiceassist.config import Config
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -59,22 +58,40 @@ class Backend(Protocol):
         ...
 
 
-def open_backend(config: Config) -> Backend:
-    """The backend the configuration asks for: the vLLM server at ``server.url`` when set (a thin client: no
-    torch needed), else the local model session. Imports lazily, so the thin client never imports torch."""
-    if config.server.url:
-        from voiceassist.remote import RemoteBackend
+@runtime_checkable
+class Speculating(Protocol):
+    """A backend capability: prefill a turn that may still change, rolled back on ``cancel``."""
 
-        return RemoteBackend(config)
-    from voiceassist.model.loading import load_session
+    last_speculated: bool  # the last reply found its prefill done by a speculation
 
-    return load_session(config)
+    def speculate(self, turn: UserTurn, cancel: threading.Event) -> object: ...
+
+
+@runtime_checkable
+class StatusReporting(Protocol):
+    """A backend capability: one line (e.g. "cannot reach the server …; retry 1/5 in 0.5 s") before each of
+    its own retries, given to ``on_status`` when set."""
+
+    on_status: Callable[[str], None] | None
+
+
+def capability(backend: Backend, kind: type[C]) -> C | None:
+    """The object in ``backend``'s wrapper chain (outermost first) that offers capability ``kind``, or None.
+
+    Wrappers (``BackendWrapper``) only pass on the Backend protocol, so a capability is found on the backend
+    that really has it (e.g. ``on_status`` of a RemoteBackend under the kiosk's TurnLimit → RecordingBackend)."""
+    b: object = backend
+    while b is not None:
+        if isinstance(b, kind):
+            return b
+        b = b.inner if isinstance(b, BackendWrapper) else None
+    return None
 
 
 class BackendWrapper:
     """A Backend that wraps another and delegates to it; subclasses override what they add (the kiosk's fault
-    injector and turn recorder). Anything else the App asks of a backend (speculative prefill, context
-    figures) reaches the wrapped one through ``__getattr__``."""
+    injector, turn recorder and turn limit). Capabilities beyond the Backend protocol (speculative prefill,
+    status reporting) stay on the wrapped backend: find them with :func:`capability`."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
@@ -91,6 +108,3 @@ class BackendWrapper:
 
     def reset(self) -> None:
         self.inner.reset()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)

@@ -126,6 +126,8 @@ class ReconnectingSource:
         self.backoff_s = backoff_s
         self.reinit = reinit  # re-initialise PortAudio before a reconnection attempt
         self.name = "microphone"
+        self.realtime = True
+        self.is_device = True
         self.device_name: str | None = None  # pinned by the first successful open
         self.stats: Any = None  # CaptureStats, shared with every underlying source
         self.state = "closed"  # "open" | "lost" | "closed"

@@ -64,6 +64,8 @@ class AudioSource(Protocol):
 
     name: str
     stats: CaptureStats
+    realtime: bool  # blocks arrive in real time (a device, a paced file); False: a file read as fast as possible
+    is_device: bool  # a microphone: it can hear the assistant speak, and digital silence there is a fault
 
     def start(self) -> None: ...
 
@@ -87,6 +89,8 @@ class MicrophoneSource:
         self.queue_blocks = queue_blocks
         self.stall_s = stall_s  # s without a callback before the device counts as lost
         self.name = str(device) if device not in (None, "") else "default input"
+        self.realtime = True
+        self.is_device = True
         self.stats = CaptureStats()
         self.rate = 0.0  # Hz, the device's native rate (known after start)
         self.channels = 0
@@ -252,6 +256,7 @@ class FileSource:
     def __init__(self, path: str, realtime: bool = True, block_ms: int = 20) -> None:
         self.path = str(path)
         self.realtime = realtime
+        self.is_device = False
         self.block_samples = max(1, TARGET_RATE * block_ms // 1000)  # 16 kHz samples per block
         self.name = Path(path).name
         self.stats = CaptureStats()

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from voiceassist.config import Config
 from voiceassist.errors import VoiceAssistError
@@ -31,6 +31,10 @@ from voiceassist.events import ErrorEvent, Event, Level, ReplyDone, Status, Utte
 from voiceassist.kiosk.jsonlog import JsonLines, JsonLogHandler
 from voiceassist.kiosk.status import StatusFile, status_path
 from voiceassist.kiosk.systemd import Heartbeat, Notifier, watchdog_interval_s
+
+if TYPE_CHECKING:
+    from voiceassist.audio.sources import AudioSource
+    from voiceassist.pipeline.speech import Speaker
 
 log = logging.getLogger("voiceassist.kiosk")
 
@@ -132,7 +136,7 @@ class Kiosk:
 
     def _run(self) -> int:
         from voiceassist.app import App
-        from voiceassist.backend import open_backend
+        from voiceassist.openers import open_backend
         from voiceassist.kiosk.faults import wrap_from_env
 
         cfg = self.config
@@ -386,25 +390,19 @@ class Kiosk:
                 extra={"fields": {"rotated": len(removed)}},
             )
 
-    def _open_source(self) -> Any:
-        if self.args.from_file:
-            from voiceassist.commands.chat import open_input
+    def _open_source(self) -> AudioSource:
+        from voiceassist.openers import open_input
 
-            return open_input(self.config, self.args)
-        from voiceassist.audio.reconnect import reconnecting_microphone
+        # The microphone is not checked first: systemd may start us before the device is there; the
+        # reconnecting source waits for it.
+        return open_input(
+            self.config, self.args.from_file, fast=self.args.fast, check_device=False, on_device_state=self._on_device
+        )
 
-        return reconnecting_microphone(self.config.audio, on_state=self._on_device)
+    def _open_speaker(self) -> Speaker | None:
+        from voiceassist.openers import open_speaker
 
-    def _open_speaker(self) -> Any:
-        if not self.config.tts.enabled:
-            return None
-        try:
-            from voiceassist.speech import Speaker
-
-            return Speaker(self.config.tts, self.config.audio.output_device)
-        except Exception as err:  # speech is optional: say why once and go on in text
-            log.warning("speech output unavailable (%s); replies stay text only", " ".join(str(err).split()))
-            return None
+        return open_speaker(self.config, log.warning)
 
     # ---- health -------------------------------------------------------------------------------------------------
     def _dead_workers(self) -> list[str]:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from voiceassist.backend import ReplyResult, UserTurn
 from voiceassist.config import Config
 from voiceassist.errors import BackendError
+from voiceassist.retry import backoff_pause
 from voiceassist.remote import wire
 from voiceassist.remote.client import Broken, Rejected, Retryable, ServerClient, StreamResult
 
@@ -75,7 +76,8 @@ class RemoteBackend:
         self._client = client or ServerClient(config.server)
         self.extra_body = dict(extra_body or {})  # merged into every request body
         self._backoff_s = backoff_s
-        self.on_status = on_status
+        self.on_status = on_status  # StatusReporting: the App sets it (through any wrappers) to show retries
+        self.last_speculated = False  # Speculating: the server's prefix cache is not observable from here
         self._system = wire.system_prompt(self._gen.system_prompt, self._gen.language)
         self._system_tokens = (
             wire.estimate_text_tokens(self._system) + wire.MESSAGE_OVERHEAD_TOKENS if self._system else 0
@@ -120,7 +122,7 @@ class RemoteBackend:
                     raise BackendError(
                         f"{err} (gave up after {self._server.retries} retries)", retryable=True
                     ) from None
-                pause = min(self._backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
+                pause = backoff_pause(attempt, self._backoff_s, BACKOFF_MAX_S)
                 self._status(f"{err}; retry {attempt}/{self._server.retries} in {pause:g} s")
                 cancel.wait(pause)
                 continue
