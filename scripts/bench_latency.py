@@ -42,8 +42,8 @@ from support.speech import silence, speech_16k  # noqa: E402
 
 from voiceassist.app import App  # noqa: E402
 from voiceassist.audio.sources import FileSource  # noqa: E402
-from voiceassist.openers import open_backend  # noqa: E402
 from voiceassist.config import Config, with_overrides  # noqa: E402
+from voiceassist.openers import open_backend  # noqa: E402
 
 QUESTIONS = (
     "What is the weather like today?",
@@ -178,7 +178,7 @@ def bench_model(name: str, wav: Path, args: argparse.Namespace) -> None:
             # The target: the first token no later than the hang-over + one decode step + 20 ms.
             step = statistics.median(r["step"])
             target = step + 0.020
-            verdict = lambda v: "met" if v <= target else "missed"  # noqa: E731
+            verdict = lambda v, target=target: "met" if v <= target else "missed"  # noqa: E731
             print(
                 f"\ntarget with speculation: hang-over + one decode step ({step * 1000:.0f} ms, median) + 20 ms "
                 f"= hang-over + {target * 1000:.0f} ms; median {ms(statistics.median(over))}: "

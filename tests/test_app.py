@@ -19,12 +19,12 @@ from support.fake_vllm import FakeVllmServer
 from support.speech import silence, speech_16k
 
 from voiceassist.app import App
+from voiceassist.audio.cutting import sound_bounds, split_chunks, trim_silence
 from voiceassist.audio.sources import FileSource, MicrophoneSource
 from voiceassist.backend import ReplyResult, UserTurn
-from voiceassist.openers import open_backend
 from voiceassist.config import Config, with_overrides
 from voiceassist.kiosk.faults import FaultInjectingBackend, FaultPlan
-from voiceassist.audio.cutting import sound_bounds, split_chunks, trim_silence
+from voiceassist.openers import open_backend
 from voiceassist.remote import wire
 from voiceassist.remote.backend import RemoteBackend
 from voiceassist.replytext import StreamStripper
@@ -347,6 +347,30 @@ def test_a_turn_the_server_failed_is_kept_and_sent_again_when_it_is_back(wavs):
     # the user's audio went to the server when it was back: the very samples of the turn
     assert len(fake.requests) == 1 and _audio_parts(fake.requests[0]) == [wire.wav_base64(hist[0]["audios"][0])]
     assert len(backend.turns) == 1
+
+
+def test_the_servers_retry_notes_reach_the_status_line_through_the_kiosks_wrapper_stack(wavs):
+    """The thin-client kiosk: TurnLimit → RecordingBackend → RemoteBackend (as Kiosk.run builds it). The App
+    must hand its status callback to the RemoteBackend inside, not to the outermost wrapper."""
+    from voiceassist.kiosk.daemon import _NoStore
+    from voiceassist.kiosk.limits import TurnLimit
+    from voiceassist.kiosk.recorder import RecordingBackend
+
+    port = _free_port()  # nothing listens: every request fails and is retried
+    config = _config(**{"server.url": f"http://127.0.0.1:{port}/v1", "server.retries": 1})
+    remote = RemoteBackend(config, backoff_s=0.05)
+    stack = TurnLimit(RecordingBackend(remote, _NoStore()), lambda: 0, lambda: None)
+    app = App(config, FileSource(str(wavs["silence"]), realtime=False), stack, stay=True)
+    app.retry_first_s = app.retry_max_s = 60.0  # one failed send is enough; the App's own retry waits
+    assert remote.on_status is not None and "on_status" not in vars(stack)
+    app.start()
+    try:
+        app.submit_text("are you there?")
+        evs = _run(app, lambda e: any(x.kind == "status" and "retry 1/1" in x.detail for x in e), timeout=30)
+    finally:
+        app.stop()
+    notes = [e.detail for e in evs if e.kind == "status" and "retry 1/1" in e.detail]
+    assert notes and "cannot reach the server" in notes[0], notes
 
 
 def test_a_turn_waiting_to_be_sent_again_is_dropped_by_cancel_and_the_next_one_goes_through(wavs):

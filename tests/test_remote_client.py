@@ -29,8 +29,8 @@ from support.speech import speech_16k
 
 from voiceassist import config as cfg
 from voiceassist.backend import Backend, UserTurn
-from voiceassist.openers import open_backend
 from voiceassist.errors import BackendError, ConfigError
+from voiceassist.openers import open_backend
 from voiceassist.remote import wire
 from voiceassist.remote.backend import RemoteBackend
 

@@ -386,6 +386,7 @@ class App:
                     f"{self._turns.maxsize} turns are already waiting for the model; this one was dropped",
                     "app",
                     t=self.clock(),
+                    dropped=True,
                 )
             )
             return

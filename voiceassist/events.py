@@ -208,3 +208,6 @@ class ErrorEvent(Event):
     kind: ClassVar[str] = "error"
     message: str
     source: str = ""  # "audio", "model", "tts", "server", ...
+    turn: int | None = None  # the turn it concerns, once numbered by the model stage
+    dropped: bool = False  # a submitted turn will get no reply (turn queue full, unreadable file)
+    file: str = ""  # dropped: the file name of the /file turn that could not be read

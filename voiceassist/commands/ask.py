@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     from voiceassist.audio.files import read_audio_16k
     from voiceassist.backend import UserTurn
-    from voiceassist.openers import open_backend
     from voiceassist.model.chunking import split_long_audio
+    from voiceassist.openers import open_backend
 
     turns: list[tuple[str, UserTurn]] = []
     for path in args.files:  # all files first: a bad one fails before the model loads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+
 from voiceassist.commands.common import add_config_arg, add_input_args, add_model_args, load_input_config
 from voiceassist.config import Config
 

@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from voiceassist.config import Config
 from voiceassist.errors import VoiceAssistError
-from voiceassist.events import ErrorEvent, Event, Level, ReplyDone, Status, UtteranceEvent
+from voiceassist.events import AssistantState, ErrorEvent, Event, Level, ReplyDone, Status, UtteranceEvent
 from voiceassist.kiosk.jsonlog import JsonLines, JsonLogHandler
 from voiceassist.kiosk.status import StatusFile, status_path
 from voiceassist.kiosk.systemd import Heartbeat, Notifier, watchdog_interval_s
@@ -120,7 +120,7 @@ class Kiosk:
             log.exception("kiosk failed")
             raise
         finally:
-            self.status.update(state="stopped", detail="")
+            self.status.update(state=AssistantState.STOPPED, detail="")
             root.removeHandler(handler)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -131,13 +131,13 @@ class Kiosk:
         self._stop.set()
         if self.app is None:
             log.info("stopped while starting")
-            self.status.update(state="stopped", detail="")
+            self.status.update(state=AssistantState.STOPPED, detail="")
             os._exit(0)
 
     def _run(self) -> int:
         from voiceassist.app import App
-        from voiceassist.openers import open_backend
         from voiceassist.kiosk.faults import wrap_from_env
+        from voiceassist.openers import open_backend
 
         cfg = self.config
         log.info(
@@ -147,7 +147,7 @@ class Kiosk:
             log.warning("%s; `voiceassist status` will not see this kiosk", self.status.write_error)
         self._open_store()
         source = self._open_source()
-        self._state("loading", cfg.server.url or cfg.model.name)
+        self._state(AssistantState.LOADING, cfg.server.url or cfg.model.name)
         backend = wrap_from_env(open_backend(cfg))
         from voiceassist.kiosk.recorder import RecordingBackend
 
@@ -241,7 +241,7 @@ class Kiosk:
             extra={"fields": {"shutdown_stuck": True}},
         )
         faulthandler.dump_traceback(all_threads=True)
-        self.status.update(state="stopped", detail="forced")
+        self.status.update(state=AssistantState.STOPPED, detail="forced")
         os._exit(EXIT_SHUTDOWN_STUCK)
 
     # ---- events ---------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ class Kiosk:
         now = time.monotonic()
         if isinstance(ev, Status):
             self._last_activity = now  # idle time counts from the last change (e.g. the end of speaking)
-            if ev.state == "speaking":
+            if ev.state is AssistantState.SPEAKING:
                 self._spoke_ok = True
             elif self._spoke_ok and self.app is not None and self.app.speaker is not None:
                 self._spoke_ok = False  # a reply was spoken with no output error since: the output works
@@ -295,7 +295,7 @@ class Kiosk:
         if not self._tts_error_t or time.monotonic() - self._tts_error_t < SPEECH_STUCK_S:
             return
         self._tts_error_t = 0.0
-        if app.state == "speaking" and app.speaker is not None:
+        if app.state is AssistantState.SPEAKING and app.speaker is not None:
             log.warning(
                 "speech output stalled after a device error: the rest of this reply is not spoken",
                 extra={"fields": {"device_state": "output_stalled"}},
@@ -317,7 +317,7 @@ class Kiosk:
             self._limit_reset.clear()
             self._reset_done(f"max_turns ({self.config.kiosk.max_turns})")
         idle_s = self.config.kiosk.idle_reset_s
-        quiet = not app.busy and app.state in ("listening", "device_lost") and not app.pending
+        quiet = not app.busy and app.state in (AssistantState.LISTENING, AssistantState.DEVICE_LOST) and not app.pending
         if idle_s and self._conv_turns and quiet and time.monotonic() - self._last_activity >= idle_s:
             app.reset()
             self._reset_done(f"idle ({idle_s:g} s without speech)")

@@ -174,8 +174,8 @@ class CaptureStage:
         msg: StatusReport = CaptureReport(self._device_lost, self._hearing, self._recording_s)
         self._report_to(msg, t=t, detail=detail, force=force)
 
-    def _error(self, message: str, t: float | None = None, source: str = "audio") -> None:
-        self._emit(ErrorEvent(message, source, t=self.clock() if t is None else t))
+    def _error(self, message: str, t: float | None = None, source: str = "audio", dropped: bool = False) -> None:
+        self._emit(ErrorEvent(message, source, t=self.clock() if t is None else t, dropped=dropped))
 
     # ---- per block ------------------------------------------------------------------------------------------
     def _on_block(self, block: AudioBlock) -> None:
@@ -320,7 +320,9 @@ class CaptureStage:
         submitted = self._turns.put(turn, wait=self._fast)
         if not submitted:
             self._error(
-                f"{self._turns.maxsize} turns are already waiting for the model; this one was dropped", source="app"
+                f"{self._turns.maxsize} turns are already waiting for the model; this one was dropped",
+                source="app",
+                dropped=True,
             )
         elif self._turns.pending() > self._turns.waiting():  # a turn is being answered: this one waits
             self._report(detail=f"{self._turns.waiting()} turn(s) waiting", force=True)

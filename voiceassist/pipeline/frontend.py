@@ -126,9 +126,4 @@ class EchoPolicy:
 
     def barges_in(self, speech_s: float) -> bool:
         """``speech_s`` of speech that started over playback interrupts the assistant now?"""
-        return (
-            self.barge_in
-            and speech_s >= self.barge_in_s
-            and self.playback.output_on()
-            and self.playback.speaking()
-        )
+        return self.barge_in and speech_s >= self.barge_in_s and self.playback.output_on() and self.playback.speaking()

@@ -180,4 +180,3 @@ class SettingsReport:
 
 
 StatusReport = CaptureReport | ModelReport | SettingsReport
-

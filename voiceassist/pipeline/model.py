@@ -162,8 +162,8 @@ class ModelStage:
     def _report(self, msg: ModelReport | None = None, t: float | None = None, detail: str = "", force: bool = False):
         self._report_to(msg, t=t, detail=detail, force=force)
 
-    def _error(self, message: str, source: str, t: float | None = None) -> None:
-        self._emit_to(ErrorEvent(message, source, t=self._clock() if t is None else t))
+    def _error(self, message: str, source: str, t: float | None = None, **about: Any) -> None:
+        self._emit_to(ErrorEvent(message, source, t=self._clock() if t is None else t, **about))
 
     # ---- control work between turns ---------------------------------------------------------------------------
     def _do_control(self) -> None:
@@ -216,14 +216,14 @@ class ModelStage:
             self._error(f"speculative prefill failed: {one_line(err)}", "model")
 
     # ---- one turn -----------------------------------------------------------------------------------------------
-    def _read_file(self, turn: TurnRequest) -> tuple[tuple[Any, ...], bool] | None:
+    def _read_file(self, turn: TurnRequest, number: int) -> tuple[tuple[Any, ...], bool] | None:
         from voiceassist.audio.files import read_audio_16k
 
         name = Path(turn.path).name
         try:
             audio = read_audio_16k(turn.path)
         except VoiceAssistError as err:
-            self._error(one_line(err), "audio")
+            self._error(one_line(err), "audio", turn=number, dropped=True, file=name)
             return None
         vad = self.config.vad
         audios, capped = split_chunks(audio, vad.max_chunk_s, vad.max_chunks_per_turn, vad.cut_search_s)
@@ -234,6 +234,7 @@ class ModelStage:
                 f"({vad.max_chunks_per_turn} audios of ≤ {vad.max_chunk_s:.0f} s: "
                 "vad.max_chunks_per_turn)",
                 "audio",
+                turn=number,
             )
         return tuple(audios), capped
 
@@ -242,7 +243,7 @@ class ModelStage:
         number = self._numbers
         audios, capped, file_name = turn.audios, turn.capped, ""
         if turn.kind == "file":
-            read = self._read_file(turn)
+            read = self._read_file(turn, number)
             if read is None:
                 return
             audios, capped = read
@@ -306,7 +307,9 @@ class ModelStage:
             )
             if not retry:
                 self._set_current(None)
-                self._error(f"turn {number}: {msg}; the conversation is as before this turn", "model", clock())
+                self._error(
+                    f"turn {number}: {msg}; the conversation is as before this turn", "model", clock(), turn=number
+                )
                 return
             # No turn is lost: the turn (its audio in hand) waits here and is sent again; the capture stage
             # goes on listening and new turns queue behind it. Ctrl-C (cancel), /reset or stop ends the wait.
@@ -316,6 +319,7 @@ class ModelStage:
                 f"turn {number}: {msg}; the turn is kept and sent again in {pause:g} s (retry {attempt})",
                 "model",
                 clock(),
+                turn=number,
             )
             self._report(detail=f"turn {number} waits to be sent again ({pause:g} s)", force=True)
             if reply.cancel.wait(pause) or self._stop.is_set():
@@ -423,4 +427,6 @@ class ModelStage:
         )
         self._capture_control.put(ReplyEnded(number, t_done, bool(result.interrupted)))
         if result.dropped_turns:
-            self._report(detail=f"the {result.dropped_turns} oldest turn(s) were dropped to fit the context", force=True)
+            self._report(
+                detail=f"the {result.dropped_turns} oldest turn(s) were dropped to fit the context", force=True
+            )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from voiceassist.config import Config
+from voiceassist.errors import one_line, quietly
 from voiceassist.events import ErrorEvent, Event
 from voiceassist.pipeline.messages import (
     BeginReply,
@@ -27,7 +28,6 @@ from voiceassist.pipeline.messages import (
     StopSpeaking,
     TruncateReply,
 )
-from voiceassist.errors import one_line, quietly
 
 HOUSEKEEPING_S = 0.02  # how often the stage looks at the speaker's errors and playback state, s
 

@@ -94,9 +94,7 @@ class StatusBoard:
         with self._lock:
             match report:
                 case CaptureReport(device_lost=lost, hearing=hearing, recording_s=rec):
-                    self._flags = dataclasses.replace(
-                        self._flags, device_lost=lost, hearing=hearing, recording_s=rec
-                    )
+                    self._flags = dataclasses.replace(self._flags, device_lost=lost, hearing=hearing, recording_s=rec)
                 case ModelReport(busy=busy):
                     self._flags = dataclasses.replace(self._flags, busy=busy)
                 case SettingsReport(muted=muted):

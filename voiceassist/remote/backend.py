@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 from voiceassist.backend import ReplyResult, UserTurn
 from voiceassist.config import Config
 from voiceassist.errors import BackendError
-from voiceassist.retry import backoff_pause
 from voiceassist.remote import wire
 from voiceassist.remote.client import Broken, Rejected, Retryable, ServerClient, StreamResult
+from voiceassist.retry import backoff_pause
 
 BACKOFF_FIRST_S = 0.5  # first pause before retrying a transient failure, s; doubles each retry
 BACKOFF_MAX_S = 10.0  # longest pause between retries, s

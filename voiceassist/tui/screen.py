@@ -34,6 +34,7 @@ from prompt_toolkit.styles import Style
 from voiceassist import events as ev
 from voiceassist.config import Config
 from voiceassist.errors import ConfigError, VoiceAssistError
+from voiceassist.events import AssistantState
 from voiceassist.tui import commands as cmds
 from voiceassist.tui.statusbar import StatusModel
 from voiceassist.tui.stderr import StderrCapture
@@ -319,8 +320,8 @@ class Tui:
     def _busy(self) -> bool:
         busy = getattr(self.app, "busy", None)  # the app knows best whether a reply is being generated
         if isinstance(busy, bool):
-            return busy or self.status.state == "speaking"
-        return self.status.busy or self.status.state in ("thinking", "speaking")
+            return busy or self.status.state == AssistantState.SPEAKING
+        return self.status.busy or self.status.state in (AssistantState.THINKING, AssistantState.SPEAKING)
 
     # ---- input line ------------------------------------------------------------------------------------------
 
@@ -329,7 +330,7 @@ class Tui:
         self.status.hint = ""
         if not text:
             return False
-        if text.startswith("/") and not text.startswith("//"):
+        if cmds.is_command(text):
             try:
                 self.run_command(cmds.parse(text))
             except cmds.CommandError as err:
@@ -338,7 +339,7 @@ class Tui:
                 self.conv.note(str(err), "error")
         else:
             self.offset = 0  # a new turn: follow it
-            text = text[1:] if text.startswith("//") else text
+            text = cmds.message_text(text)
             self.conv.pending(text)
             self.app.submit_text(text)
         return False  # clear the line (it stays in the Up-arrow history)
