@@ -49,7 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 from voiceassist.audio.sources import AudioSource
-from voiceassist.backend import Backend, Speculating, StatusReporting, capability
+from voiceassist.backend import Backend, speculator, status_reporter
 from voiceassist.config import Config
 from voiceassist.errors import ConfigError, one_line, quietly
 from voiceassist.events import AssistantState, ErrorEvent, Event, Status, now
@@ -110,7 +110,7 @@ class App:
         self._mode = config.ui.mode
         self._muted = False
         self._ptt_key = threading.Event()  # the push-to-talk key: set by the UI, cleared by the UI or capture
-        speculator = capability(backend, Speculating) if config.model.speculative_prefill else None
+        prefiller = speculator(backend) if config.model.speculative_prefill else None
 
         self.speech: SpeechStage
         self.model: ModelStage
@@ -139,7 +139,7 @@ class App:
         self.model = ModelStage(
             config,
             backend,
-            speculator=speculator,
+            speculator=prefiller,
             control=model_control,
             turns=self._turns,
             speculation=self._speculation,
@@ -163,7 +163,7 @@ class App:
             source,
             control=capture_control,
             turns=self._turns,
-            speculation=self._speculation if speculator is not None else None,
+            speculation=self._speculation if prefiller is not None else None,
             speech=self.speech.send,
             echo=echo,
             report=self.status.report,
@@ -176,7 +176,7 @@ class App:
         )
         # A backend that reports its own retries (RemoteBackend.on_status, however deeply wrapped) shows them
         # in the status line of every front end.
-        reporter = capability(backend, StatusReporting)
+        reporter = status_reporter(backend)
         if reporter is not None and reporter.on_status is None:
             reporter.on_status = self._backend_status
 
@@ -256,12 +256,11 @@ class App:
 
     def set_mode(self, mode: str) -> None:
         """ "handsfree" (VAD segments) or "ptt" (push-to-talk: the key records)."""
-        if mode == "handsfree" or mode == "ptt":
-            self._mode = mode
-        else:
+        if mode != "handsfree" and mode != "ptt":
             raise ConfigError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
+        self._mode = mode
         self._ptt_key.clear()
-        self.capture.control.put(SetMode(mode))
+        self.capture.control.put(SetMode("ptt" if mode == "ptt" else "handsfree"))
         self.status.report(detail=f"mode {mode}", force=True)
 
     def set_muted(self, muted: bool) -> None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,10 @@ class ReplyResult:
 class Backend(Protocol):
     """A conversation with the model. Methods raise ``BackendError`` and leave the conversation unchanged."""
 
-    description: str  # for the status bar, e.g. "Qwen2-Audio-7B-Instruct · cuda:0 · bf16"
+    @property
+    def description(self) -> str:
+        """For the status bar, e.g. "Qwen2-Audio-7B-Instruct · cuda:0 · bf16"."""
+        ...
 
     def reply(self, turn: UserTurn, on_text: Callable[[str], None], cancel: threading.Event) -> ReplyResult:
         """Add ``turn``, stream the reply's text pieces to ``on_text``; stop within one token of ``cancel``."""
@@ -75,23 +76,30 @@ class StatusReporting(Protocol):
     on_status: Callable[[str], None] | None
 
 
-def capability(backend: Backend, kind: type[C]) -> C | None:
-    """The object in ``backend``'s wrapper chain (outermost first) that offers capability ``kind``, or None.
+def _chain(backend: Backend) -> list[object]:
+    """``backend`` and every backend it wraps, outermost first."""
+    out: list[object] = [backend]
+    while isinstance(out[-1], BackendWrapper):
+        out.append(out[-1].inner)
+    return out
 
-    Wrappers (``BackendWrapper``) only pass on the Backend protocol, so a capability is found on the backend
-    that really has it (e.g. ``on_status`` of a RemoteBackend under the kiosk's TurnLimit → RecordingBackend)."""
-    b: object = backend
-    while b is not None:
-        if isinstance(b, kind):
-            return b
-        b = b.inner if isinstance(b, BackendWrapper) else None
-    return None
+
+def speculator(backend: Backend) -> Speculating | None:
+    """The backend in ``backend``'s wrapper chain that offers speculative prefill, or None."""
+    return next((b for b in _chain(backend) if isinstance(b, Speculating)), None)
+
+
+def status_reporter(backend: Backend) -> StatusReporting | None:
+    """The backend in the wrapper chain that reports its own retries, or None. Wrappers (``BackendWrapper``)
+    only pass on the Backend protocol, so this finds e.g. the RemoteBackend under the kiosk's TurnLimit →
+    RecordingBackend, where setting ``on_status`` on the outermost wrapper would reach nothing."""
+    return next((b for b in _chain(backend) if isinstance(b, StatusReporting)), None)
 
 
 class BackendWrapper:
     """A Backend that wraps another and delegates to it; subclasses override what they add (the kiosk's fault
     injector, turn recorder and turn limit). Capabilities beyond the Backend protocol (speculative prefill,
-    status reporting) stay on the wrapped backend: find them with :func:`capability`."""
+    status reporting) stay on the wrapped backend: find them with :func:`speculator` / :func:`status_reporter`."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner

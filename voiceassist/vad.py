@@ -68,7 +68,7 @@ class _Buffer:
     """A growable array indexed by absolute position; the part before ``base`` may be discarded."""
 
     def __init__(self, dtype: type, capacity: int) -> None:
-        self.data = np.zeros(capacity, dtype=dtype)
+        self.data: np.ndarray = np.zeros(capacity, dtype=dtype)
         self.base = 0  # absolute index of data[0]
         self.end = 0  # absolute index one past the last value
 

@@ -62,7 +62,11 @@ class CaptureStats:
 class AudioSource(Protocol):
     """What the capture thread reads from; see the module docstring for the clock."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """For the status bar and messages: the device or file name."""
+        ...
+
     stats: CaptureStats
     realtime: bool  # blocks arrive in real time (a device, a paced file); False: a file read as fast as possible
     is_device: bool  # a microphone: it can hear the assistant speak, and digital silence there is a fault

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from typing import Any
 
 from voiceassist.commands.common import add_config_arg, add_input_args, add_model_args, load_input_config
 from voiceassist.config import Config
@@ -52,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     source = open_input(config, args.from_file, fast=args.fast)
     writer = plain.EventsWriter(args.events) if args.events else None
     use_tui = not args.plain and args.events != "-" and sys.stdout.isatty() and sys.stdin.isatty()
-    tui = None
+    tui: Any = None
     if use_tui:
         try:
-            from voiceassist import tui
+            tui = importlib.import_module("voiceassist.tui")
         except ImportError:
             tui = None
     if tui is None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -144,3 +144,21 @@ class Store:
                 total -= size
                 removed.append(path)
         return removed
+
+
+class TurnStore(Protocol):
+    """What the turn recorder needs: a ``Store``, or the daemon's stand-in that stores nothing (storage off)."""
+
+    folder: Path
+
+    def record_turn(
+        self,
+        turn: int,
+        audios: Sequence[np.ndarray],
+        text: str,
+        reply: str = "",
+        error: str = "",
+        figures: dict[str, Any] | None = None,
+    ) -> list[Path]: ...
+
+    def new_conversation(self) -> str: ...

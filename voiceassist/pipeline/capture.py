@@ -101,7 +101,7 @@ class CaptureStage:
         self._fast = source.realtime is False
         # A file cannot hear the assistant speak: the dead-microphone warning is for devices.
         self._is_mic = source.is_device
-        self._mode: Mode = config.ui.mode
+        self._mode: Mode = "ptt" if config.ui.mode == "ptt" else "handsfree"  # validated by the config
         self._muted = False
         self.skew = 0.0  # capture clock − wall clock, s: 0 but for a fast file (set at each of its turns)
         self.echo_ignored = 0  # microphone utterances dropped as the assistant's own voice (a figure for tests)

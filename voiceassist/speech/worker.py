@@ -115,9 +115,10 @@ class EspeakCliEngine:
     name = "espeak-ng"
 
     def __init__(self) -> None:
-        self.exe = shutil.which("espeak-ng") or shutil.which("espeak")
-        if self.exe is None:
+        exe = shutil.which("espeak-ng") or shutil.which("espeak")
+        if exe is None:
             raise RuntimeError("espeak-ng is not installed")
+        self.exe: str = exe
         self.voice, self.rate, self.volume = "", 175, 1.0
 
     def voices(self) -> list[dict[str, Any]]:

@@ -17,11 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.filters import Condition, has_completions
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.key_binding.bindings.completion import generate_completions
@@ -152,7 +153,9 @@ class ConversationControl(UIControl):
             self.ui.offset += max(grown, 0)  # scrolled back: the text being read stays still as lines arrive
         lines, self.ui.offset = self.ui.conv.window(width, height, self.ui.offset)
         self.ui.pane_height = height
-        return UIContent(get_line=lambda i: lines[i], line_count=len(lines), show_cursor=False)
+        return UIContent(
+            get_line=lambda i: cast(StyleAndTextTuples, lines[i]), line_count=len(lines), show_cursor=False
+        )
 
 
 class Tui:
@@ -212,13 +215,17 @@ class Tui:
         body = HSplit(
             [
                 Window(ConversationControl(self), wrap_lines=False),
-                Window(FormattedTextControl(self._hint_line), height=1),
+                Window(FormattedTextControl(lambda: cast(StyleAndTextTuples, self._hint_line())), height=1),
                 Window(
-                    FormattedTextControl(lambda: self.status.line1(self._width(), ev.now())),
+                    FormattedTextControl(lambda: cast(StyleAndTextTuples, self.status.line1(self._width(), ev.now()))),
                     height=1,
                     style="class:status",
                 ),
-                Window(FormattedTextControl(lambda: self.status.line2(self._width())), height=1, style="class:status"),
+                Window(
+                    FormattedTextControl(lambda: cast(StyleAndTextTuples, self.status.line2(self._width()))),
+                    height=1,
+                    style="class:status",
+                ),
                 input_window,
             ]
         )

@@ -357,7 +357,7 @@ class Conversation:
             item.entry.latency_s, item.entry.ttft_s = event.latency_s, event.ttft_s  # type: ignore[union-attr]
         elif isinstance(event, ev.Token):
             item = self._reply(event.turn)
-            item.entry.text += event.text  # type: ignore[union-attr]
+            item.entry.text += event.text
         elif isinstance(event, ev.ReplyDone):
             item = self._reply(event.turn)
             r: ReplyEntry = item.entry  # type: ignore[assignment]
