@@ -72,13 +72,15 @@ from voiceassist.pipeline.model import ModelStage
 from voiceassist.pipeline.queues import EventStream, TurnQueue
 from voiceassist.pipeline.speech import Speaker, SpeechStage
 from voiceassist.pipeline.state import StatusBoard
+from voiceassist.vad import VoiceDetector
 
 
 class App:
     """The running assistant. Construct, ``start()``, consume ``events``, ``stop()``.
 
     ``done`` is set when the input has ended (end of a file) and the last reply is done, unless ``stay``.
-    ``processors`` and ``gate``: the capture stage's front-end chain and utterance gate (docs/architecture.md).
+    ``processors``, ``gate``, ``detector``: the capture stage's front-end chain, utterance gate and VAD engine
+    factory (docs/architecture.md).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class App:
         stay: bool = False,
         processors: ProcessorChain | None = None,
         gate: TurnGate | None = None,
+        detector: Callable[[], VoiceDetector] | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -173,6 +176,7 @@ class App:
             on_input_ended=self._check_done,
             processors=processors,
             gate=gate,
+            detector=detector,
         )
         # A backend that reports its own retries (RemoteBackend.on_status, however deeply wrapped) shows them
         # in the status line of every front end.

@@ -29,8 +29,8 @@ import numpy as np
 
 from voiceassist.config import KioskConfig
 from voiceassist.errors import ConfigError
+from voiceassist.events import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 # Names this module writes; rotation touches nothing else.
 _OURS = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}(\.jsonl|-t\d+-\d+\.wav)$")
 

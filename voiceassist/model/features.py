@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from voiceassist.events import SAMPLE_RATE
 from voiceassist.model.encoder import trimmed_frames
-
-SAMPLE_RATE = 16000
 
 
 def valid_frames(n_samples: int, hop: int = 160, max_frames: int = 3000) -> int:

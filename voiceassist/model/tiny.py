@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from voiceassist.events import SAMPLE_RATE
+
 # Bump when the files written change, so cached copies are rebuilt rather than reused.
 TINY_VERSION = 2
 SEED = 1234
@@ -109,7 +111,7 @@ def build_tiny_model(dir: Path) -> Path:
     ids: dict[str, Any] = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}  # one int id each
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
-        sampling_rate=16000,
+        sampling_rate=SAMPLE_RATE,
         hop_length=160,
         chunk_length=30,
         n_fft=400,

@@ -53,7 +53,7 @@ from voiceassist.pipeline.messages import (
     TurnRequest,
 )
 from voiceassist.pipeline.queues import POLL_S, TurnQueue
-from voiceassist.vad import Segmenter, VadState
+from voiceassist.vad import Segmenter, VadState, VoiceDetector
 
 LEVEL_EVERY_S = 0.05  # at most one Level event per this much capture time, s
 DIGITAL_SILENCE = 1.0 / 32768  # peak below one 16-bit step: the input is digitally silent
@@ -83,6 +83,7 @@ class CaptureStage:
         on_input_ended: Callable[[], None],
         processors: ProcessorChain | None = None,
         gate: TurnGate | None = None,
+        detector: Callable[[], VoiceDetector] | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -98,6 +99,7 @@ class CaptureStage:
         self._on_input_ended = on_input_ended
         self.processors = processors or ProcessorChain()
         self.gate: TurnGate = gate or PassAllGate()
+        self._detector = detector  # a fresh VAD engine for each new segmenter (None: webrtcvad)
         self._fast = source.realtime is False
         # A file cannot hear the assistant speak: the dead-microphone warning is for devices.
         self._is_mic = source.is_device
@@ -242,7 +244,7 @@ class CaptureStage:
     # ---- hands-free: the segmenter ----------------------------------------------------------------------------
     def _handsfree(self, block: AudioBlock, t_end: float) -> None:
         if self._seg is None:
-            self._seg = Segmenter(self.config.vad)
+            self._seg = Segmenter(self.config.vad, detector=self._detector() if self._detector else None)
             self._utt_echo = self._barged = False
         echo = self._echo.audible(block.t)
         got_utterance = False
