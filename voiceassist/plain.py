@@ -128,7 +128,7 @@ class PlainPrinter:
             where = f" ({ev.source})" if ev.source else ""
             self._line(f"error{where}: {strip_controls(ev.message)}")
         elif isinstance(ev, Status):
-            if ev.state == self._state and (not ev.detail or ev.state is AssistantState.RECORDING):
+            if ev.state == self._state and (not ev.detail or ev.state == AssistantState.RECORDING):
                 return
             self._state = ev.state
             detail = f": {strip_controls(ev.detail)}" if ev.detail else ""

@@ -252,7 +252,7 @@ class Kiosk:
         now = time.monotonic()
         if isinstance(ev, Status):
             self._last_activity = now  # idle time counts from the last change (e.g. the end of speaking)
-            if ev.state is AssistantState.SPEAKING:
+            if ev.state == AssistantState.SPEAKING:
                 self._spoke_ok = True
             elif self._spoke_ok and self.app is not None and self.app.speaker is not None:
                 self._spoke_ok = False  # a reply was spoken with no output error since: the output works
@@ -295,7 +295,7 @@ class Kiosk:
         if not self._tts_error_t or time.monotonic() - self._tts_error_t < SPEECH_STUCK_S:
             return
         self._tts_error_t = 0.0
-        if app.state is AssistantState.SPEAKING and app.speaker is not None:
+        if app.state == AssistantState.SPEAKING and app.speaker is not None:
             log.warning(
                 "speech output stalled after a device error: the rest of this reply is not spoken",
                 extra={"fields": {"device_state": "output_stalled"}},

@@ -65,13 +65,6 @@ def user_message(b64_wavs: tuple[str, ...] | list[str], text: str) -> dict[str, 
     return {"role": "user", "content": parts}
 
 
-def system_prompt(prompt: str, language: str) -> str:
-    """The system prompt with the reply-language hint appended (empty hint: the user's own language)."""
-    if language:
-        prompt = f"{prompt} Reply in {language}.".strip()  # as the local session words it
-    return prompt
-
-
 def estimate_text_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 

@@ -77,7 +77,7 @@ class StatusModel:
                 and not (self.detail.startswith("mode "))
             ):
                 self.hint = self.detail
-            if event.state is AssistantState.MUTED:
+            if event.state == AssistantState.MUTED:
                 self.muted = True
             elif event.state in (AssistantState.LISTENING, AssistantState.HEARING, AssistantState.RECORDING):
                 self.muted = False
