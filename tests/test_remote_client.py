@@ -384,7 +384,7 @@ THIN_CLIENT = textwrap.dedent("""
     import numpy as np
     from voiceassist import config
     from voiceassist.backend import UserTurn
-from voiceassist.openers import open_backend
+    from voiceassist.openers import open_backend
     c = config.load(sys.argv[1])
     backend = open_backend(c)
     audio = (0.2 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 330)).astype(np.float32)

@@ -115,7 +115,7 @@ CaptureControl = SetMode | SetMuted | ReplyEnded
 class BeginReply:
     """A reply starts: it is spoken if speech output is on now (a later /tts on starts with the next reply).
 
-    The place for a speculative first sentence (issue #15): a ``BeginReply(speculative=True)`` during the
+    The place for a speculative first sentence: a ``BeginReply(speculative=True)`` during the
     hang-over would synthesise without playing, a later ``CommitReply`` play it, a ``DiscardReply`` drop it."""
 
     turn: int
