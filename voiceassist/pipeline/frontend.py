@@ -104,7 +104,9 @@ class EchoPolicy:
     assistant's own voice, unless it barged in (``barge_in_s`` of speech over playback, with barge-in on).
     Full duplex (with an echo canceller in the chain) is another policy with the same three methods."""
 
-    def __init__(self, playback: PlaybackTimeline, *, enabled: bool, tail_s: float, barge_in: bool, barge_in_s: float):
+    def __init__(
+        self, playback: PlaybackTimeline, *, enabled: bool, tail_s: float, barge_in: bool, barge_in_s: float
+    ) -> None:
         self.playback = playback
         self.enabled = enabled  # a file cannot hear the assistant speak: off for files
         self.tail_s = tail_s
