@@ -102,7 +102,7 @@ def run_once(configs: list[Config], backend, wav: Path) -> list[dict[str, list[f
             if ev.kind == "utterance" and ev.speech_end_t is not None:
                 # The next turn's audio is read only after this turn's reply (a fast file runs in lock step),
                 # so the setting for the next turn is in place before its pause.
-                app.config = configs[(ev.turn + 1) % n]
+                app.set_speculative_prefill(configs[(ev.turn + 1) % n].model.speculative_prefill)
                 ends[ev.turn] = ev.speech_end_t
                 waited[ev.turn] = ev.t - ev.speech_end_t  # the hang-over as the segmenter waited it (+ pickup)
             elif ev.kind == "reply_start" and ev.turn in ends:

@@ -62,6 +62,7 @@ from voiceassist.pipeline.messages import (
     ResetConversation,
     SetMode,
     SetMuted,
+    SetSpeculation,
     SetSpeechOutput,
     SettingsReport,
     SpeculationRequest,
@@ -113,7 +114,7 @@ class App:
         self._mode = config.ui.mode
         self._muted = False
         self._ptt_key = threading.Event()  # the push-to-talk key: set by the UI, cleared by the UI or capture
-        prefiller = speculator(backend) if config.model.speculative_prefill else None
+        prefiller = speculator(backend)  # None: the backend offers no speculative prefill
 
         self.speech: SpeechStage
         self.model: ModelStage
@@ -167,6 +168,7 @@ class App:
             control=capture_control,
             turns=self._turns,
             speculation=self._speculation if prefiller is not None else None,
+            speculate=config.model.speculative_prefill,
             speech=self.speech.send,
             echo=echo,
             report=self.status.report,
@@ -273,6 +275,11 @@ class App:
         self._ptt_key.clear()
         self.capture.control.put(SetMuted(self._muted))
         self.status.report(SettingsReport(muted=self._muted))
+
+    def set_speculative_prefill(self, on: bool) -> None:
+        """Speculative prefill during the hang-over from the next pause on, or not (a backend that offers none
+        stays without)."""
+        self.capture.control.put(SetSpeculation(bool(on)))
 
     def set_tts(self, on: bool) -> None:
         """Speak replies (from the next reply on) or not; the speaker is created on first use."""

@@ -46,6 +46,7 @@ from voiceassist.pipeline.messages import (
     ReplyEnded,
     SetMode,
     SetMuted,
+    SetSpeculation,
     SpeculationRequest,
     SpeechMessage,
     StatusReport,
@@ -74,6 +75,7 @@ class CaptureStage:
         control: queue.SimpleQueue[CaptureControl],
         turns: TurnQueue,
         speculation: queue.Queue[SpeculationRequest] | None,
+        speculate: bool,
         speech: Callable[[SpeechMessage], None],
         echo: EchoPolicy,
         report: Callable[..., None],
@@ -89,7 +91,8 @@ class CaptureStage:
         self.source = source
         self.control = control  # App, model stage → here
         self._turns = turns  # this stage writes; the model stage reads
-        self._speculation = speculation  # this stage writes (None: speculation off); the model stage reads
+        self._speculation = speculation  # this stage writes (None: the backend offers none); the model stage reads
+        self._speculate = speculate and speculation is not None
         self._speech = speech
         self._echo = echo
         self._report_to = report
@@ -169,6 +172,8 @@ class CaptureStage:
                     self._mode = mode
                 case SetMuted(muted=muted):
                     self._muted = muted
+                case SetSpeculation(on=on):
+                    self._speculate = on and self._speculation is not None
                 case ReplyEnded():
                     self.gate.on_reply_ended(msg)
 
@@ -344,7 +349,7 @@ class CaptureStage:
 
     # ---- speculative prefill: the model stage does it when the backend offers it ----------------------------
     def _ask_speculation(self, utt: Utterance, t_end: float) -> None:
-        if self._speculation is None or self._turns.pending():
+        if self._speculation is None or not self._speculate or self._turns.pending():
             return  # the model has real work: a speculation would only delay it
         spec = SpeculationRequest(utt)
         self._drop_speculation()

@@ -107,7 +107,14 @@ class ReplyEnded:
     interrupted: bool = False
 
 
-CaptureControl = SetMode | SetMuted | ReplyEnded
+@dataclass(frozen=True)
+class SetSpeculation:
+    """Ask for speculative prefills from the next pause on, or not (``model.speculative_prefill`` at start)."""
+
+    on: bool
+
+
+CaptureControl = SetMode | SetMuted | SetSpeculation | ReplyEnded
 
 
 # ---- the speech stage's inbox (model stage, capture stage, App → speech stage; handled on the sender's thread)
