@@ -175,6 +175,8 @@ class Kiosk:
             "kiosk ready",
             extra={"fields": {"model": getattr(backend, "description", ""), "input": getattr(source, "name", "")}},
         )
+        # The loop's liveness counts from now: loading the model can take longer than the 30 s allowed.
+        self._loop_beat = time.monotonic()
         # kiosk.watchdog = false: the heartbeat still checks the workers, it just does not ping systemd.
         heartbeat = Heartbeat(
             Notifier(enabled=cfg.kiosk.watchdog),
