@@ -46,12 +46,21 @@ import bisect
 import collections
 import enum
 import math
+from typing import Protocol
 
 import numpy as np
 import webrtcvad
 
 from voiceassist.config import VadConfig
-from voiceassist.events import AudioBlock, SegmenterEvent, SpeechPaused, SpeechResumed, SpeechStarted, Utterance
+from voiceassist.events import (
+    SAMPLE_RATE,
+    AudioBlock,
+    SegmenterEvent,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    Utterance,
+)
 from voiceassist.vad_engines import make_engine
 
 WEBRTC_RATES = (8000, 16000, 32000, 48000)  # Hz that webrtcvad accepts
@@ -70,11 +79,29 @@ class VadState(enum.Enum):
     STOPPING = "stopping"  # inside an utterance, silence is being timed against the hang-over
 
 
+class VoiceDetector(Protocol):
+    """The VAD engine behind the energy gate: is this one frame (``vad.frame_ms`` of 16 kHz mono float32 in
+    [-1, 1]) speech? Called in order for the frames that passed the gate; may keep state (a neural model's)."""
+
+    def is_speech(self, frame: np.ndarray, sample_rate: int) -> bool: ...
+
+
+class WebrtcDetector:
+    """webrtcvad at ``aggressiveness`` (0-3): the default engine."""
+
+    def __init__(self, aggressiveness: int) -> None:
+        self._vad = webrtcvad.Vad(aggressiveness)
+
+    def is_speech(self, frame: np.ndarray, sample_rate: int) -> bool:
+        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+        return bool(self._vad.is_speech(pcm, sample_rate))
+
+
 class _Buffer:
     """A growable array indexed by absolute position; the part before ``base`` may be discarded."""
 
     def __init__(self, dtype: type, capacity: int) -> None:
-        self.data = np.zeros(capacity, dtype=dtype)
+        self.data: np.ndarray = np.zeros(capacity, dtype=dtype)
         self.base = 0  # absolute index of data[0]
         self.end = 0  # absolute index one past the last value
 
@@ -102,7 +129,7 @@ class _Buffer:
 class Segmenter:
     """Feed blocks, get SpeechStarted / SpeechPaused / SpeechResumed / Utterance events, in order."""
 
-    def __init__(self, vad: VadConfig, sample_rate: int = 16000) -> None:
+    def __init__(self, vad: VadConfig, sample_rate: int = SAMPLE_RATE, detector: VoiceDetector | None = None) -> None:
         if sample_rate not in WEBRTC_RATES:
             raise ValueError(f"webrtcvad needs one of {WEBRTC_RATES} Hz, not {sample_rate}")
         self.config = vad
@@ -127,7 +154,7 @@ class Segmenter:
         self._cut_search = int(vad.cut_search_s * sample_rate)  # samples
         self._floor_window = max(8, round(vad.noise_window_s * 1000 / fms))  # frames
         self._rise_frames = min(self._floor_window, round(vad.noise_rise_s * 1000 / fms))  # frames; 0 = off
-        self._vad = webrtcvad.Vad(vad.aggressiveness)
+        self._vad = detector or WebrtcDetector(vad.aggressiveness)  # webrtcvad's verdict (or the caller's)
         self._engine = make_engine(vad.engine, vad.silero_threshold)
         self._rising: collections.deque[bool] = collections.deque(maxlen=ONSET_BACK_FRAMES)  # recent frames
         self._rise_now = False  # this frame is above floor + snr_gate_db/2 (neural engines' onset walk-back)
@@ -200,8 +227,7 @@ class Segmenter:
         gate = audible and gate_level >= self.noise_floor_db + cfg.snr_gate_db
 
         def webrtc() -> bool:  # only computed when the engine asks (it is the costlier test)
-            pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
-            return bool(self._vad.is_speech(pcm, self.sample_rate))
+            return bool(self._vad.is_speech(frame, self.sample_rate))
 
         in_utterance = self.state in (VadState.SPEAKING, VadState.STOPPING)
         if self._echo_active:
