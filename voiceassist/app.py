@@ -48,12 +48,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from voiceassist.audio.echo import EchoCanceller, FarEndReference
+from voiceassist.audio.echo import from_config as echo_from_config
 from voiceassist.audio.sources import AudioSource
 from voiceassist.backend import Backend, speculator, status_reporter
 from voiceassist.config import Config
 from voiceassist.errors import ConfigError, one_line, quietly
 from voiceassist.events import AssistantState, ErrorEvent, Event, Status, now
 from voiceassist.pipeline.capture import CaptureStage
+from voiceassist.pipeline.duplex import FullDuplexPolicy
 from voiceassist.pipeline.frontend import EchoPolicy, ProcessorChain, TurnGate
 from voiceassist.pipeline.messages import (
     MODES,
@@ -155,13 +158,44 @@ class App:
             stop=self._stop,
             on_idle=self._check_done,
         )
-        echo = EchoPolicy(
-            self.speech,
-            enabled=source.is_device,
-            tail_s=config.tts.echo_tail_ms / 1000,
-            barge_in=config.tts.barge_in,
-            barge_in_s=config.tts.barge_in_ms / 1000,
-        )
+        # Echo cancellation (#12): for a device, unless the caller built the chain. The player writes the far
+        # end into `far_end` (its output callback); the canceller reads it on the capture thread.
+        self.echo_canceller: EchoCanceller | None = None
+        notices: list[str] = []
+        if processors is None and source.is_device:
+            far_end = FarEndReference()
+            self.echo_canceller, notices = echo_from_config(
+                config.audio,
+                speech_output=config.tts.enabled,
+                reference=far_end,
+                mic_timed=lambda: bool(getattr(source, "timing_reported", True)),
+            )
+            if self.echo_canceller is not None:
+                processors = ProcessorChain([self.echo_canceller])
+                if self.echo_canceller.reference is not None:
+                    self.speech.attach_far_end(far_end)
+        for notice in notices:
+            self._stream_nowait(ErrorEvent(notice, "audio", t=self.clock()))
+        canceller = self.echo_canceller
+        echo: EchoPolicy
+        if canceller is not None and canceller.reference is not None:
+            # Full duplex while the canceller has converged; the half-duplex gate until then, and for "off".
+            echo = FullDuplexPolicy(
+                self.speech,
+                lambda: canceller.state().convergence == "converged",
+                enabled=source.is_device,
+                tail_s=config.tts.echo_tail_ms / 1000,
+                barge_in=config.tts.barge_in,
+                barge_in_s=config.tts.barge_in_ms / 1000,
+            )
+        else:
+            echo = EchoPolicy(
+                self.speech,
+                enabled=source.is_device,
+                tail_s=config.tts.echo_tail_ms / 1000,
+                barge_in=config.tts.barge_in,
+                barge_in_s=config.tts.barge_in_ms / 1000,
+            )
         self.capture = CaptureStage(
             config,
             source,
@@ -337,6 +371,11 @@ class App:
         return self._turns.pending()
 
     @property
+    def echo_state(self) -> dict[str, Any] | None:
+        """The echo canceller's delay, ERLE and convergence (for status and the kiosk's health); None without."""
+        ec = self.echo_canceller
+        return None if ec is None else ec.state().as_dict()
+
     def turns_queued(self) -> int:
         """Turns waiting in the queue to the model stage (a health figure: it must not grow)."""
         return self._turns.waiting()

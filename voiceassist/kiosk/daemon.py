@@ -438,6 +438,7 @@ class Kiosk:
             "dropped_blocks": getattr(stats, "dropped_blocks", 0),
             "overflows": getattr(stats, "overflows", 0),
             "threads": threading.active_count(),
+            "echo": app.echo_state(),  # the echo canceller's delay / ERLE / convergence (#12); None without one
         }
 
     def _on_dead(self, names: list[str]) -> None:

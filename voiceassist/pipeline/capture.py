@@ -38,6 +38,7 @@ from voiceassist.events import (
     Utterance,
     now,
 )
+from voiceassist.pipeline.duplex import EchoSensing
 from voiceassist.pipeline.frontend import EchoPolicy, PassAllGate, ProcessorChain, TurnGate
 from voiceassist.pipeline.messages import (
     CaptureControl,
@@ -198,6 +199,7 @@ class CaptureStage:
         self._last_end_t = t_end
         self._level(block, dur)
         block = self.processors.process(block)
+        echo_active = self._echo_sensing(block.t)
         if self._muted:
             self._seg = None
             self._hearing = False
@@ -208,7 +210,18 @@ class CaptureStage:
             if self._rec is not None:
                 self._record(block, t_end)
             return
-        self._handsfree(block, t_end)
+        self._handsfree(block, t_end, echo_active)
+
+    def _echo_sensing(self, t: float) -> bool:
+        """Ask the chain's echo cancellers (``EchoSensing``) whether their far end is playing, and show their
+        one-line notices (a device without latency, a re-alignment) as errors of source "audio"."""
+        active = False
+        for p in self.processors.processors:
+            if isinstance(p, EchoSensing):
+                active = active or p.echo_active
+                for notice in p.notices():
+                    self._error(notice, t)
+        return active
 
     def _record(self, block: AudioBlock, t_end: float) -> None:
         assert self._rec is not None
@@ -247,10 +260,11 @@ class CaptureStage:
             self._emit(Level(round(dbfs, 1), round(silent, 2), t=block.t))
 
     # ---- hands-free: the segmenter ----------------------------------------------------------------------------
-    def _handsfree(self, block: AudioBlock, t_end: float) -> None:
+    def _handsfree(self, block: AudioBlock, t_end: float, echo_active: bool = False) -> None:
         if self._seg is None:
             self._seg = Segmenter(self.config.vad, detector=self._detector() if self._detector else None)
             self._utt_echo = self._barged = False
+        self._seg.set_echo_active(echo_active)
         echo = self._echo.audible(block.t)
         got_utterance = False
         for ev in self._seg.feed(block):

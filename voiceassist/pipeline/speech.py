@@ -33,6 +33,13 @@ HOUSEKEEPING_S = 0.02  # how often the stage looks at the speaker's errors and p
 
 
 @runtime_checkable
+@runtime_checkable
+class FarEndWriter(Protocol):
+    """A speaker that can publish what its player writes (speech.speaker.Speaker; stand-ins need not)."""
+
+    def set_far_end(self, reference: object) -> None: ...
+
+
 class Speaker(Protocol):
     """What the App needs of speech output (``voiceassist.speech.Speaker``; tests may pass a stand-in)."""
 
@@ -72,6 +79,17 @@ class SpeechStage:
         self._reply_turn: int | None = None  # the reply being spoken (None: this reply stays text only)
         self._speaking_turn = 0  # the turn whose reply the speaker was last fed
         self._lock = threading.RLock()
+        self._far_end: object | None = None  # audio.echo.FarEndReference the player writes (echo cancellation)
+
+    def attach_far_end(self, reference: object) -> None:
+        """The echo canceller's far-end reference: every speaker this stage has or opens writes into it."""
+        with self._lock:
+            self._far_end = reference
+            self._give_far_end(self._speaker)
+
+    def _give_far_end(self, speaker: object) -> None:
+        if self._far_end is not None and isinstance(speaker, FarEndWriter):
+            speaker.set_far_end(self._far_end)
 
     # ---- inbox ----------------------------------------------------------------------------------------------
     def send(self, message: SpeechMessage) -> None:
@@ -132,6 +150,7 @@ class SpeechStage:
             return
         with self._lock:
             self._speaker = speaker
+            self._give_far_end(speaker)
             self._on = True
 
     # ---- PlaybackTimeline -----------------------------------------------------------------------------------

@@ -142,6 +142,10 @@ class Speaker:
             return None
         return self._player.last_audio_end()
 
+    def set_far_end(self, reference: object) -> None:
+        """Publish every block the player writes into ``reference`` (an ``audio.echo.FarEndReference``, #12)."""
+        self._player.set_reference(reference)
+
     def close(self) -> None:
         """Stop, end the speech thread and the worker process, release the device. Idempotent."""
         if self._closed.is_set():
