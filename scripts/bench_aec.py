@@ -119,7 +119,7 @@ def run_ours(pulse: PulseServer, audio: np.ndarray) -> tuple[float, dict, np.nda
     start_player(player)
     ref = FarEndReference()
     player.set_reference(ref)
-    mic = MicrophoneSource(None, block_ms=20)
+    mic = MicrophoneSource(None, block_ms=20, stall_s=5.0)  # a loaded 2-core machine stalls the server
     mic.start()
     ec = EchoCanceller(ref, noise_suppression=True, mic_timed=lambda: mic.timing_reported)
     raw, out = [], []

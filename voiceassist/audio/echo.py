@@ -63,6 +63,8 @@ FAR_ACTIVE_ENERGY = FRAME * 10 ** (FAR_ACTIVE_DBFS / 10)  # the same, as a 10 ms
 ECHO_HOLD_S = 0.5  # s after the far end last played that its echo (the room's reverberation) may still be heard
 # AEC3's range, measured (see the docstring): outside it the reference is re-aligned to LEAD_MS.
 AEC_MIN_DELAY_MS, AEC_MAX_DELAY_MS = 2.0, 250.0
+REALIGN_AFTER = 3  # consecutive out-of-range measurements (1 s apart) before the reference moves
+REALIGN_AGREE_MS = 10.0  # ... that agree within this
 # ERLE: 10·log10(power in / power out) over frames while the far end plays; smoothed over ~1 s of them.
 ERLE_SMOOTHING = 0.01  # per 10 ms frame
 CONVERGED_ERLE_DB = 18.0  # the echo is this far down: "converged"
@@ -248,8 +250,8 @@ class DelayEstimator:
         lags = np.concatenate((corr[-self._max_lag :], corr[: self._max_lag + 1]))  # lag −max … +max
         mag = np.abs(lags)
         i = int(np.argmax(mag))
-        if mag[i] < XCORR_MIN_PEAK * (float(mag.mean()) + EPS):
-            return None
+        if mag[i] < XCORR_MIN_PEAK * (float(mag.mean()) + EPS) or abs(i - self._max_lag) >= self._max_lag - 1:
+            return None  # no clear peak, or one at the edge of the search (the true delay is not inside it)
         self.delay_ms = (i - self._max_lag) * 1000 / RATE
         self.measurements += 1
         return self.delay_ms
@@ -345,6 +347,7 @@ class EchoCanceller:
         self._realigned = 0
         self._resets = 0
         self._out_of_range = 0  # consecutive delay measurements outside AEC3's range
+        self._last_out = 0.0  # the last of them, ms
         self._notices: list[str] = []
         self._told_untimed = False
         self._since_far = math.inf  # s of capture since the far end last played
@@ -451,12 +454,16 @@ class EchoCanceller:
         return out
 
     def _check_alignment(self, delay_ms: float) -> None:
-        """Re-align the reference when the echo's delay behind it leaves AEC3's range twice running."""
+        """Re-align the reference when the echo's delay behind it leaves AEC3's range in REALIGN_AFTER
+        measurements running that agree within REALIGN_AGREE_MS (one noisy measurement must not move it)."""
         if AEC_MIN_DELAY_MS <= delay_ms <= AEC_MAX_DELAY_MS:
             self._out_of_range = 0
             return
+        if self._out_of_range and abs(delay_ms - self._last_out) > REALIGN_AGREE_MS:
+            self._out_of_range = 0
         self._out_of_range += 1
-        if self._out_of_range < 2:
+        self._last_out = delay_ms
+        if self._out_of_range < REALIGN_AFTER:
             return
         # Shift the reference so that it leads the echo by lead_s again: a delay d behind means reading d later.
         self._offset_s += self.lead_s - delay_ms / 1000
