@@ -7,7 +7,7 @@
    - ours: the Player writes the far end (DAC-stamped), the MicrophoneSource's ADC-stamped blocks go through
      ``audio.echo.EchoCanceller`` (AEC3 + noise suppression, as ``echo_cancel = "auto"`` runs it);
    - PulseAudio's ``module-echo-cancel aec_method=webrtc`` between the same sinks (the player plays into its
-     sink, the processed microphone is its source).
+     sink, the processed microphone is its source), with its noise suppression on and its gain control off.
    ERLE = 10·log10(energy of the raw microphone / energy after cancellation) over the frames where the echo
    is present (raw above −50 dBFS), after convergence (from 8 s on). Raw and processed are recorded at the same
    time (parec on the microphone sink's monitor). Target (#12): ≥ 30 dB; the best published peer figure: 24.8 dB.
@@ -151,6 +151,8 @@ def run_pulse(pulse: PulseServer, audio: np.ndarray, wav: Path) -> float:
         "sink_master=va_sink",
         "source_name=aec_src",
         "sink_name=aec_sink",
+        # its AGC off (ours runs without one): otherwise its gain, not its cancellation, is what is measured
+        'aec_args="analog_gain_control=0 digital_gain_control=0 noise_suppression=1"',
     ).strip()
     try:
         time.sleep(0.5)
