@@ -229,3 +229,33 @@ def test_missing_pywebrtc_names_the_extra(monkeypatch):
     with pytest.raises(ConfigError) as err:
         EchoCanceller(None)
     assert "voiceassist[aec]" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("echo_cancel", "tts", "aec", "ns"),
+    [("auto", True, True, True), ("auto", False, False, False), ("off", True, False, False), ("on", False, True, True)],
+)
+def test_config_decides_the_chain(echo_cancel, tts, aec, ns):
+    from voiceassist.audio.echo import NS_LATENCY, from_config
+    from voiceassist.config import AudioConfig
+
+    ref = FarEndReference()
+    ec, notices = from_config(AudioConfig(echo_cancel=echo_cancel), speech_output=tts, reference=ref)
+    assert notices == []
+    if not (aec or ns):
+        assert ec is None
+        return
+    assert ec is not None and (ec.reference is ref) == aec
+    assert (ec.latency >= NS_LATENCY) == ns  # noise suppression "auto": on exactly with echo cancellation
+
+
+def test_config_without_pywebrtc(monkeypatch):
+    from voiceassist.audio.echo import from_config
+    from voiceassist.config import AudioConfig
+
+    monkeypatch.setitem(sys.modules, "pywebrtc_audio", None)
+    ec, notices = from_config(AudioConfig(echo_cancel="auto"), speech_output=True, reference=FarEndReference())
+    assert ec is None and len(notices) == 1 and "voiceassist[aec]" in notices[0]
+    with pytest.raises(ConfigError) as err:
+        from_config(AudioConfig(echo_cancel="on"), speech_output=True, reference=FarEndReference())
+    assert "voiceassist[aec]" in str(err.value)
