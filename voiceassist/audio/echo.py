@@ -68,6 +68,7 @@ REALIGN_AGREE_MS = 10.0  # ... that agree within this
 # ERLE: 10·log10(power in / power out) over frames while the far end plays; smoothed over ~1 s of them.
 ERLE_SMOOTHING = 0.01  # per 10 ms frame
 CONVERGED_ERLE_DB = 18.0  # the echo is this far down: "converged"
+CONVERGED_FRAMES = 100  # ... for this many 10 ms frames of far end running (1 s)
 # WebRTC's own processing delay, samples at 16 kHz (measured by cross-correlating input and output; a test
 # checks them): AEC3 holds back 8 ms, noise suppression 6 ms (their analysis windows overlap the next frame).
 AEC_LATENCY = 128
@@ -362,7 +363,7 @@ class EchoCanceller:
         if self.reference is None or erle is None:
             conv = Convergence.IDLE
         else:
-            conv = Convergence.CONVERGED if self._converged_frames >= 50 else Convergence.CONVERGING
+            conv = Convergence.CONVERGED if self._converged_frames >= CONVERGED_FRAMES else Convergence.CONVERGING
         delay = self._estimator.delay_ms
         if delay is not None:  # the measured lag is behind the reference as handed: undo our own shift
             delay = delay - (self.lead_s + self._offset_s) * 1000
@@ -469,6 +470,8 @@ class EchoCanceller:
         self._offset_s += self.lead_s - delay_ms / 1000
         self._out_of_range = 0
         self._realigned += 1
+        # The echo path AEC3 learned has just moved: not converged until it has learned the new one.
+        self._erle_db, self._converged_frames = None, 0
         self._estimator = DelayEstimator()
         if self._realigned == 1:
             self._notices.append(
