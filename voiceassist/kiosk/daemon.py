@@ -438,6 +438,7 @@ class Kiosk:
             "dropped_blocks": getattr(stats, "dropped_blocks", 0),
             "overflows": getattr(stats, "overflows", 0),
             "threads": threading.active_count(),
+            "storage_failed_turns": getattr(self._recorder, "failed_turns", 0),  # #16: best-effort storage
         }
 
     def _on_dead(self, names: list[str]) -> None:
