@@ -117,6 +117,7 @@ class Kiosk:
             raise
         finally:
             self.status.update(state="stopped", detail="")
+            self.status.close()  # the status file's lock: another kiosk may use it now
             root.removeHandler(handler)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -357,6 +358,10 @@ class Kiosk:
         except VoiceAssistError as err:
             self.status.error(f"configuration not reloaded: {err}", "config")
             log.error("configuration not reloaded, still running with the previous one: %s", err)
+        except Exception as err:  # #16: whatever a bad file makes the loader raise, SIGHUP never kills the kiosk
+            msg = f"{type(err).__name__}: {' '.join(str(err).split())}"
+            self.status.error(f"configuration not reloaded: {msg}", "config")
+            log.error("configuration not reloaded (%s), still running with the previous one", msg)
         else:
             self.config = new
             self.lines.redact = not (new.kiosk.store_transcripts or self.args.log_text)
