@@ -152,3 +152,71 @@ def test_read_only_store_never_touches_the_conversation(tmp_path, tmpfs):
         assert len(wavs) == 1 and oct(wavs[0].stat().st_mode)[-3:] == "600"
     finally:
         logging.getLogger("voiceassist.kiosk").removeHandler(handler)
+
+
+# ---- 2. configuration files that are not configurations ------------------------------------------------------------
+
+NESTED = "a = " + "[" * 500 + "]" * 500 + "\n"  # ~1 KB, 500 levels
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda d: d / "nested.toml", "nests arrays or tables too deeply"),
+        (lambda d: Path("/dev/zero"), "not a regular file"),
+        (lambda d: d / "fifo.toml", "not a regular file"),
+        (lambda d: d, "is a folder"),
+        (lambda d: d / "big.toml", "too large for a configuration"),
+    ],
+    ids=["nested-500", "dev-zero", "fifo", "folder", "2MB"],
+)
+def test_config_that_is_not_a_configuration_is_one_line_exit_2(tmp_path, make, expected):
+    (tmp_path / "nested.toml").write_text(NESTED)
+    os.mkfifo(tmp_path / "fifo.toml")  # no writer: reading it would block for ever
+    (tmp_path / "big.toml").write_text("# padding\n" * 200_000)  # 2 MB of valid TOML
+    path = make(tmp_path)
+    r = _run("kiosk", "--config", str(path), "--model", "tiny", "--from-file", "/nonexistent.wav", timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_running_kiosk_survives_a_nested_config_on_sighup_and_a_second_kiosk_is_refused(tmp_path):
+    """Items 2 and 4 on one running kiosk (the model loads once): SIGHUP with a 500-level nested file keeps the
+    old configuration and the kiosk serving; a second kiosk on the same status file refuses in one line with
+    exit 2 and leaves the first one's status alone; once the first stops, the file is free again."""
+    import signal
+
+    from voiceassist.kiosk.status import read_status
+
+    wav = _speech_file(tmp_path, QUESTIONS[:1])
+    status = tmp_path / "status.json"
+    conf = _kiosk_config(tmp_path, status_file=str(status))
+    k = KioskProcess(["--config", str(conf), "--model", "tiny", "--from-file", str(wav), "--stay"])
+    try:
+        k.wait_for(lambda r: r.get("message") == "kiosk ready", 120, "ready")
+        good = conf.read_text()
+        conf.write_text(NESTED)
+        k.proc.send_signal(signal.SIGHUP)
+        rec = k.wait_for(lambda r: r.get("message", "").startswith("configuration not reloaded"), 15, "refusal")
+        assert "too deeply" in rec["message"], rec
+        k.wait_for(lambda r: r.get("type") == "reply_done", 60, "a reply after the refused reload")
+        assert k.proc.poll() is None, k.stderr_tail()
+        conf.write_text(good)
+
+        before = read_status(status)
+        second = _run("kiosk", "--config", str(conf), "--model", "tiny", "--from-file", str(wav), timeout=60)
+        assert second.returncode == 2, (second.returncode, second.stderr[-2000:])
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {k.proc.pid}" in lines[0] and "status_file" in lines[0], lines
+        after = read_status(status)
+        assert after is not None and after["pid"] == k.proc.pid and after["started_unix"] == before["started_unix"]
+
+        rc, _took = k.terminate(timeout=5)
+        assert rc == 0
+    finally:
+        k.kill()
+    # The first kiosk stopped: its status file is free for the next one (the lock went with the process).
+    from voiceassist.kiosk.status import StatusFile
+
+    StatusFile(status).close()
