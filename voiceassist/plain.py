@@ -177,7 +177,7 @@ def _read_commands(app: Any, quit_flag: threading.Event) -> None:
                     file=sys.stderr,
                 )
         except Exception as err:  # noqa: BLE001 - a bad command is one line, never the end of the session
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {strip_controls(str(err))}", file=sys.stderr)
     quit_flag.set()
 
 

@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
         store = Store.from_config(config.kiosk)  # ConfigError when the folder is not writable
         where = f"storing in {store.folder}" if store else "nothing stored"
-        print(f"configuration OK ({args.config or 'defaults'}; {where}; status file {status_path(config.kiosk)})")
+        from voiceassist.textsafe import safe_display
+
+        line = f"configuration OK ({args.config or 'defaults'}; {where}; status file {status_path(config.kiosk)})"
+        print(safe_display(line))
         return 0
     from voiceassist.kiosk.daemon import Kiosk
 
