@@ -220,3 +220,98 @@ def test_running_kiosk_survives_a_nested_config_on_sighup_and_a_second_kiosk_is_
     from voiceassist.kiosk.status import StatusFile
 
     StatusFile(status).close()
+
+
+# ---- 8. terminal escapes through file names ------------------------------------------------------------------------
+
+ESCAPES = ("\x1b", "\x07", "\x9b", "\x9d")
+EVIL = "evil\x1b[2J\x1b]0;pwned\x07"
+
+
+def test_file_names_shown_on_a_terminal_are_stripped(tmp_path):
+    """Header, error lines and argparse's own complaints: no ESC, OSC or BEL from a file name reaches the
+    terminal; a name that is not UTF-8 is shown escaped instead of a traceback."""
+    good = tmp_path / f"{EVIL}.wav"
+    sf.write(str(good), np.concatenate([silence(0.5), speech_16k("Hello there.", tmp_path), silence(1.0)]), 16000)
+    junk = tmp_path / f"{EVIL}junk.wav"
+    junk.write_bytes(b"not audio at all" * 10)
+    cases = [
+        (["segment", str(good)], 0, "evil.wav: "),
+        (["segment", str(junk)], 3, "is not a readable audio file"),
+        (["segment", str(tmp_path / f"{EVIL}missing.wav")], 3, "does not exist"),
+        (["segment", str(good), f"extra{EVIL}"], 2, "unrecognized arguments"),
+        (["ask", str(tmp_path / f"{EVIL}missing.wav"), "--model", "tiny"], 3, "does not exist"),
+    ]
+    for args, code, expected in cases:
+        r = _run(*args, timeout=60)
+        out = r.stdout + r.stderr
+        assert r.returncode == code and expected in out, (args, r.returncode, out[-1500:])
+        assert not any(c in out for c in ESCAPES), (args, repr(out[-500:]))
+    # A name with a byte that is not UTF-8 (the file system allows it): one line, no UnicodeEncodeError.
+    raw = os.fsencode(tmp_path) + b"/\xff\x1b[31m.wav"
+    r = subprocess.run([sys.executable, "-m", "voiceassist", "segment", raw], cwd=ROOT, capture_output=True, timeout=60)
+    assert r.returncode == 3 and b"Traceback" not in r.stderr and b"\x1b" not in r.stderr, r.stderr[-1500:]
+    assert b"\\udcff" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---- 9. FIFOs, pipes and devices as audio ----------------------------------------------------------------------------
+
+
+def _wav_bytes(tmp: Path) -> bytes:
+    path = tmp / "q.wav"
+    sf.write(str(path), np.concatenate([silence(0.5), speech_16k("Where is the station?", tmp), silence(1.0)]), 16000)
+    return path.read_bytes()
+
+
+def test_a_fifo_with_a_late_writer_and_a_pipe_are_read(tmp_path):
+    data = _wav_bytes(tmp_path)
+    fifo = tmp_path / "audio.fifo"
+    os.mkfifo(fifo)
+
+    def late_writer() -> None:
+        import time
+
+        time.sleep(1.0)  # the reader is already waiting: the old code said "empty (0 bytes)" here
+        with open(fifo, "wb") as f:
+            f.write(data)
+
+    th = threading.Thread(target=late_writer)
+    th.start()
+    r = _run("segment", str(fifo), "--json", timeout=60)
+    th.join()
+    assert r.returncode == 0, r.stderr
+    seg = json.loads(r.stdout)
+    assert seg["duration_s"] > 1.5 and len(seg["segments"]) == 1, seg
+
+    r = subprocess.run(  # a pipe: `... | voiceassist segment /dev/stdin`
+        [sys.executable, "-m", "voiceassist", "segment", "/dev/stdin", "--json"],
+        cwd=ROOT,
+        input=data,
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)["segments"]) == 1
+
+
+def test_streams_that_cannot_be_audio_are_refused_with_the_true_reason(tmp_path, monkeypatch):
+    from voiceassist.audio import files
+    from voiceassist.errors import AudioFileError
+
+    for dev, reason in [("/dev/zero", "is a character device"), ("/dev/null", "is a character device")]:
+        r = _run("segment", dev, timeout=30)
+        assert r.returncode == 3 and reason in r.stderr and "empty" not in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "voiceassist", "segment", "/dev/stdin"],
+        cwd=ROOT,
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
+    assert r.returncode == 3 and b"pipe or FIFO that delivered no data" in r.stderr, r.stderr
+    # A FIFO nobody writes to: refused after the wait with that reason (the old code blocked until Ctrl-C).
+    fifo = tmp_path / "nobody.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(files, "FIFO_WAIT_S", 0.5)
+    with pytest.raises(AudioFileError, match="nothing wrote to it within 0.5 s"):
+        files.open_audio(fifo)
