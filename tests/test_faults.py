@@ -315,3 +315,30 @@ def test_streams_that_cannot_be_audio_are_refused_with_the_true_reason(tmp_path,
     monkeypatch.setattr(files, "FIFO_WAIT_S", 0.5)
     with pytest.raises(AudioFileError, match="nothing wrote to it within 0.5 s"):
         files.open_audio(fifo)
+
+
+# ---- 7. --events on a full file system ------------------------------------------------------------------------------
+
+
+def test_events_on_a_full_disk_say_so_once_and_the_assistant_goes_on(tmp_path):
+    """``--events /dev/full`` (every write fails with ENOSPC): one line on stderr when it happens, every turn
+    still answered on the plain output, no traceback at exit, and exit code 8 (OutputError) saying it."""
+    wav = _speech_file(tmp_path, QUESTIONS[:2])
+    r = subprocess.run(
+        [sys.executable, "-m", "voiceassist", "--model", "tiny", "--from-file", str(wav), "--fast", "--plain"]
+        + ["--events", "/dev/full", "--max-new-tokens", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    from voiceassist.errors import OutputError
+
+    assert r.returncode == OutputError.exit_code, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if "--events /dev/full" in line]
+    assert len(errors) == 2, errors  # the moment it failed, and the reason for the exit code
+    assert "No space left on device" in errors[0] and "goes on" in errors[0]
+    assert "events not written" in errors[1]
+    assert r.stdout.count(" tok/s") == 2, r.stdout[-2000:]  # both turns answered

@@ -60,3 +60,10 @@ class SpeechError(VoiceAssistError):
     """Speech output failed: no speech engine, an engine that crashed or hung, an unknown voice."""
 
     exit_code = 7
+
+
+class OutputError(VoiceAssistError):
+    """An output the user asked for could not be written (``--events`` on a full disk, #16). The assistant goes
+    on; this is the exit code it ends with."""
+
+    exit_code = 8

@@ -12,12 +12,13 @@ With ``--events -`` the JSON owns stdout and the human lines go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
 from typing import Any, TextIO
 
-from voiceassist.errors import ConfigError
+from voiceassist.errors import ConfigError, OutputError
 from voiceassist.events import (
     ErrorEvent,
     Event,
@@ -35,10 +36,16 @@ POLL_S = 0.1  # how often the pump looks at app.done, s
 
 
 class EventsWriter:
-    """JSON lines to a file (replaced) or ``-`` (stdout); thread-safe, flushed per line."""
+    """JSON lines to a file (replaced) or ``-`` (stdout); thread-safe, flushed per line.
+
+    A write that fails (disk full, an I/O error; #16) is said once on stderr and the writer stops writing:
+    the assistant goes on, and ``failed`` (the one-line reason) makes the command end with OutputError's exit
+    code. A reader that went away (broken pipe on stdout) is not a failure."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.failed = ""  # why writing events failed, "" while it works
+        self.missed = 0  # events not written since it failed (the one that failed included)
         self._lock = threading.Lock()
         if path == "-":
             self._out: TextIO = sys.stdout
@@ -59,16 +66,49 @@ class EventsWriter:
         with self._lock:
             if self._out.closed:
                 return
+            if self.failed:
+                self.missed += 1
+                return
             try:
                 self._out.write(line + "\n")
                 self._out.flush()
             except (BrokenPipeError, ValueError):
                 pass  # the reader went away; the assistant goes on
+            except OSError as err:
+                self._fail(err)
+
+    def _fail(self, err: OSError) -> None:
+        self.missed += 1
+        self.failed = f"--events {self.path}: writing failed ({err.strerror or err}); events after that are missing"
+        print(f"voiceassist: error: {self.failed}; the assistant goes on", file=sys.stderr, flush=True)
+        if self._own:
+            self._discard()
+
+    def _discard(self) -> None:
+        """Close the file without flushing again: the buffered line that failed would only fail again (and
+        raise at exit, which printed a traceback)."""
+        try:
+            os.close(self._out.fileno())
+        except (OSError, ValueError):
+            pass
+        try:
+            self._out.close()  # its fd is gone: the flush inside fails; what matters is that it is closed
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
+        """Close the file (a failure to write its last lines is reported like any other)."""
         with self._lock:
             if self._own and not self._out.closed:
-                self._out.close()
+                try:
+                    self._out.close()
+                except OSError as err:
+                    self._fail(err)
+
+    def check(self) -> None:
+        """OutputError when events could not all be written: the command ends with its exit code (8)."""
+        if self.failed:
+            raise OutputError(f"{self.failed} ({self.missed} events not written)")
 
 
 def _ms(seconds: float | None) -> str:

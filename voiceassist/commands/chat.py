@@ -107,10 +107,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         app.start()
         if tui is not None:
-            return int(tui.run(app, config) or 0)
-        human = sys.stderr if args.events == "-" else sys.stdout
-        return plain.run(app, human, read_stdin=sys.stdin.isatty())
+            rc = int(tui.run(app, config) or 0)
+        else:
+            human = sys.stderr if args.events == "-" else sys.stdout
+            rc = plain.run(app, human, read_stdin=sys.stdin.isatty())
     finally:
         app.stop()
         if writer is not None:
             writer.close()
+    if writer is not None:
+        writer.check()  # --events could not be written: the run went on, the exit code says it (8)
+    return rc
