@@ -342,3 +342,59 @@ def test_events_on_a_full_disk_say_so_once_and_the_assistant_goes_on(tmp_path):
     assert "No space left on device" in errors[0] and "goes on" in errors[0]
     assert "events not written" in errors[1]
     assert r.stdout.count(" tok/s") == 2, r.stdout[-2000:]  # both turns answered
+
+
+# ---- 6. a freeze is not a device loss -------------------------------------------------------------------------------
+
+
+def test_a_5_s_freeze_is_not_a_device_loss_and_the_speech_after_it_is_answered(pulse, tmp_path):
+    """The kiosk listening on the null sink's monitor is frozen with SIGSTOP for 5 s; a question starts 1 s
+    before SIGCONT and goes on after it. The stream is kept (no device_lost, no audio error, no reopening),
+    the stall is counted and logged, and the question is answered."""
+    import signal
+    import time
+
+    from voiceassist.kiosk.status import read_status
+
+    wav = tmp_path / "q.wav"
+    question = speech_16k("Where is the exhibition about the old ships, please?", tmp_path)
+    sf.write(str(wav), np.concatenate([question, silence(1.0)]), 16000)
+    status = tmp_path / "status.json"
+    conf = tmp_path / "k.toml"
+    conf.write_text(
+        f'[kiosk]\nstatus_file = "{status}"\nidle_reset_s = 0\n'
+        '[generation]\nmax_new_tokens = 6\n[audio]\ninput_device = "default"\n'
+    )
+    k = KioskProcess(["--config", str(conf), "--model", "tiny"])
+    try:
+        k.wait_for(lambda r: r.get("message") == "kiosk ready", 120, "ready")
+        k.wait_for(lambda r: r.get("type") == "status" and r["state"] == "listening", 20, "listening")
+        time.sleep(1.0)
+        n = len(k.records)
+        os.kill(k.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(4.0)
+            player = pulse.play(wav, wait=False)  # speech begins during the freeze ...
+            time.sleep(1.0)
+        finally:
+            os.kill(k.proc.pid, signal.SIGCONT)  # ... and goes on after it
+        player.wait(timeout=30)
+        done = k.wait_for(lambda r: r.get("type") == "reply_done" and k.records.index(r) >= n, 40, "the answer")
+        after = k.records[n:]
+        lost = [r for r in after if r.get("type") == "status" and r["state"] == "device_lost"]
+        # (the null sink's monitor is digital silence between questions: that warning is not a device loss)
+        audio_errors = [
+            r
+            for r in after
+            if r.get("type") == "error" and r["source"] == "audio" and "no signal at all" not in r["message"]
+        ]
+        assert not lost and not audio_errors, (lost, audio_errors)
+        stall = k.logs("capture stalled")
+        assert len(stall) == 1 and stall[0]["capture_stall_s"] >= 4.5, stall
+        assert done["n_tokens"] > 0
+        time.sleep(5.5)  # the health figures go to the status file every 5 s
+        health = read_status(status)["health"]
+        print("after the freeze:", health)
+        assert health["stalls"] == 1 and read_status(status)["device"]["input"]["state"] == "open", health
+    finally:
+        k.kill()

@@ -179,6 +179,9 @@ class Kiosk:
             watchdog_interval_s() or HEALTH_EVERY_S,
             self._on_dead,
         )
+        # The loop's beat counts from now: a model load longer than the 30 s loop check (35 s seen on a loaded
+        # 2-core machine) made the first heartbeat take the loop for dead and the kiosk exit 1 (#16).
+        self._loop_beat = time.monotonic()
         heartbeat.start()
         self._greet()
         try:
@@ -442,6 +445,7 @@ class Kiosk:
             "blocks": getattr(stats, "blocks", 0),
             "dropped_blocks": getattr(stats, "dropped_blocks", 0),
             "overflows": getattr(stats, "overflows", 0),
+            "stalls": getattr(stats, "stalls", 0),  # #16: freezes of this process, the device kept
             "threads": threading.active_count(),
             "storage_failed_turns": getattr(self._recorder, "failed_turns", 0),  # #16: best-effort storage
         }
