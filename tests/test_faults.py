@@ -398,3 +398,65 @@ def test_a_5_s_freeze_is_not_a_device_loss_and_the_speech_after_it_is_answered(p
         assert health["stalls"] == 1 and read_status(status)["device"]["input"]["state"] == "open", health
     finally:
         k.kill()
+
+
+# ---- 5. a large --max-new-tokens must not wipe the history ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_session_parts():
+    import torch
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from voiceassist.model.tiny import tiny_model_dir
+
+    torch.set_num_threads(1)  # the tiny model gains nothing from more threads on a loaded 2-core machine
+    path = tiny_model_dir()
+    processor = AutoProcessor.from_pretrained(path)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    return model, processor
+
+
+def test_a_large_reply_budget_keeps_the_history_that_fits(tiny_session_parts, tmp_path, caplog):
+    """Context 1024, --max-new-tokens 750 (the 6000-of-8192 case scaled down): the old code reserved all 750
+    and trimmed to 75 %, so from the 4th turn on every turn dropped everything. Now no turn is dropped while
+    the history, the new turn and a quarter of the context fit; a reply is capped at the room left (said
+    once); when turns must go, only as many as the trim target needs."""
+    import logging
+
+    from voiceassist.backend import UserTurn
+    from voiceassist.config import GenerationConfig
+    from voiceassist.model.session import REPLY_RESERVE_SHARE, Session
+
+    model, processor = tiny_session_parts
+    limit, max_new = 1024, 750
+    s = Session(
+        model, processor, generation=GenerationConfig(max_new_tokens=max_new, temperature=0.0), context_limit=limit
+    )
+    reserve = int(limit * REPLY_RESERVE_SHARE)
+    phrases = ["Where is the station?", "How far is the moon?", "Tell me a joke.", "What time is it?"]
+    audio = [speech_16k(p, tmp_path) for p in phrases]
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="voiceassist.model"):
+        for k in range(14):
+            cancel = threading.Event()
+            pieces = []
+
+            def on_text(piece: str, pieces=pieces, cancel=cancel) -> None:
+                pieces.append(piece)
+                if len(pieces) >= 6:  # short replies: the history grows by the turns, not by noise
+                    cancel.set()
+
+            before = s.context_tokens
+            r = s.reply(UserTurn(audios=(audio[k % 4],)), on_text, cancel)
+            seen.append((k + 1, before, len(r.prompt_ids), r.dropped_turns, r.context_tokens))
+            fits = before + len(r.prompt_ids) + reserve <= limit - 8  # 8: re-rendering after a drop shifts a few
+            assert not (r.dropped_turns and fits), f"history that fits was dropped: {seen}"
+            assert r.context_tokens <= limit, seen
+    dropped = [d for _k, _b, _p, d, _c in seen]
+    print("turn, context before, prompt, dropped, context after:", seen)
+    assert sum(dropped[:8]) == 0, seen  # the old code dropped from turn 4 on
+    assert any(dropped), seen  # and trimming still happens when it must
+    assert len(s.turns) > 1, seen  # ... keeping the turns that fit the target, not wiping all
+    capped = [r.getMessage() for r in caplog.records if "does not fit the context" in r.getMessage()]
+    assert len(capped) == 1 and "earlier turns are kept" in capped[0], capped

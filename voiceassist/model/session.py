@@ -43,6 +43,11 @@ END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 # When the context must be trimmed, old turns are dropped until the conversation (with the new turn and room
 # for the reply) uses at most this fraction of the limit, so that the next turns do not each rebuild the cache.
 TRIM_TARGET = 0.75
+# Room kept for a reply when turns must be dropped: max_new_tokens, but at most this share of the context
+# (the remote backend's REPLY_SHARE too). Reserving all of a large --max-new-tokens (6000 of 8192) dropped every
+# earlier turn although thousands of tokens were free (#16); a reply longer than the room left is capped
+# there instead, and said once per session.
+REPLY_RESERVE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -370,8 +375,13 @@ class Session:
         """
         counts = [e.shape[0] for e in embeds]
         prompt = self._builder.turn_ids(self.system_prompt, [t.message for t in self._turns], message, counts)
-        if self.context_tokens + len(prompt) + max_new <= self.context_limit:
+        # What the reply is sure to get; more only while the context has it (never at the history's cost).
+        reserve = max(1, min(max_new, int(self.context_limit * REPLY_RESERVE_SHARE)))
+        room = self.context_limit - self.context_tokens - len(prompt)
+        if room >= max_new:
             return prompt, 0, max_new
+        if room >= reserve:  # the history fits: keep all of it, the reply gets the room left
+            return prompt, 0, self._capped(max_new, room)
         # Drop whole turns, oldest first, until the rest fits the trim target. Sizes are estimated from the
         # current ids (re-rendering shifts only the system message and audio numbers: a few tokens), then the
         # kept turns are re-rendered exactly and the room left is checked exactly.
@@ -379,7 +389,7 @@ class Session:
         keep = list(self._turns)
         size = sum(len(t.prompt_ids) + len(t.reply_ids) for t in keep)
         dropped = 0
-        while keep and size + len(prompt) + max_new > target:
+        while keep and size + len(prompt) + reserve > target:
             gone = keep.pop(0)
             size -= len(gone.prompt_ids) + len(gone.reply_ids)
             dropped += 1
@@ -397,7 +407,24 @@ class Session:
                 f"this turn needs {len(prompt)} tokens, more than the context limit of "
                 f"{self.context_limit} allows; send shorter audio or raise --context-limit"
             )
-        return prompt, dropped, min(max_new, room)
+        return prompt, dropped, self._capped(max_new, room) if room < max_new else max_new
+
+    def _capped(self, max_new: int, room: int) -> int:
+        """``room`` (< max_new): the reply's cap this turn; said once per session (a log warning: the plain
+        and kiosk front ends show it, the TUI's stderr capture too). getattr: kept out of __init__ (#14 edits it)."""
+        if not getattr(self, "_cap_warned", False):
+            self._cap_warned = True
+            import logging
+
+            logging.getLogger("voiceassist.model").warning(
+                "max_new_tokens %d does not fit the context now: this reply may have up to %d tokens (context "
+                "limit %d, %d in use); earlier turns are kept",
+                max_new,
+                room,
+                self.context_limit,
+                self.context_limit - room,
+            )
+        return room
 
     def _renumbered(self, turns: list[TurnRecord]) -> list[TurnRecord]:
         """``turns`` as the first turns of a conversation: prompts re-rendered (audio numbers, system prompt)."""
