@@ -460,3 +460,49 @@ def test_a_large_reply_budget_keeps_the_history_that_fits(tiny_session_parts, tm
     assert len(s.turns) > 1, seen  # ... keeping the turns that fit the target, not wiping all
     capped = [r.getMessage() for r in caplog.records if "does not fit the context" in r.getMessage()]
     assert len(capped) == 1 and "earlier turns are kept" in capped[0], capped
+
+
+# ---- 10. limits: said at start, and what was capped ------------------------------------------------------------------
+
+
+def test_a_system_prompt_too_long_is_refused_at_start_and_a_capped_limit_is_said(tiny_session_parts, caplog):
+    import logging
+    import time
+
+    from voiceassist.config import GenerationConfig
+    from voiceassist.errors import ConfigError
+    from voiceassist.model.budget import check_session
+    from voiceassist.model.session import Session
+
+    model, processor = tiny_session_parts
+    positions = model.config.get_text_config().max_position_embeddings
+    with caplog.at_level(logging.WARNING, logger="voiceassist.model"):
+        s = Session(model, processor, generation=GenerationConfig(), context_limit=131072)
+        check_session(s, 131072, 512)
+    assert s.context_limit == positions
+    said = [r.getMessage() for r in caplog.records if "capped at" in r.getMessage()]
+    assert len(said) == 1 and "131072" in said[0] and f"capped at {positions}" in said[0], said
+
+    huge = "Always answer politely and in full sentences. " * 200_000  # ~9 MB, ~2 M tokens
+    s = Session(model, processor, generation=GenerationConfig(system_prompt=huge), context_limit=8192)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="the system prompt is more than") as err:
+        check_session(s, 8192, 512)
+    took = time.monotonic() - t0
+    assert "\n" not in str(err.value) and "shorten generation.system_prompt" in str(err.value)
+    assert took < 5.0, f"the check took {took:.1f} s (only a prefix should be tokenized)"
+    assert ConfigError.exit_code == 2
+    # A prompt that fits leaves the session as it was (no exception).
+    check_session(Session(model, processor, generation=GenerationConfig(), context_limit=8192), 8192, 512)
+
+
+def test_remote_backend_refuses_a_system_prompt_that_cannot_fit():
+    from voiceassist.config import Config, with_overrides
+    from voiceassist.errors import ConfigError
+    from voiceassist.remote import RemoteBackend
+
+    cfg = with_overrides(
+        Config(), {"server.url": "http://127.0.0.1:9", "generation.system_prompt": "Be brief. " * 20000}
+    )
+    with pytest.raises(ConfigError, match="the system prompt is about"):
+        RemoteBackend(cfg)

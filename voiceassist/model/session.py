@@ -403,9 +403,16 @@ class Session:
         prompt = self._builder.turn_ids(self.system_prompt, [t.message for t in self._turns], message, counts)
         room = self.context_limit - self.context_tokens - len(prompt)
         if room < 1:
+            positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+            # #16: "raise --context-limit" is no advice when the limit is already the model's whole context.
+            advice = (
+                f"send shorter audio (the model's whole context is {self.context_limit} tokens)"
+                if positions is not None and self.context_limit >= positions
+                else "send shorter audio or raise --context-limit"
+            )
             raise BackendError(
                 f"this turn needs {len(prompt)} tokens, more than the context limit of "
-                f"{self.context_limit} allows; send shorter audio or raise --context-limit"
+                f"{self.context_limit} allows; {advice}"
             )
         return prompt, dropped, self._capped(max_new, room) if room < max_new else max_new
 

@@ -80,6 +80,12 @@ class RemoteBackend:
         self._system_tokens = (
             wire.estimate_text_tokens(self._system) + wire.MESSAGE_OVERHEAD_TOKENS if self._system else 0
         )
+        from voiceassist.model.budget import check_system_prompt
+
+        # #16: refused at start, not after each turn's request (an estimate: the thin client has no tokenizer).
+        check_system_prompt(
+            self._system_tokens, min(self._budget, self._server.context_limit), self._gen.max_new_tokens, approx=True
+        )
         self._turns: list[RemoteTurn] = []
         self._model: str | None = config.server.model or None
         self._checked_model = False
