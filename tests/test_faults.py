@@ -506,3 +506,104 @@ def test_remote_backend_refuses_a_system_prompt_that_cannot_fit():
     )
     with pytest.raises(ConfigError, match="the system prompt is about"):
         RemoteBackend(cfg)
+
+
+# ---- 3. a server that accepts and never answers ----------------------------------------------------------------------
+
+
+class _EventsProcess:
+    """``voiceassist ARGS --events -`` as a subprocess: JSON lines from stdout, each with its arrival time."""
+
+    def __init__(self, args: list[str]) -> None:
+        import queue
+        import tempfile
+        import time
+
+        self._time = time
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "voiceassist", *args, "--events", "-"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        self.records: list[tuple[float, dict]] = []
+        self._new: queue.Queue[tuple[float, dict]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                item = (self._time.monotonic(), json.loads(line))
+            except ValueError:
+                continue
+            self.records.append(item)
+            self._new.put(item)
+
+    def wait_for(self, pred, timeout: float, what: str) -> tuple[float, dict]:
+        import queue
+
+        for item in list(self.records):
+            if pred(item[1]):
+                return item
+        deadline = self._time.monotonic() + timeout
+        while self._time.monotonic() < deadline:
+            try:
+                item = self._new.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if pred(item[1]):
+                return item
+        self._stderr.seek(0)
+        tail = "\n".join(json.dumps(r)[:200] for _, r in self.records[-12:])
+        raise AssertionError(
+            f"no {what} within {timeout} s; rc={self.proc.poll()}\n{tail}\n{self._stderr.read()[-2000:]}"
+        )
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def test_a_server_that_never_answers_shows_the_turn_says_so_and_ctrl_c_keeps_it(tmp_path):
+    """Against a server (the FAKE vLLM of tests/support, named as such) that answers question 1, then accepts
+    requests and never answers: question 2 is shown at once (the speculative request no longer holds the
+    turn), "waiting for the server" comes within ~2 s, Ctrl-C (a real SIGINT) stops the wait without quitting,
+    and the turn is kept: question 3's request carries all three questions."""
+    import signal
+
+    from support.fake_vllm import FakeVllmServer
+
+    parts = [silence(0.5)]
+    for text, gap in [("Hello there.", 5.0), ("Where is the station?", 9.0), ("Thank you.", 3.0)]:
+        parts += [speech_16k(text, tmp_path), silence(gap)]
+    wav = tmp_path / "three.wav"
+    sf.write(str(wav), np.concatenate(parts), 16000)
+    with FakeVllmServer() as fake:
+        p = _EventsProcess(["--server", fake.url, "--from-file", str(wav), "--plain"])
+        try:
+            p.wait_for(lambda r: r["type"] == "reply_done" and r["turn"] == 1, 60, "reply 1")
+            fake.script[:] = [("stall", 60.0)] * 20  # from now on: accepted, never answered
+            arrived, utt = p.wait_for(lambda r: r["type"] == "utterance" and r["turn"] == 2, 30, "utterance 2")
+            shown_after = arrived - utt["speech_end_t"]
+            assert shown_after < 2.0, f"turn 2 shown {shown_after:.2f} s after the speech ended"
+            waited, _st = p.wait_for(
+                lambda r: r["type"] == "status" and "waiting for the server" in r.get("detail", ""), 10, "a notice"
+            )
+            assert waited - arrived < 4.5, f"'waiting for the server' {waited - arrived:.1f} s after the turn"
+            p.proc.send_signal(signal.SIGINT)  # Ctrl-C
+            p.wait_for(lambda r: r["type"] == "interrupted" and r["turn"] == 2, 5, "turn 2 interrupted")
+            fake.script.clear()  # the server answers again
+            assert p.proc.poll() is None, "Ctrl-C quit the assistant"
+            p.wait_for(lambda r: r["type"] == "reply_done" and r["turn"] == 3 and r["n_tokens"] > 0, 60, "reply 3")
+            rc = p.proc.wait(timeout=60)
+        finally:
+            p.kill()
+        assert rc == 0
+        last = fake.requests[-1]
+        users = [m for m in last["messages"] if m["role"] == "user"]
+        assert len(users) == 3, f"turn 2 was lost: {len(users)} user messages in the last request"

@@ -211,6 +211,16 @@ class ServerConfig:
     retries: int = _f(
         5, "quick retries with backoff per send; then an error line, and the turn is sent again later", lo=0, hi=100
     )
+    # #16: a server that accepts and never answers must not stall a turn for timeout_s.
+    connect_timeout_s: float = _f(5.0, "give up opening a connection after this long", unit="s", lo=0.1, hi=600.0)
+    first_byte_timeout_s: float = _f(
+        10.0,
+        "give up when the server has not begun its answer (HTTP headers) after this long; then timeout_s "
+        "applies between the pieces of the reply",
+        unit="s",
+        lo=0.1,
+        hi=3600.0,
+    )
 
 
 @dataclass(frozen=True)
