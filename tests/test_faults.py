@@ -607,3 +607,100 @@ def test_a_server_that_never_answers_shows_the_turn_says_so_and_ctrl_c_keeps_it(
         last = fake.requests[-1]
         users = [m for m in last["messages"] if m["role"] == "user"]
         assert len(users) == 3, f"turn 2 was lost: {len(users)} user messages in the last request"
+
+
+# ---- 11. cosmetic: NaN into the VAD, audio-library chatter, piped stdin in --plain -----------------------------------
+
+
+def test_nan_and_inf_input_are_silence_for_the_vad_without_warnings(tmp_path):
+    import warnings
+
+    from voiceassist.config import VadConfig
+    from voiceassist.events import AudioBlock
+    from voiceassist.vad import Segmenter
+
+    speech = speech_16k("Where is the station?", tmp_path)
+    broken = np.full(8000, np.nan, np.float32)
+    broken[::7] = np.inf
+    audio = np.concatenate([silence(0.5), broken, silence(0.5), speech, silence(1.5)]).astype(np.float32)
+    seg = Segmenter(VadConfig())
+    events = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning fails the test
+        for i in range(0, len(audio), 320):
+            events += seg.feed(AudioBlock(audio[i : i + 320], i / 16000))
+        events += seg.flush()
+    utts = [e for e in events if hasattr(e, "chunks")]
+    assert len(utts) == 1, events
+    assert all(np.isfinite(c).all() for c in utts[0].chunks), "NaN reached the utterance (the model's input)"
+    assert seg.nonfinite_samples == 8000
+
+
+def test_audio_library_chatter_is_hidden_and_everything_else_shown(tmp_path):
+    """A real libasound message (snd_pcm_open of a PCM that does not exist) and PortAudio-style lines on fd 2
+    are kept off stderr, said once as a count; other stderr lines pass through in order."""
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import ctypes, ctypes.util, os\n"
+        "import voiceassist.audio  # installs the ALSA handler\n"
+        "from voiceassist.audio import chatter\n"
+        "lib = ctypes.CDLL(ctypes.util.find_library('asound'))\n"
+        "pcm = ctypes.c_void_p()\n"
+        "rc = lib.snd_pcm_open(ctypes.byref(pcm), b'va_no_such_pcm', 0, 0)\n"
+        "assert rc < 0 and chatter.alsa_messages >= 1, (rc, chatter.alsa_messages)\n"
+        "with chatter.ChatterFilter():\n"
+        "    os.write(2, b'first line of ours\\n')\n"
+        "    os.write(2, b\"Expression 'alsa_snd_pcm_poll_descriptors_revents( self->pcm )' \"\n"
+        "             b\"failed in 'src/hostapi/alsa/pa_linux_alsa.c', line: 3665\\n\")\n"
+        "    os.write(2, b'ALSA lib pulse.c:242:(pulse_connect) PulseAudio: Unable to connect\\n')\n"
+        "    os.write(2, b'second line of ours\\n')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, str(child)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert "ALSA lib" not in r.stderr and "Expression" not in r.stderr, r.stderr
+    assert lines[:2] == ["first line of ours", "second line of ours"], lines
+    assert "2 message(s) of the audio libraries" in lines[2] and len(lines) == 3, lines
+
+
+def test_piped_stdin_in_plain_mode_is_read(tmp_path):
+    """``... | voiceassist --plain``: the typed line is a turn (it used to be ignored without a word); the
+    notice says stdin is read; /quit from the pipe ends the run."""
+    wav = tmp_path / "quiet.wav"
+    sf.write(str(wav), silence(2.0), 16000)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "voiceassist", "--model", "tiny", "--from-file", str(wav), "--fast", "--stay"]
+        + ["--plain", "--max-new-tokens", "4", "--events", "-"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write("What is two plus two?\n")
+        p.stdin.flush()
+        records = []
+        for line in p.stdout:
+            rec = json.loads(line)
+            records.append(rec)
+            if rec["type"] == "reply_done":
+                break
+        p.stdin.write("/quit\n")
+        p.stdin.close()
+        rc = p.wait(timeout=60)
+        err = p.stderr.read() if p.stderr else ""
+    finally:
+        if p.poll() is None:
+            p.kill()
+    utt = [r for r in records if r["type"] == "utterance"]
+    assert utt and utt[0]["text"] == "What is two plus two?", records[-5:]
+    assert rc == 0 and "reading typed turns" in err, err[-2000:]

@@ -186,8 +186,27 @@ def describe_turn(ev: UtteranceEvent) -> str:
     return " ".join(parts) or "(empty)"
 
 
+def stdin_has_input() -> bool:
+    """Typed lines are read from a terminal, and also from a pipe or a file (#16: piped input was ignored
+    without a word); not from /dev/null or another device (a service, a test harness)."""
+    try:
+        if sys.stdin is None or sys.stdin.closed:
+            return False
+        if sys.stdin.isatty():
+            return True
+        import stat
+
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
 def _read_commands(app: Any, quit_flag: threading.Event) -> None:
-    """Typed lines on a terminal: text turns and a few commands (/quit, /reset, /mute, /tts, /mode, /file)."""
+    """Typed lines (a terminal, a pipe or a file): text turns and a few commands (/quit, /reset, /mute, /tts,
+    /mode, /file). The end of a terminal's input (Ctrl-D) quits; the end of a pipe or file only ends the
+    reading: the turns it gave are answered, and the assistant goes on with its audio input."""
+    tty = sys.stdin.isatty()
     for line in sys.stdin:
         line = line.strip()
         if not line:
@@ -218,6 +237,9 @@ def _read_commands(app: Any, quit_flag: threading.Event) -> None:
                 )
         except Exception as err:  # noqa: BLE001 - a bad command is one line, never the end of the session
             print(f"error: {strip_controls(str(err))}", file=sys.stderr)
+    else:
+        if not tty:
+            return  # end of a pipe/file: nothing more to read, nothing to quit for
     quit_flag.set()
 
 
@@ -230,6 +252,8 @@ def run(app: Any, out: TextIO | None = None, read_stdin: bool = False) -> int:
     printer._line(f"voiceassist · {strip_controls(app.description)} · mode {app.mode}")
     quit_flag = threading.Event()
     if read_stdin:
+        if not sys.stdin.isatty():
+            printer._line("-- reading typed turns and /commands from standard input (one per line)")
         threading.Thread(target=_read_commands, args=(app, quit_flag), name="va-plain-stdin", daemon=True).start()
     while True:
         try:

@@ -109,8 +109,11 @@ def run(args: argparse.Namespace) -> int:
         if tui is not None:
             rc = int(tui.run(app, config) or 0)
         else:
+            from voiceassist.audio.chatter import ChatterFilter
+
             human = sys.stderr if args.events == "-" else sys.stdout
-            rc = plain.run(app, human, read_stdin=sys.stdin.isatty())
+            with ChatterFilter():  # #16: ALSA/PortAudio's own lines off the terminal, everything else shown
+                rc = plain.run(app, human, read_stdin=plain.stdin_has_input())
     finally:
         app.stop()
         if writer is not None:
