@@ -16,7 +16,6 @@ library does this; the pattern of the ALSA handler is the usual one for libasoun
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import re
@@ -46,11 +45,9 @@ def quiet_alsa() -> bool:
         return True
     if _debug():
         return False
-    name = ctypes.util.find_library("asound")
-    if not name:
-        return False
     try:
-        lib = ctypes.CDLL(name)
+        # The soname directly: ctypes.util.find_library runs ldconfig (or gcc) in a subprocess.
+        lib = ctypes.CDLL("libasound.so.2")
         # void handler(const char *file, int line, const char *function, int err, const char *fmt, ...):
         # the variadic tail is never read, so a fixed prototype is safe on the callee side.
         proto = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
