@@ -243,6 +243,9 @@ def describe(data: dict[str, Any], path: Path, now: float | None = None) -> list
             f"health:     {health.get('rss_kb', 0) / 1024:.0f} MB resident, {health.get('events_queued', 0)} "
             f"events and {health.get('turns_queued', 0)} turns queued, {health.get('overflows', 0)} "
             f"overflows, {health.get('dropped_blocks', 0)} dropped blocks"
+            # #16: freezes of the process (the device kept) and turns storage could not keep
+            + (f", {health['stalls']} stalls" if health.get("stalls") else "")
+            + (f", {health['storage_failed_turns']} turns not stored" if health.get("storage_failed_turns") else "")
         )
     lines.append(f"status:     {path}")
     return lines
