@@ -704,3 +704,16 @@ def test_piped_stdin_in_plain_mode_is_read(tmp_path):
     utt = [r for r in records if r["type"] == "utterance"]
     assert utt and utt[0]["text"] == "What is two plus two?", records[-5:]
     assert rc == 0 and "reading typed turns" in err, err[-2000:]
+
+
+def test_check_config_refuses_a_system_prompt_surely_too_long(tmp_path):
+    """``voiceassist kiosk --check-config`` loads no model: a prompt longer than 16 characters per token of the
+    room left is refused there already (exit 2, one line); a normal one passes."""
+    conf = tmp_path / "big.toml"
+    conf.write_text('[generation]\nsystem_prompt = "' + "Be nice. " * 20000 + '"\n')  # 180 kB, under the 1 MB cap
+    r = _run("kiosk", "--check-config", "--config", str(conf), timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "shorten generation.system_prompt" in r.stderr
+    conf.write_text('[generation]\nsystem_prompt = "Be nice."\n')
+    r = _run("kiosk", "--check-config", "--config", str(conf), timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("configuration OK"), r.stdout + r.stderr

@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if args.check_config:
         from voiceassist.kiosk.status import status_path
         from voiceassist.kiosk.storage import Store
+        from voiceassist.model.budget import check_system_prompt_without_model
 
+        check_system_prompt_without_model(config)  # #16: a prompt surely too long for the context, without the model
         store = Store.from_config(config.kiosk)  # ConfigError when the folder is not writable
         where = f"storing in {store.folder}" if store else "nothing stored"
         from voiceassist.textsafe import safe_display

@@ -53,6 +53,23 @@ def check_system_prompt(tokens: int, context_limit: int, max_new_tokens: int, ap
         )
 
 
+def check_system_prompt_without_model(config: Any) -> None:
+    """For ``--check-config`` (no model, no tokenizer loaded): refuse a system prompt that is too long for
+    certain, counting at most MAX_CHARS_PER_TOKEN characters per token (a lower bound on its tokens); the exact
+    check runs when the model is loaded."""
+    limit = config.model.context_limit
+    if config.server.url:
+        limit = min(limit, config.server.context_limit)
+    at_least = len(config.generation.system_prompt) // MAX_CHARS_PER_TOKEN
+    room = system_prompt_room(limit, config.generation.max_new_tokens)
+    if at_least > room:
+        raise ConfigError(
+            f"the system prompt ({len(config.generation.system_prompt)} characters) is more than {room} tokens "
+            f"whatever the tokenizer; with a context of {limit} tokens no turn would fit: shorten "
+            "generation.system_prompt"
+        )
+
+
 def check_session(session: Any, requested_limit: int, max_new_tokens: int) -> None:
     """At start, for the local Session: say when the context limit was capped; refuse a system prompt that
     cannot fit. ``requested_limit``: model.context_limit (--context-limit) as configured."""
