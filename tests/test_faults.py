@@ -212,7 +212,8 @@ def test_running_kiosk_survives_a_nested_config_on_sighup_and_a_second_kiosk_is_
         after = read_status(status)
         assert after is not None and after["pid"] == k.proc.pid and after["started_unix"] == before["started_unix"]
 
-        rc, _took = k.terminate(timeout=5)
+        # (the 5 s stop promise is tested in test_kiosk.py; on a loaded machine the stop alone can take longer)
+        rc, _took = k.terminate(timeout=30)
         assert rc == 0
     finally:
         k.kill()
