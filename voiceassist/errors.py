@@ -60,3 +60,11 @@ class SpeechError(VoiceAssistError):
     """Speech output failed: no speech engine, an engine that crashed or hung, an unknown voice."""
 
     exit_code = 7
+
+
+class ModelSettingError(ModelError):
+    """A model setting this machine cannot run: not enough memory for the model at this dtype and context, bf16
+    asked on a GPU without native bf16, quantization on a CPU. Exit 2, like any bad setting: the message names
+    the setting that would work."""
+
+    exit_code = 2
