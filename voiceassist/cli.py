@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "say",
     "kiosk",
     "status",
+    "doctor",
 )
 
 

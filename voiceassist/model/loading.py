@@ -110,7 +110,8 @@ def plan_load(mc: ModelConfig, path: str | None) -> LoadPlan:
             notes.append(
                 f"context limit lowered from {context} to {fits} tokens to fit the {memory.gb(free)} free on "
                 f"{device} (weights {memory.gb(need.weights_bytes)} + {need.kv_bytes_per_token / MiB:g} MiB of KV "
-                f"cache per token); free memory or use a smaller --quantization for the full context"
+                f"cache per token); for the full context, free memory"
+                + (" or use --quantization 4bit" if device.startswith("cuda") and mc.quantization != "4bit" else "")
             )
             context = fits
         else:
