@@ -166,7 +166,9 @@ def test_language_hint_and_sampling_reach_the_server(fake):
 def test_sampling_as_configured_or_as_the_model_ships_reaches_the_server(fake):
     c = make_config(fake.url)
     shipped = dataclasses.replace(c.generation, temperature=-1.0, top_p=-1.0, top_k=-1, repetition_penalty=-1.0)
-    RemoteBackend(dataclasses.replace(c, generation=shipped)).reply(UserTurn(text="hi"), lambda s: None, threading.Event())
+    RemoteBackend(dataclasses.replace(c, generation=shipped)).reply(
+        UserTurn(text="hi"), lambda s: None, threading.Event()
+    )
     body = fake.requests[-1]
     # Nothing configured: no sampling field at all, so vLLM applies the model's generation_config.json, as the
     # local session does.
