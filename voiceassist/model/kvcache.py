@@ -99,7 +99,9 @@ class KVCache:
                     raise RuntimeError(
                         f"the static cache holds {self.static_len} positions, not {self.length + len(ids)}"
                     )
-                extra["cache_position"] = torch.arange(self.length, self.length + len(ids), device=self.device)
+                # The positions, explicitly (transformers 5.24's StaticLayer keeps its own write offset,
+                # cumulative_length, which _rewind keeps equal to self.length).
+                extra["position_ids"] = torch.arange(self.length, self.length + len(ids), device=self.device)[None]
             out = self._lm(inputs_embeds=embeds, use_cache=True, **{self._kw: self._cache}, **extra)
             return self._head(out.last_hidden_state[:, -1])[0]
 
@@ -115,7 +117,7 @@ class KVCache:
         return self._static
 
     def _decode_fn(self, embeds: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        out = self._lm(inputs_embeds=embeds, use_cache=True, cache_position=position, **{self._kw: self._static})
+        out = self._lm(inputs_embeds=embeds, use_cache=True, position_ids=position[None], **{self._kw: self._static})
         return self._head(out.last_hidden_state[:, -1])[0]
 
     def _compiled_step(self, token: int) -> torch.Tensor | None:
@@ -145,6 +147,7 @@ class KVCache:
         """Keep the first ``n`` positions of every layer."""
         if self.static_len is not None:  # positions beyond the length are never attended to; overwritten later
             self.length = min(self.length, n)
+            self._rewind(self.length)
             return
         if self._cache is not None:
             for layer in getattr(self._cache, "layers", []):
@@ -168,6 +171,16 @@ class KVCache:
         rewound): its contents are forgotten, and marks taken before no longer match."""
         self._cache, self.length = None, 0
         self._epoch = object()
+        self._rewind(0)
+
+    def _rewind(self, n: int) -> None:
+        """Static mode: set every layer's write offset (transformers' StaticLayer.cumulative_length, a tensor with
+        a static address: changed in place) to ``n``, so the next write lands right after the kept prefix and the
+        attention mask covers exactly the first ``n`` positions plus the new ones."""
+        for layer in getattr(self._static, "layers", None) or []:
+            offset = getattr(layer, "cumulative_length", None)
+            if getattr(layer, "is_initialized", False) and isinstance(offset, torch.Tensor):
+                offset.fill_(n)
 
     def mark(self) -> tuple[Any, int]:
         """A point to come back to with :meth:`restore`."""
@@ -182,6 +195,8 @@ class KVCache:
         if cache is not None and cache is current:
             self.crop(length)  # a failure inside a forward may leave some layers longer than others
             self.length = length
+            if self.static_len is not None:
+                self._rewind(length)
         else:
             self.drop()
 
