@@ -386,7 +386,7 @@ def _load(path: str | None, mc: ModelConfig, device: str, dtype: Any, need: int 
             processor = AutoProcessor.from_pretrained(path)
             model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
             if "device_map" not in kwargs and device != "cpu":
-                model = model.to(device)
+                model = model.to(device)  # type: ignore[arg-type]
     except torch.cuda.OutOfMemoryError:
         raise ModelError(_oom_message(device, need)) from None
     except ModelError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,13 +85,8 @@ def quantized_linear_names(model: Any) -> list[str]:
 
 
 def should_quantize(name: str) -> bool:
-    try:
-        from transformers.quantizers.quantizers_utils import should_convert_module
-    except ImportError:  # pragma: no cover - older transformers: the same rule, written out
-
-        def should_convert_module(full_name: str, patterns: list[str] | None = None) -> bool:
-            boundary = r"(?:(?<=\.)|(?=\.|$))"
-            return not any(re.match(rf"(?:{k}){boundary}", full_name) or full_name.endswith(k) for k in patterns or [])
+    """transformers' own matching (quantizers_utils.should_convert_module) of ``name`` against the skip list."""
+    from transformers.quantizers.quantizers_utils import should_convert_module
 
     return bool(should_convert_module(name, list(QUANT_SKIP_MODULES)))
 

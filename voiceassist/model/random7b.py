@@ -88,7 +88,7 @@ def build_random_7b(processor: Any, device: str, dtype: Any, quantization: str =
             else:
                 param = nn.Parameter(value, requires_grad=False)
             module._parameters[pname] = param
-    model.to(device)  # the buffers (the parameters are there already)
+    model.to(device)  # type: ignore[arg-type]  # the buffers (the parameters are there already)
     model.generation_config = generation_config_for(processor.tokenizer)
     return model.eval()
 
