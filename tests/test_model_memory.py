@@ -208,3 +208,15 @@ def test_doctor_json_reports_the_model_and_a_verdict(capsys, monkeypatch):
     out = json.loads(capsys.readouterr().out)
     assert code == 1 and out["fits"] is False and out["model"]["kv_bytes_per_token"] == 1024 * 1024
     assert any("not enough memory" in line for line in out["advice"]), out["advice"]
+
+
+def test_gpu_loading_without_accelerate_is_one_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    from voiceassist.errors import ModelError
+
+    with pytest.raises(ModelError) as info:  # before any weight is read: no GPU is touched
+        loading._load("/nonexistent", ModelConfig(), "cuda:0", torch.bfloat16)
+    assert "accelerate" in str(info.value) and "pip install 'voiceassist[model]'" in str(info.value)
