@@ -96,6 +96,10 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     out: dict = {"config": name, "load_s": load_s, "notes": notes, "description": session.description}
     out["rss_after_load"] = rss_bytes()
     out["rss_load_delta"] = out["rss_after_load"] - rss0
+    print(
+        f"  {name}: loaded in {load_s:.0f} s, RSS {out['rss_after_load'] / 1e9:.2f} GB ({session.description})",
+        flush=True,
+    )
     if cuda:
         out["gpu_after_load"] = torch.cuda.memory_allocated(args.device)
 
@@ -116,7 +120,11 @@ def measure(args: argparse.Namespace, name: str) -> dict:
         out["ttft"][secs] = r.ttft_s
         if r.n_tokens > 1:
             decode.append(r.tok_per_s)
-        print(f"  {name}: {secs:g} s audio → ttft {r.ttft_s:.2f} s, {r.tok_per_s:.2f} tok/s", flush=True)
+        print(
+            f"  {name}: {secs:g} s audio → ttft {r.ttft_s:.2f} s (thread CPU {session.last_cpu_ttft_s:.2f} s),"
+            f" {r.tok_per_s:.2f} tok/s, RSS {rss_bytes() / 1e9:.2f} GB",
+            flush=True,
+        )
     out["tok_per_s"] = float(np.median(decode)) if decode else 0.0
     if args.context_probe:
         # Resident memory per 1k tokens of context: a text turn of about that many tokens on a fresh conversation.
