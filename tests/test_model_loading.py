@@ -95,6 +95,10 @@ def test_bad_model_folders_are_one_line_errors(tmp_path):
     _one_line_model_error(config(name=str(llama)), "llama model, not Qwen2-Audio")
     (llama / "config.json").write_text("{not json")
     _one_line_model_error(config(name=str(llama)), "bad JSON")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "qwen2_audio", "text_config": {"model_type": "nope"}}))
+    _one_line_model_error(config(name=str(odd)), "cannot read the model config")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir(), broken)
     (broken / "model.safetensors").write_bytes(b"\0" * 100)  # a truncated download

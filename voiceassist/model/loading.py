@@ -96,7 +96,13 @@ def plan_load(mc: ModelConfig, path: str | None) -> LoadPlan:
     device = resolve_device(mc.device)
     _check_quantization(mc, device)
     _check_attention(mc, device)
-    cfg = model_config(mc.name, path)
+    try:
+        cfg = model_config(mc.name, path)
+    except Exception as err:  # noqa: BLE001 - a config.json transformers cannot read: one line, not a traceback
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ModelError(
+            f"cannot read the model config in {path} ({first}); re-download the model, or use --model tiny"
+        ) from None
     notes: list[str] = []
     dtype = resolve_dtype(mc.dtype, device, mc.name, cfg, mc.context_limit, notes)
     dname = _DTYPE_NAME[str(dtype)]
