@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "say",
     "kiosk",
     "status",
+    "doctor",
 )
 
 

@@ -128,10 +128,18 @@ class VadConfig:
 class ModelConfig:
     """The local Qwen2-Audio model."""
 
-    name: str = _f("Qwen/Qwen2-Audio-7B-Instruct", "hub id, local folder, or 'tiny' (offline random-weight model)")
+    name: str = _f(
+        "Qwen/Qwen2-Audio-7B-Instruct",
+        "hub id, local folder, 'tiny' (offline random-weight model) or 'random-7b' (the 7B's full shape,"
+        " random weights, built in memory: for measuring memory and speed)",
+    )
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = _f(
-        "auto", "auto = bfloat16 on GPU, float32 on CPU", choices=("auto", "float32", "bfloat16", "float16")
+        "auto",
+        "auto = bfloat16 on a GPU with native bf16 (compute capability 8.0+), else float16; on CPU bfloat16 where"
+        " the CPU has it natively, else float32 if it fits in RAM, else bfloat16 (float32 is exact; bf16 rounding"
+        " can change a greedy reply)",
+        choices=("auto", "float32", "bfloat16", "float16"),
     )
     attn_implementation: str = _f("sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2"))
     quantization: str = _f(
@@ -142,6 +150,13 @@ class ModelConfig:
     )
     trimmed_encoder: bool = _f(True, "encode only the audio that exists, not 30 s of padding (exact)")
     speculative_prefill: bool = _f(True, "prefill during the hang-over, rolled back if speech resumes (exact)")
+    # auto stays off on CUDA until scripts/bench_gpu.py has measured it faster there (no GPU has run it yet).
+    compile: str = _f(
+        "auto",
+        "static KV cache + torch.compile'd decode step (greedy ids equal eager); auto = off until measured faster"
+        " on CUDA (scripts/bench_gpu.py); a failing compile falls back to eager",
+        choices=("auto", "on", "off"),
+    )
 
 
 @dataclass(frozen=True)
@@ -149,8 +164,18 @@ class GenerationConfig:
     """How replies are generated."""
 
     max_new_tokens: int = _f(512, "longest reply", unit="tokens", lo=1, hi=8192)
-    temperature: float = _f(0.7, "sampling temperature; 0 = greedy", lo=0.0, hi=2.0)
-    top_p: float = _f(0.9, "nucleus sampling mass; 0 = greedy", lo=0.0, hi=1.0)
+    # The sampling settings default to the model's own (its generation_config.json), as vLLM applies them.
+    temperature: float = _f(
+        -1.0, "sampling temperature; 0 = greedy; -1 = as the model ships (generation_config.json)", lo=-1.0, hi=2.0
+    )
+    top_p: float = _f(-1.0, "nucleus sampling mass; 0 = greedy; -1 = as the model ships", lo=-1.0, hi=1.0)
+    top_k: int = _f(-1, "sample from the k likeliest tokens; 0 = off; -1 = as the model ships", lo=-1, hi=1000000)
+    repetition_penalty: float = _f(
+        -1.0,
+        "penalty on every id already in the conversation (transformers' and vLLM's); 1 = off; -1 = as the model ships",
+        lo=-1.0,
+        hi=10.0,
+    )
     seed: int = _f(-1, "random seed for sampling; -1 = not fixed", lo=-1, hi=2**31 - 1)
     system_prompt: str = _f("You are a helpful assistant.", "system prompt; kept when old turns are dropped")
     language: str = _f("", "reply-language hint, e.g. 'English' or 'French'; empty = the user's language")

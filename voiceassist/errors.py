@@ -82,3 +82,11 @@ class OutputError(VoiceAssistError):
     on; this is the exit code it ends with."""
 
     exit_code = 8
+
+
+class ModelSettingError(ModelError):
+    """A model setting this machine cannot run: not enough memory for the model at this dtype and context, bf16
+    asked on a GPU without native bf16, quantization on a CPU. Exit 2, like any bad setting: the message names
+    the setting that would work."""
+
+    exit_code = 2

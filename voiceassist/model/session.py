@@ -33,7 +33,7 @@ from voiceassist.config import GenerationConfig
 from voiceassist.errors import BackendError
 from voiceassist.model import encoder, features
 from voiceassist.model.chunking import SAMPLE_RATE, split_long_audio
-from voiceassist.model.decoding import IncrementalDetokenizer, Sampler
+from voiceassist.model.decoding import IncrementalDetokenizer, Sampler, resolve_sampling, sampling_defaults
 from voiceassist.model.kvcache import KVCache
 from voiceassist.model.prompt import PromptBuilder, UserMessage
 
@@ -108,6 +108,9 @@ class Session:
         context_limit: int = 8192,
         trimmed_encoder: bool = True,
         description: str = "",
+        shipped_sampling: dict[str, Any] | None = None,
+        compile: bool = False,
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
         self.model = model
         self.processor = processor
@@ -127,14 +130,23 @@ class Session:
         self.description = description or f"{type(model).__name__} · {self.device} · {str(self.dtype)[6:]}"
         tok = self.tokenizer.convert_tokens_to_ids
         self._end_ids = {tok(t) for t in END_TOKENS}
+        # Sampling as the model ships it (generation_config.json), the configured values over it.
+        shipped = sampling_defaults(model) if shipped_sampling is None else shipped_sampling
+        self.sampling = resolve_sampling(self.generation, shipped)
+        self._vocab = int(self._embed.weight.shape[0])
         self._sampler = Sampler(
-            self.generation.temperature,
-            self.generation.top_p,
+            self.sampling,
             self.generation.seed,
             [tok(t) for t in STRUCTURAL_TOKENS],
             self.device,
+            vocab_limit=len(self.tokenizer),  # the embedding may be padded beyond the tokenizer (7B: 156032)
         )
-        self._kv = KVCache(model, self._builder.audio_token_id)
+        self._kv = KVCache(
+            model,
+            self._builder.audio_token_id,
+            static_len=self.context_limit if compile else None,
+            on_note=on_note,
+        )
         self._lock = threading.RLock()
         self._turns: list[TurnRecord] = []
         self._dropped_total = 0
@@ -299,6 +311,7 @@ class Session:
         self.last_logits = []
         reply: list[int] = []
         interrupted = False
+        seen = self._seen_ids()  # the repetition penalty's ids: the whole conversation, as generate sees it
         t_first: float | None = None
         t_last = t0
         while True:
@@ -307,7 +320,9 @@ class Session:
                 break
             if self.keep_logits:
                 self.last_logits.append(self._sampler.mask(logits).cpu())
-            token = self._sampler(logits)
+            token = self._sampler(logits, seen)
+            if seen is not None:
+                seen[token] = True
             t_last = time.perf_counter()
             if t_first is None:
                 t_first = t_last
@@ -340,6 +355,16 @@ class Session:
             reply_ids=tuple(reply),
             dropped_turns=p.dropped,
         )
+
+    def _seen_ids(self) -> torch.Tensor | None:
+        """A [vocab] mask of the ids held (prompt and replies of every kept turn), or None without a penalty."""
+        if self.sampling.repetition_penalty == 1.0:
+            return None
+        seen = torch.zeros(self._vocab, dtype=torch.bool, device=self.device)
+        ids = [i for t in self._turns for i in (*t.prompt_ids, *t.reply_ids)]
+        if ids:
+            seen[torch.tensor(ids, dtype=torch.long, device=self.device)] = True
+        return seen
 
     def _encode(self, audios: Sequence[np.ndarray], cancel: threading.Event | None = None) -> list[torch.Tensor] | None:
         """Each audio's embeddings [N_i, hidden] (N_i = the processor's <|AUDIO|> count), encoded once; None

@@ -360,7 +360,6 @@ class RemoteBackend:
     def _body(self, turns: list[RemoteTurn], new: RemoteTurn) -> dict[str, Any]:
         assert self._model is not None
         gen = self._gen
-        greedy = gen.temperature == 0 or gen.top_p == 0
         body: dict[str, Any] = {
             "model": self._model,
             "messages": self._messages(turns, new),
@@ -368,8 +367,7 @@ class RemoteBackend:
             "stream_options": {"include_usage": True},
             # vLLM stops at the end of its context by itself; never ask for more than it could ever give.
             "max_tokens": min(gen.max_new_tokens, max(1, self._context_limit() - 1)),
-            "temperature": 0.0 if greedy else gen.temperature,
-            "top_p": 1.0 if greedy else gen.top_p,
+            **wire.sampling_fields(gen),
         }
         if gen.seed >= 0:
             body["seed"] = gen.seed
