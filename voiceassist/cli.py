@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "chat",
     "ask",
     "segment",
+    "wake",
     "devices",
     "make_tiny_model",
     "voices",
