@@ -60,14 +60,13 @@ class WakeModel:
 
 
 def _package_dir(engine: str) -> Path:
+    import importlib
+
     try:
-        if engine == "micro":
-            import pymicro_wakeword as pkg
-        else:
-            import pyopen_wakeword as pkg
+        pkg = importlib.import_module("pymicro_wakeword" if engine == "micro" else "pyopen_wakeword")
     except ImportError:
         raise ModelError(EXTRA_HINT) from None
-    return Path(pkg.__file__).parent
+    return Path(str(pkg.__file__)).parent
 
 
 def _check_tflite(path: Path, what: str) -> None:
@@ -241,23 +240,45 @@ class _OpenEngine:
 _ENGINES: dict[str, Callable[[WakeModel], Any]] = {"micro": _MicroEngine, "open": _OpenEngine}
 
 
+class Trigger:
+    """Threshold + refractory period over a stream of (time, score): the decision, apart from the engines (the
+    benchmark replays recorded scores through it at other thresholds)."""
+
+    def __init__(self, threshold: float, refractory_s: float) -> None:
+        self.threshold = threshold
+        self.refractory_s = refractory_s
+        self._quiet_until = float("-inf")  # no detection before this time, s
+
+    def fires(self, t: float, p: float) -> bool:
+        if p > self.threshold and t >= self._quiet_until:
+            self._quiet_until = t + self.refractory_s
+            return True
+        return False
+
+    def reset(self) -> None:
+        self._quiet_until = float("-inf")
+
+
 class WakeDetector:
     """Feed blocks of any length; get a :class:`Detection` at each threshold crossing, at most one per
     ``refractory_ms`` (the score stays high for a few hundred ms after a wake word)."""
 
     def __init__(self, model: WakeModel, threshold: float = 0.0, refractory_ms: int = 1500) -> None:
         self.model = model
-        self.threshold = threshold or model.cutoff  # 0 = the model's own cutoff
-        self.refractory_s = refractory_ms / 1000
+        self.trigger = Trigger(threshold or model.cutoff, refractory_ms / 1000)  # threshold 0 = the model's own
         self._engine: _Engine = _ENGINES[model.engine](model)
         self._carry = np.zeros(0, np.int16)  # samples not yet making a whole hop
         self._t_next = 0.0  # capture clock of the first carried sample, s
-        self._quiet_until = float("-inf")  # refractory: no detection before this capture-clock time, s
         self.peak = 0.0  # highest score since the last take_peak() (for meters and the benchmark)
+        self.trace: list[tuple[float, float]] | None = None  # set to a list to record every (t, score)
 
     @property
     def word(self) -> str:
         return self.model.word
+
+    @property
+    def threshold(self) -> float:
+        return self.trigger.threshold
 
     def process(self, block: AudioBlock) -> list[Detection]:
         """One block (16 kHz mono float32, any length) → the detections it completed, in time order."""
@@ -274,8 +295,9 @@ class WakeDetector:
             t_end = self._t_next + (i + 1) * hop / SAMPLE_RATE  # end of this hop on the capture clock
             for p in self._engine.step(pcm[i * hop : (i + 1) * hop].tobytes()):
                 self.peak = max(self.peak, p)
-                if p > self.threshold and t_end >= self._quiet_until:
-                    self._quiet_until = t_end + self.refractory_s
+                if self.trace is not None:
+                    self.trace.append((t_end, p))
+                if self.trigger.fires(t_end, p):
                     out.append(Detection(t=round(t_end, 6), word=self.model.word, probability=round(p, 4)))
         self._carry = pcm[n * hop :].copy()
         self._t_next += n * hop / SAMPLE_RATE
@@ -289,7 +311,7 @@ class WakeDetector:
         """Forget all audio (a new stream, or a device that came back)."""
         self._engine.reset()
         self._carry = np.zeros(0, np.int16)
-        self._quiet_until = float("-inf")
+        self.trigger.reset()
         self.peak = 0.0
 
 
