@@ -9,3 +9,21 @@
 - :mod:`voiceassist.wake.offline` — the same two over an audio file (``voiceassist wake``, ``segment
   --wake-word``).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from voiceassist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from voiceassist.config import Config
+
+
+def check_mode(config: Config) -> None:
+    """Push-to-talk takes no wake word (the key already says when the user is addressed): refuse the pair."""
+    if config.wake.word and config.ui.mode == "ptt":
+        raise ConfigError(
+            f"a wake word ([wake] word = {config.wake.word!r}) does not go with push-to-talk ([ui] mode = 'ptt'): "
+            "use --mode handsfree, or --wake-word '' to turn the wake word off"
+        )
