@@ -123,3 +123,16 @@ def test_a_missing_audio_file_is_one_line(capsys, tmp_path):
     assert main(["wake", str(tmp_path / "nope.wav"), "--wake-word", "okay_nabu"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_a_wake_word_with_push_to_talk_is_refused_in_one_line():
+    from voiceassist import config as cfg
+    from voiceassist.errors import ConfigError
+    from voiceassist.wake import check_mode
+
+    both = cfg.from_dict({"wake": {"word": "okay_nabu"}, "ui": {"mode": "ptt"}})
+    with pytest.raises(ConfigError) as err:
+        check_mode(both)
+    assert "push-to-talk" in str(err.value) and "--wake-word ''" in str(err.value)
+    check_mode(cfg.with_overrides(both, {"wake.word": ""}))  # the fix the message gives works
+    check_mode(cfg.with_overrides(both, {"ui.mode": "handsfree"}))
