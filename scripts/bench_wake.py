@@ -117,6 +117,30 @@ class Clip:
     question_start: float  # s (approximate for the same-breath clips)
 
 
+def word_gap(body: np.ndarray, wake_s: float) -> tuple[float, float]:
+    """(wake word's end, question's start), s into a same-breath rendering: the digital-silence gap espeak leaves
+    between words (20 ms frames below -60 dBFS) nearest the wake word's length when rendered alone (which is
+    longer: sentence-final lengthening); that length itself when there is no gap within 0.3 s."""
+    frame = 320
+    n = len(body) // frame
+    energy = 10 * np.log10((body[: n * frame].astype(np.float64).reshape(n, frame) ** 2).mean(axis=1) + 1e-10)
+    quiet = energy < -60
+    runs, i = [], 0
+    while i < n:
+        if quiet[i]:
+            j = i
+            while j < n and quiet[j]:
+                j += 1
+            runs.append((i * frame / SR, j * frame / SR))
+            i = j
+        else:
+            i += 1
+    near = [r for r in runs if abs(r[0] - wake_s) <= 0.3 or abs(r[1] - wake_s) <= 0.3]
+    if not near:
+        return wake_s, wake_s
+    return min(near, key=lambda r: min(abs(r[0] - wake_s), abs(r[1] - wake_s)))
+
+
 def make_positives(tmp: Path) -> list[Clip]:
     clips = []
     k = 0
@@ -129,19 +153,20 @@ def make_positives(tmp: Path) -> list[Clip]:
                         k += 1
                         wake = espeak_16k(phrase, tmp, voice, speed)
                         lead = silence(1.0)
+                        w0 = len(lead) / SR
                         if pause:
                             body = np.concatenate([wake, silence(PAUSE_S), espeak_16k(question, tmp, voice, speed)])
-                            q_start = len(lead) / SR + len(wake) / SR + PAUSE_S
+                            w_end, q_start = w0 + len(wake) / SR, w0 + len(wake) / SR + PAUSE_S
                         else:
                             body = espeak_16k(f"{phrase} {question}", tmp, voice, speed)
-                            q_start = len(lead) / SR + len(wake) / SR  # ≈: coarticulated, no gap
+                            w_end, q_start = word_gap(body, len(wake) / SR)
+                            w_end, q_start = w0 + w_end, w0 + q_start
                         x = np.concatenate([lead, body, silence(1.5)])
                         if noisy:
                             x = mix_at_snr(x, pink_noise(len(x) / SR, 0.05, seed=k), SNR_DB)
                         path = tmp / f"pos-{word}-{k}.wav"
                         sf.write(str(path), x, SR, subtype="FLOAT")
-                        w0 = len(lead) / SR
-                        clips.append(Clip(word, voice, speed, noisy, pause, path, w0, w0 + len(wake) / SR, q_start))
+                        clips.append(Clip(word, voice, speed, noisy, pause, path, w0, w_end, q_start))
     return clips
 
 
@@ -278,17 +303,18 @@ def run(args: argparse.Namespace) -> dict:
                 "neg_s": {k: v[1] for k, v in neg.items()},
             }
             # The live chain on the clips, at the model's own cutoff.
-            turns_ok = lost = residue = same_breath = 0
+            turns_ok = lost = residue = same_breath = gaps = 0
             for c, _ in pos:
                 _, segs, _ = gated_segments(str(c.path), VadConfig(), WakeConfig(word=word, engine=engine))
                 n_turns = len({s["turn"] for s in segs})
                 turns_ok += n_turns == 1
                 if n_turns == 1 and not c.pause and segs[0]["via"] == "wake":
                     same_breath += 1
+                    gaps += c.question_start > c.wake_end
                     cut = segs[0]["start"]
                     lost += cut - c.question_start > 0.05
                     residue += c.wake_end - cut > 0.1
-            r["words"][word]["turns"] = {"ok": turns_ok, "n": len(pos), "same_breath": same_breath}
+            r["words"][word]["turns"] = {"ok": turns_ok, "n": len(pos), "same_breath": same_breath, "gaps": gaps}
             r["words"][word]["cut"] = {"lost": lost, "residue": residue}
             r["words"][word]["cpu_per_s"] = cpu / audio
             r["words"][word]["lookalikes"] = {t: per_t[cutoff]["fa_n"][t] for t in LOOKALIKES[word]}
@@ -350,7 +376,8 @@ def report(res: dict, command: str) -> str:
             lines.append(
                 f"- `{word}` at its own cutoff: detection {lag} after the wake word's end; the live chain "
                 f"(`segment --wake-word`) made exactly one turn of {t['ok']}/{t['n']} clips; of "
-                f"{t['same_breath']} same-breath turns, {cut['lost']} lost > 50 ms of the question at the cut and "
+                f"{t['same_breath']} same-breath turns ({t['gaps']} with a gap between the words to check against), "
+                f"{cut['lost']} lost > 50 ms of the question at the cut and "
                 f"{cut['residue']} kept > 100 ms of the wake word; CPU {w['cpu_per_s']:.4f} s per s of audio. "
                 "Look-alikes that fired (of "
                 + str(len(VOICES) * len(SPEEDS))
