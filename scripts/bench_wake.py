@@ -291,12 +291,17 @@ def run(args: argparse.Namespace) -> dict:
                 fa_n = {name: len(fired(tr, th)) for name, (tr, dur) in neg.items()}
                 fa_n["lookalike"] = sum(n for name, n in fa_n.items() if name in LOOKALIKES[word])
                 per_t[th] = {"hits": hits, "fa_h": fa, "fa_n": fa_n}
-            lags = []
+            lags, spans = [], []
             for c, trace in pos:
                 ts = [t for t in fired(trace, cutoff) if c.wake_start <= t <= c.wake_end + 1.0]
                 if ts:
                     lags.append(ts[0] - c.wake_end)
+                # How long the score stays above the cutoff around one wake word: what refractory_ms must cover.
+                above = [t for t, p in trace if p > cutoff and c.wake_start <= t <= c.wake_end + 1.0]
+                if above:
+                    spans.append(above[-1] - above[0])
             r["words"][word] = {
+                "spans": spans,
                 "cutoff": cutoff,
                 "per_t": per_t,
                 "lags": lags,
@@ -344,12 +349,17 @@ def report(res: dict, command: str) -> str:
         f"Negatives: {neg['speech'] / 60:.0f} min of espeak sentences without the wake word (half in noise), "
         f"{len(LOOKALIKES['okay_nabu']) * len(VOICES) * len(SPEEDS)} look-alike utterances per word, "
         f"{neg['music'] / 60:.0f} min of synthetic music. "
-        "False accepts are per hour of that audio (look-alikes: count in brackets).",
+        "False accepts are per hour of that audio; the look-alike column counts utterances. A 0 per hour "
+        "over N min means fewer than 180/N per hour (95 % upper bound), not none.",
         "",
     ]
     for engine, r in res["engines"].items():
+        speech_min = next(iter(r["words"].values()))["neg_s"]["speech"] / 60
+        music_min = next(iter(r["words"].values()))["neg_s"]["music"] / 60
         lines += [
             f"### engine `{engine}`",
+            "",
+            f"False accepts scored on {speech_min:.0f} min of speech and {music_min:.0f} min of music per word.",
             "",
             "| word | threshold | detected: all | quiet | 10 dB noise | pause | same breath | FA/h speech "
             "| FA look-alikes | FA/h music |",
@@ -372,6 +382,8 @@ def report(res: dict, command: str) -> str:
         for word, w in r["words"].items():
             lags = w["lags"]
             lag = f"median {np.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms" if lags else "none"
+            if w["spans"]:
+                lag += f" (score above the cutoff for up to {max(w['spans']) * 1000:.0f} ms)"
             t, cut = w["turns"], w["cut"]
             lines.append(
                 f"- `{word}` at its own cutoff: detection {lag} after the wake word's end; the live chain "
