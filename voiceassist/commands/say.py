@@ -52,8 +52,8 @@ def write_file(tts: TtsConfig, text: str, path: Path) -> None:
     when the new one is complete."""
     import soundfile as sf
 
-    from voiceassist.speech.engine import SynthWorker
     from voiceassist.speech.sentences import speakable
+    from voiceassist.speech.synth_client import SynthWorker
 
     fmt = sf.available_formats()
     if path.suffix.lstrip(".").upper() not in fmt:

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     load_config(args)  # a bad configuration is reported even here
-    from voiceassist.speech.engine import SynthWorker
+    from voiceassist.speech.synth_client import SynthWorker
 
     worker = SynthWorker()
     try:
