@@ -128,11 +128,11 @@ def test_a_missing_audio_file_is_one_line(capsys, tmp_path):
 def test_a_wake_word_with_push_to_talk_is_refused_in_one_line():
     from voiceassist import config as cfg
     from voiceassist.errors import ConfigError
-    from voiceassist.wake import check_mode
+    from voiceassist.wake import check_config
 
     both = cfg.from_dict({"wake": {"word": "okay_nabu"}, "ui": {"mode": "ptt"}})
     with pytest.raises(ConfigError) as err:
-        check_mode(both)
+        check_config(both)
     assert "push-to-talk" in str(err.value) and "--wake-word ''" in str(err.value)
-    check_mode(cfg.with_overrides(both, {"wake.word": ""}))  # the fix the message gives works
-    check_mode(cfg.with_overrides(both, {"ui.mode": "handsfree"}))
+    check_config(cfg.with_overrides(both, {"wake.word": ""}))  # the fix the message gives works
+    check_config(cfg.with_overrides(both, {"ui.mode": "handsfree"}))

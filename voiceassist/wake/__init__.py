@@ -20,9 +20,16 @@ if TYPE_CHECKING:
     from voiceassist.config import Config
 
 
-def check_mode(config: Config) -> None:
-    """Push-to-talk takes no wake word (the key already says when the user is addressed): refuse the pair."""
-    if config.wake.word and config.ui.mode == "ptt":
+def check_config(config: Config) -> None:
+    """Before anything slow loads: the wake word's model resolves (one-line ConfigError / ModelError, also for a
+    missing extra), and push-to-talk, which takes no wake word (the key already says when the user is
+    addressed), is not asked for with it."""
+    if not config.wake.word:
+        return
+    from voiceassist.wake.detector import resolve
+
+    resolve(config.wake.word, config.wake.engine)
+    if config.ui.mode == "ptt":
         raise ConfigError(
             f"a wake word ([wake] word = {config.wake.word!r}) does not go with push-to-talk ([ui] mode = 'ptt'): "
             "use --mode handsfree, or --wake-word '' to turn the wake word off"

@@ -61,9 +61,12 @@ class WakeListener:
         self._detections.clear()
 
     # ---- the gate -----------------------------------------------------------------------------------------
-    def detections(self, t: float) -> tuple[list[Detection], list[GateMessage]]:
-        """The detections since the last call and what the gate made of them; also the clock tick at ``t``."""
+    def detections(self, t: float, hear: bool = True) -> tuple[list[Detection], list[GateMessage]]:
+        """The detections since the last call and what the gate made of them, then the clock tick at ``t``.
+        ``hear`` False (muted, push-to-talk): they are dropped unheard."""
         found, self._detections = self._detections, []
+        if not hear:
+            found = []
         out: list[GateMessage] = []
         for d in found:
             out += self.gate.on_detection(d)
