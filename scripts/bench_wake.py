@@ -398,6 +398,7 @@ def report(res: dict, command: str) -> str:
                 + "."
             )
         lines.append("")
+    lines += defaults_paragraph(res)
     lines += [
         "How espeak limits these figures: every clip is one synthesiser (a handful of formant voices, no breath, no "
         "room, no accent or age range, identical renderings at identical settings), so the detection rates say "
@@ -410,6 +411,39 @@ def report(res: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def defaults_paragraph(res: dict) -> list[str]:
+    """Why the [wake] defaults are what they are, from this run's figures."""
+    eng = res["engines"]
+    if "micro" not in eng:
+        return []
+    micro = eng["micro"]["words"]
+    nabu = micro["okay_nabu"]
+    low, own = nabu["per_t"][0.5], nabu["per_t"][nabu["cutoff"]]
+    span = max(max(w["spans"]) for w in micro.values() if w["spans"])
+    text = (
+        "Defaults from these figures: `threshold = 0` (each model's own cutoff): lowering it buys detections at "
+        f"a steep price in look-alikes (okay_nabu at 0.5: {rate(low['hits'])[0]}/40 detected and "
+        f"{low['fa_n']['lookalike']} look-alike accepts; at its own {nabu['cutoff']}: "
+        f"{rate(own['hits'])[0]}/40 and {own['fa_n']['lookalike']}). `refractory_ms = 1500`: the score stays above "
+        f"the cutoff for up to {span * 1000:.0f} ms around one wake word, so one utterance never fires twice."
+    )
+    if "open" in eng:
+        ow = eng["open"]["words"]
+        cpu_ratio = np.mean([w["cpu_per_s"] for w in ow.values()]) / np.mean([w["cpu_per_s"] for w in micro.values()])
+        better = [
+            w
+            for w in ow
+            if rate(ow[w]["per_t"][ow[w]["cutoff"]]["hits"])[0] > rate(micro[w]["per_t"][micro[w]["cutoff"]]["hits"])[0]
+        ]
+        text += (
+            f' `engine = "micro"`: the open engine costs {cpu_ratio:.0f}× the CPU, fires later (okay_nabu median '
+            f"{np.median(ow['okay_nabu']['lags']) * 1000:.0f} ms after the word against "
+            f"{np.median(nabu['lags']) * 1000:.0f} ms, too late for the same-breath cut) and heard more on espeak "
+            f'only for {", ".join(better) or "no word"}; `engine = "open"` is there for such voices.'
+        )
+    return [text, ""]
 
 
 def write_section(bench: Path, text: str) -> None:
