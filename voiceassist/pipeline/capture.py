@@ -165,6 +165,8 @@ class CaptureStage:
                 self._ptt_step()
                 if block is not None:
                     self._on_block(block)
+                elif self.wake is not None:
+                    self._wake_messages(self._wake_detections(self.clock()))  # no audio: windows still close
             except Exception as err:  # noqa: BLE001 - a bug on one block must not end listening
                 message = f"audio processing failed: {one_line(err)}"
                 if message != last_error:  # once, not once per block
@@ -511,6 +513,9 @@ class CaptureStage:
             blocks, self._rec, self._recording_s = self._rec, None, None
             self._finish_recording(blocks)
         self._hearing = False
+        if self.wake is not None:
+            # No more input: no window can be used, and nothing will tick this clock any more.
+            self._wake_messages(self.wake.gate.stopped(self._last_end_t))
         self.input_ended.set()
         self._report(self._last_end_t, detail="end of input", force=True)
         self._on_input_ended()
