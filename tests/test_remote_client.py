@@ -200,6 +200,7 @@ def test_speculate_sends_the_coming_request_and_adds_nothing(fake):
     before = backend.turns
     turn = UserTurn(audios=(tone(2.0, 600),))
     backend.speculate(turn, threading.Event())
+    backend.wait_speculation()  # it runs on its own thread (the worker is free at once); reply() waits too
     assert backend.turns == before and fake.requests[-1]["max_tokens"] == 1
     backend.reply(turn, lambda s: None, threading.Event())
     assert fake.requests[-1]["messages"] == fake.requests[-2]["messages"]  # the warmed prefix is the real one

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -211,6 +212,16 @@ class ServerConfig:
     retries: int = _f(
         5, "quick retries with backoff per send; then an error line, and the turn is sent again later", lo=0, hi=100
     )
+    # #16: a server that accepts and never answers must not stall a turn for timeout_s.
+    connect_timeout_s: float = _f(5.0, "give up opening a connection after this long", unit="s", lo=0.1, hi=600.0)
+    first_byte_timeout_s: float = _f(
+        10.0,
+        "give up when the server has not begun its answer (HTTP headers) after this long; then timeout_s "
+        "applies between the pieces of the reply",
+        unit="s",
+        lo=0.1,
+        hi=3600.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -327,17 +338,53 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
             return Config()
         path = candidate
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist; check the --config path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {p} cannot be read ({err}); check its permissions and encoding") from None
+    text = _read_bounded(p)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {p} is not valid TOML: {err}") from None
-    return from_dict(data, str(p))
+    except RecursionError:  # tomllib parses nested arrays/tables recursively (#16: 500 levels in ~1 KB)
+        raise ConfigError(
+            f"config file {p} nests arrays or tables too deeply to parse; a configuration needs at most 2 levels"
+        ) from None
+    try:
+        return from_dict(data, str(p))
+    except RecursionError:  # a value nested just below the parser's limit, met while validating it
+        raise ConfigError(f"config file {p} nests a value too deeply; settings are plain values") from None
+
+
+# A configuration is a few kB; anything past this is not one (#16: `--config /dev/zero` grew to 14.5 GB).
+CONFIG_MAX_BYTES = 1_000_000
+
+
+def _read_bounded(p: Path) -> str:
+    """The text of the config file ``p``: a regular file of at most CONFIG_MAX_BYTES, UTF-8; else ConfigError."""
+    try:
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+            raise ConfigError(f"config file {p} is {kind}; point --config at a TOML file")
+        # O_NONBLOCK: a path swapped for a FIFO between the stat and the open must not block the start.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"config file {p} is not a regular file; point --config at a TOML file")
+            raw = f.read(CONFIG_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist; check the --config path") from None
+    except OSError as err:
+        raise ConfigError(f"config file {p} cannot be read ({err.strerror or err}); check its permissions") from None
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise ConfigError(
+            f"config file {p} is over {CONFIG_MAX_BYTES // 1000} kB, too large for a configuration; "
+            "check the --config path"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:

@@ -75,3 +75,10 @@ def quietly(fn: Callable[[], object]) -> None:
         fn()
     except Exception:  # noqa: BLE001
         pass
+
+
+class OutputError(VoiceAssistError):
+    """An output the user asked for could not be written (``--events`` on a full disk, #16). The assistant goes
+    on; this is the exit code it ends with."""
+
+    exit_code = 8

@@ -78,10 +78,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         app.start()
         if tui is not None:
-            return int(tui.run(app, config) or 0)
-        human = sys.stderr if args.events == "-" else sys.stdout
-        return plain.run(app, human, read_stdin=sys.stdin.isatty())
+            rc = int(tui.run(app, config) or 0)
+        else:
+            from voiceassist.audio.chatter import ChatterFilter
+
+            human = sys.stderr if args.events == "-" else sys.stdout
+            with ChatterFilter():  # #16: ALSA/PortAudio's own lines off the terminal, everything else shown
+                rc = plain.run(app, human, read_stdin=plain.stdin_has_input())
     finally:
         app.stop()
         if writer is not None:
             writer.close()
+    if writer is not None:
+        writer.check()  # --events could not be written: the run went on, the exit code says it (8)
+    return rc

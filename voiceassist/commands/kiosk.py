@@ -62,10 +62,15 @@ def run(args: argparse.Namespace) -> int:
     if args.check_config:
         from voiceassist.kiosk.status import status_path
         from voiceassist.kiosk.storage import Store
+        from voiceassist.model.budget import check_system_prompt_without_model
 
+        check_system_prompt_without_model(config)  # #16: a prompt surely too long for the context, without the model
         store = Store.from_config(config.kiosk)  # ConfigError when the folder is not writable
         where = f"storing in {store.folder}" if store else "nothing stored"
-        print(f"configuration OK ({args.config or 'defaults'}; {where}; status file {status_path(config.kiosk)})")
+        from voiceassist.textsafe import safe_display
+
+        line = f"configuration OK ({args.config or 'defaults'}; {where}; status file {status_path(config.kiosk)})"
+        print(safe_display(line))
         return 0
     from voiceassist.kiosk.daemon import Kiosk
 

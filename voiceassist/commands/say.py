@@ -79,7 +79,9 @@ def write_file(tts: TtsConfig, text: str, path: Path) -> None:
     except (OSError, RuntimeError, sf.LibsndfileError) as err:
         tmp.unlink(missing_ok=True)
         raise AudioFileError(f"cannot write {path}: {err}") from None
-    print(f"wrote {path} ({len(samples) / rate:.1f} s, {rate} Hz)")
+    from voiceassist.textsafe import safe_display
+
+    print(f"wrote {safe_display(path)} ({len(samples) / rate:.1f} s, {rate} Hz)")
 
 
 def speak(tts: TtsConfig, text: str, output_device: str) -> None:

@@ -89,18 +89,21 @@ def segment_file(path: str, vad_config: Any, block_ms: int = 20) -> tuple[float,
 
 
 def run(args: argparse.Namespace) -> int:
+    from voiceassist.textsafe import safe_display
+
     config = load_config(args, _VAD_FLAGS)
     if _wake_on(args, config):
         return _run_wake(args, config)
+    name = safe_display(args.file)  # a file name is untrusted text on a terminal (#16)
     duration, segments = segment_file(args.file, config.vad, config.audio.block_ms)
     if args.json:
         print(json.dumps({"file": args.file, "duration_s": round(duration, 3), "segments": segments}))
         return 0
     if not segments:
-        print(f"{args.file}: {duration:.2f} s, no speech found")
+        print(f"{name}: {duration:.2f} s, no speech found")
         return 0
     turns = len({s["turn"] for s in segments})
-    print(f"{args.file}: {duration:.2f} s, {len(segments)} segment(s) in {turns} turn(s)")
+    print(f"{name}: {duration:.2f} s, {len(segments)} segment(s) in {turns} turn(s)")
     print(f"{'#':>3}  {'start':>8}  {'end':>8}  {'length':>7}  {'turn':>4}  reason")
     for i, s in enumerate(segments, start=1):
         print(f"{i:>3}  {s['start']:>8.2f}  {s['end']:>8.2f}  {s['duration']:>6.2f}s  {s['turn']:>4}  {s['reason']}")
@@ -137,8 +140,10 @@ def _run_wake(args: argparse.Namespace, config: Any) -> int:
             json.dumps({"file": args.file, "duration_s": round(duration, 3), "segments": segments, "detections": wakes})
         )
         return 0
+    from voiceassist.textsafe import safe_display
+
     turns = len({s["turn"] for s in segments})
-    print(f"{args.file}: {duration:.2f} s, {len(detections)} wake word(s), {turns} turn(s)")
+    print(f"{safe_display(args.file)}: {duration:.2f} s, {len(detections)} wake word(s), {turns} turn(s)")
     if segments:
         print(f"{'#':>3}  {'wake':>8}  {'start':>8}  {'end':>8}  {'length':>7}  {'turn':>4}  via")
     for i, s in enumerate(segments, start=1):

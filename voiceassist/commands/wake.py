@@ -61,10 +61,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"file": args.file, "duration_s": round(duration, 3), "detections": rows}))
         return 0
+    from voiceassist.textsafe import safe_display
+
+    name = safe_display(args.file)  # a file name is untrusted text on a terminal
     if not rows:
-        print(f"{args.file}: {duration:.2f} s, no wake word heard")
+        print(f"{name}: {duration:.2f} s, no wake word heard")
         return 0
-    print(f"{args.file}: {duration:.2f} s, {len(rows)} detection(s)")
+    print(f"{name}: {duration:.2f} s, {len(rows)} detection(s)")
     print(f"{'time':>8}  {'probability':>11}  word")
     for r in rows:
         print(f"{r['time']:>8.2f}  {r['probability']:>11.3f}  {r['word']}")

@@ -122,6 +122,7 @@ class Kiosk:
             raise
         finally:
             self.status.update(state=AssistantState.STOPPED, detail="")
+            self.status.close()  # the status file's lock: another kiosk may use it now
             root.removeHandler(handler)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -190,6 +191,9 @@ class Kiosk:
             watchdog_interval_s() or HEALTH_EVERY_S,
             self._on_dead,
         )
+        # The loop's beat counts from now: a model load longer than the 30 s loop check (35 s seen on a loaded
+        # 2-core machine) made the first heartbeat take the loop for dead and the kiosk exit 1 (#16).
+        self._loop_beat = time.monotonic()
         heartbeat.start()
         self._greet()
         try:
@@ -375,6 +379,10 @@ class Kiosk:
         except VoiceAssistError as err:
             self.status.error(f"configuration not reloaded: {err}", "config")
             log.error("configuration not reloaded, still running with the previous one: %s", err)
+        except Exception as err:  # #16: whatever a bad file makes the loader raise, SIGHUP never kills the kiosk
+            msg = f"{type(err).__name__}: {' '.join(str(err).split())}"
+            self.status.error(f"configuration not reloaded: {msg}", "config")
+            log.error("configuration not reloaded (%s), still running with the previous one", msg)
         else:
             self.config = new
             self.lines.redact = not (new.kiosk.store_transcripts or self.args.log_text)
@@ -449,7 +457,9 @@ class Kiosk:
             "blocks": getattr(stats, "blocks", 0),
             "dropped_blocks": getattr(stats, "dropped_blocks", 0),
             "overflows": getattr(stats, "overflows", 0),
+            "stalls": getattr(stats, "stalls", 0),  # #16: freezes of this process, the device kept
             "threads": threading.active_count(),
+            "storage_failed_turns": getattr(self._recorder, "failed_turns", 0),  # #16: best-effort storage
         }
 
     def _on_dead(self, names: list[str]) -> None:

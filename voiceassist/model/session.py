@@ -365,8 +365,13 @@ class Session:
         """
         counts = [e.shape[0] for e in embeds]
         prompt = self._builder.turn_ids(self.system_prompt, [t.message for t in self._turns], message, counts)
-        if self.context_tokens + len(prompt) + max_new <= self.context_limit:
+        # What the reply is sure to get; more only while the context has it (never at the history's cost).
+        reserve = max(1, min(max_new, int(self.context_limit * conversation.REPLY_SHARE)))
+        room = self.context_limit - self.context_tokens - len(prompt)
+        if room >= max_new:
             return prompt, 0, max_new
+        if room >= reserve:  # the history fits: keep all of it, the reply gets the room left
+            return prompt, 0, self._capped(max_new, room)
         # Drop whole turns, oldest first, until the rest fits the trim target. Sizes are estimated from the
         # current ids (re-rendering shifts only the system message and audio numbers: a few tokens), then the
         # kept turns are re-rendered exactly and the room left is checked exactly.
@@ -374,7 +379,7 @@ class Session:
         keep = list(self._turns)
         size = sum(len(t.prompt_ids) + len(t.reply_ids) for t in keep)
         dropped = 0
-        while keep and size + len(prompt) + max_new > target:
+        while keep and size + len(prompt) + reserve > target:
             gone = keep.pop(0)
             size -= len(gone.prompt_ids) + len(gone.reply_ids)
             dropped += 1
@@ -388,11 +393,35 @@ class Session:
         prompt = self._builder.turn_ids(self.system_prompt, [t.message for t in self._turns], message, counts)
         room = self.context_limit - self.context_tokens - len(prompt)
         if room < 1:
+            positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+            # #16: "raise --context-limit" is no advice when the limit is already the model's whole context.
+            advice = (
+                f"send shorter audio (the model's whole context is {self.context_limit} tokens)"
+                if positions is not None and self.context_limit >= positions
+                else "send shorter audio or raise --context-limit"
+            )
             raise BackendError(
                 f"this turn needs {len(prompt)} tokens, more than the context limit of "
-                f"{self.context_limit} allows; send shorter audio or raise --context-limit"
+                f"{self.context_limit} allows; {advice}"
             )
-        return prompt, dropped, min(max_new, room)
+        return prompt, dropped, self._capped(max_new, room) if room < max_new else max_new
+
+    def _capped(self, max_new: int, room: int) -> int:
+        """``room`` (< max_new): the reply's cap this turn; said once per session (a log warning: the plain
+        and kiosk front ends show it, the TUI's stderr capture too). getattr: kept out of __init__ (#14 edits it)."""
+        if not getattr(self, "_cap_warned", False):
+            self._cap_warned = True
+            import logging
+
+            logging.getLogger("voiceassist.model").warning(
+                "max_new_tokens %d does not fit the context now: this reply may have up to %d tokens (context "
+                "limit %d, %d in use); earlier turns are kept",
+                max_new,
+                room,
+                self.context_limit,
+                self.context_limit - room,
+            )
+        return room
 
     def _renumbered(self, turns: list[TurnRecord]) -> list[TurnRecord]:
         """``turns`` as the first turns of a conversation: prompts re-rendered (audio numbers, system prompt)."""
