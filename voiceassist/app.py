@@ -58,6 +58,7 @@ from voiceassist.pipeline.frontend import EchoPolicy, ProcessorChain, TurnGate
 from voiceassist.pipeline.messages import (
     MODES,
     CaptureControl,
+    CaptureReport,
     ModelControl,
     ResetConversation,
     SetMode,
@@ -68,6 +69,7 @@ from voiceassist.pipeline.messages import (
     SpeculationRequest,
     StopSpeaking,
     TurnRequest,
+    WakeKey,
 )
 from voiceassist.pipeline.model import ModelStage
 from voiceassist.pipeline.queues import EventStream, TurnQueue
@@ -155,6 +157,17 @@ class App:
             stop=self._stop,
             on_idle=self._check_done,
         )
+        # The wake word (issue 13): its detector runs last in the processor chain (after an echo canceller, so the
+        # assistant's own voice cannot wake it); the capture stage puts its gate behind the segmenter.
+        wake = None
+        if config.wake.word:
+            from voiceassist.wake import check_config
+            from voiceassist.wake.live import WakeListener
+
+            check_config(config)
+            wake = WakeListener.from_config(config, playback=self.speech)
+            processors = ProcessorChain([*(processors.processors if processors else []), wake])
+        self._wake_on = wake is not None
         echo = EchoPolicy(
             self.speech,
             enabled=source.is_device,
@@ -179,6 +192,8 @@ class App:
             processors=processors,
             gate=gate,
             detector=detector,
+            wake=wake,
+            cancel_reply=lambda reason: self.model.cancel(reason),
         )
         # A backend that reports its own retries (RemoteBackend.on_status, however deeply wrapped) shows them
         # in the status line of every front end.
@@ -201,7 +216,8 @@ class App:
             th = threading.Thread(target=target, name=name, daemon=True)
             th.start()
             self._threads.append(th)
-        self.status.report()
+        # With a wake word the assistant starts waiting for it (the capture stage reports every change after).
+        self.status.report(CaptureReport(waiting_for_wake=True) if self._wake_on else None)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ordered shutdown within ``timeout`` s: input (capture, source), then model (cancel, worker), then
@@ -264,6 +280,10 @@ class App:
         """ "handsfree" (VAD segments) or "ptt" (push-to-talk: the key records)."""
         if mode != "handsfree" and mode != "ptt":
             raise ConfigError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
+        if mode == "ptt" and self._wake_on:
+            raise ConfigError(
+                "push-to-talk is off while a wake word is set: the key stops a reply and stands in for it"
+            )
         self._mode = mode
         self._ptt_key.clear()
         self.capture.control.put(SetMode("ptt" if mode == "ptt" else "handsfree"))
@@ -288,6 +308,11 @@ class App:
     def ptt_press(self) -> None:
         """Push-to-talk key down: start recording (repeated presses while recording change nothing). A press
         while the assistant speaks interrupts it."""
+        if self._wake_on and self._mode == "handsfree" and not self._muted:
+            # With a wake word the key stands in for it: it stops a reply (thinking or speaking; the capture
+            # stage does the stopping, as for the wake word) and listens.
+            self.capture.control.put(WakeKey(self.clock()))
+            return
         if self._mode != "ptt" or self._muted:
             return
         if self.speech.output_on() and self.speech.speaking():

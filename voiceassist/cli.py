@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "chat",
     "ask",
     "segment",
+    "wake",
     "devices",
     "make_tiny_model",
     "voices",

@@ -250,6 +250,40 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class WakeConfig:
+    """Wake word (kiosk): answer only when addressed."""
+
+    word: str = _f(
+        "",
+        "wake word: empty = off (every utterance is a turn); a built-in name (okay_nabu, hey_jarvis, alexa,"
+        " hey_mycroft) or a path to a microWakeWord .json model (or an openWakeWord .tflite)",
+    )
+    engine: str = _f(
+        "micro", "detector for a built-in name: pymicro-wakeword or pyopen-wakeword", choices=("micro", "open")
+    )
+    threshold: float = _f(
+        0.0, "detection score cutoff; 0 = the model's own (okay_nabu 0.85, hey_jarvis 0.97, ...)", lo=0.0, hi=0.999
+    )
+    refractory_ms: int = _f(
+        1500,
+        "after a detection, no other for this long (the score stays high after a wake word)",
+        unit="ms",
+        lo=0,
+        hi=10000,
+    )
+    listen_s: float = _f(
+        5.0, "after the wake word alone, speech that starts within this is the turn", unit="s", lo=0.5, hi=60.0
+    )
+    follow_up_s: float = _f(
+        5.0,
+        "after a reply, speech that starts within this needs no wake word; 0 = always needed",
+        unit="s",
+        lo=0.0,
+        hi=300.0,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: one section per table in config.toml."""
 
@@ -261,6 +295,7 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
 
 
 _TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}

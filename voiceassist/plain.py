@@ -31,6 +31,7 @@ from voiceassist.events import (
     Status,
     Token,
     UtteranceEvent,
+    Wake,
 )
 from voiceassist.textsafe import strip_controls
 
@@ -172,7 +173,12 @@ class PlainPrinter:
                 return
             self._state = ev.state
             detail = f": {strip_controls(ev.detail)}" if ev.detail else ""
-            self._line(f"-- {ev.state.replace('_', ' ')}{detail}")
+            waiting = ev.state == AssistantState.WAITING_FOR_WAKE
+            label = "waiting for wake word" if waiting else ev.state.replace("_", " ")
+            self._line(f"-- {label}{detail}")
+        elif isinstance(ev, Wake):
+            what = "stop" if ev.action == "stop" else "listening"
+            self._line(f"-- wake word: {strip_controls(ev.word)} ({ev.probability:.2f}), {what}")
 
 
 def describe_turn(ev: UtteranceEvent) -> str:

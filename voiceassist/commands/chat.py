@@ -38,11 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--events", metavar="PATH", help="write every event as a JSON line to PATH (- = stdout)")
     g.add_argument("--tts", action="store_true", help="speak the replies aloud")
+    from voiceassist.commands.wake import add_wake_args
+
+    add_wake_args(p, "answer only after this wake word: okay_nabu, hey_jarvis, alexa, hey_mycroft or a .json model")
     p.set_defaults(func=run)
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    return load_input_config(args, {"mode": "ui.mode"})
+    from voiceassist.commands.wake import WAKE_FLAGS
+    from voiceassist.wake import check_config
+
+    config = load_input_config(args, {"mode": "ui.mode", **WAKE_FLAGS})
+    check_config(config)  # a wake word with push-to-talk: one line, before anything loads
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

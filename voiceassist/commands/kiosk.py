@@ -43,11 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="validate the configuration and the storage folder, print one line, exit (0 = fine)",
     )
+    from voiceassist.commands.wake import add_wake_args
+
+    add_wake_args(p, "answer only after this wake word: okay_nabu, hey_jarvis, alexa, hey_mycroft or a .json model")
     p.set_defaults(func=run)
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    config = load_input_config(args, {"status_file": "kiosk.status_file"})
+    from voiceassist.commands.wake import WAKE_FLAGS
+
+    config = load_input_config(args, {"status_file": "kiosk.status_file", **WAKE_FLAGS})
     # Nobody presses a push-to-talk key at a kiosk: it always listens hands-free.
     return dataclasses.replace(config, ui=dataclasses.replace(config.ui, mode="handsfree"))
 

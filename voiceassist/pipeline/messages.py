@@ -114,7 +114,14 @@ class SetSpeculation:
     on: bool
 
 
-CaptureControl = SetMode | SetMuted | SetSpeculation | ReplyEnded
+@dataclass(frozen=True)
+class WakeKey:
+    """The push-to-talk key in hands-free mode with a wake word: it stands in for the wake word (stop, listen)."""
+
+    t: float  # capture clock, s
+
+
+CaptureControl = SetMode | SetMuted | SetSpeculation | ReplyEnded | WakeKey
 
 
 # ---- the speech stage's inbox (model stage, capture stage, App → speech stage; handled on the sender's thread)
@@ -170,6 +177,7 @@ class CaptureReport:
     device_lost: bool = False
     hearing: bool = False
     recording_s: float | None = None  # push-to-talk recording in progress: its length so far, s
+    waiting_for_wake: bool = False  # a wake word is set and the gate waits for it (speech alone is no turn)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ METER_LO_DB, METER_HI_DB = -60.0, 0.0  # dBFS range of the live input meter
 STATE_LABELS = {
     "starting": "starting",
     AssistantState.LISTENING: "listening",
+    AssistantState.WAITING_FOR_WAKE: "waiting for wake word",
     AssistantState.HEARING: "hearing speech",
     AssistantState.RECORDING: "recording",
     AssistantState.THINKING: "thinking",
@@ -79,7 +80,12 @@ class StatusModel:
                 self.hint = self.detail
             if event.state == AssistantState.MUTED:
                 self.muted = True
-            elif event.state in (AssistantState.LISTENING, AssistantState.HEARING, AssistantState.RECORDING):
+            elif event.state in (
+                AssistantState.LISTENING,
+                AssistantState.WAITING_FOR_WAKE,
+                AssistantState.HEARING,
+                AssistantState.RECORDING,
+            ):
                 self.muted = False
         elif isinstance(event, ev.UtteranceEvent):
             self.busy = True
