@@ -33,7 +33,8 @@ import numpy as np
 
 from voiceassist.config import TtsConfig
 from voiceassist.errors import DeviceError, SpeechError
-from voiceassist.speech.engine import SENTENCE_TIMEOUT_S, EngineUnavailable, SynthWorker
+from voiceassist.speech.engine import SENTENCE_TIMEOUT_S, EngineUnavailable, SynthWorker, VoiceMissing
+from voiceassist.speech.language import VoiceChoice, VoicePicker
 from voiceassist.speech.player import Player, Segment
 from voiceassist.speech.sentences import SentenceSplitter, speakable
 
@@ -62,7 +63,10 @@ class Speaker:
         *,
         sentence_timeout_s: float = SENTENCE_TIMEOUT_S,
         on_error: Callable[[str], None] | None = None,
+        detect_languages: bool = False,
     ) -> None:
+        """``detect_languages``: record each sentence's language also when an explicit voice reads it
+        (``voiceassist say --json``); with ``tts.voice = "auto"`` it is always detected."""
         self.tts = tts
         # producer: the speech thread (and feed() when overloaded); consumer: the App / UI status bar.
         self.errors: queue.Queue[str] = queue.Queue(maxsize=32)
@@ -70,7 +74,16 @@ class Speaker:
         # producer: feed()/end_reply() (the model worker thread); consumer: the speech thread. None = quit.
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=1024)
         self._player = Player(output_device if output_device != "" else None)
-        self._worker = SynthWorker(tts.voice, tts.rate, tts.volume, sentence_timeout_s)
+        auto = tts.voice.strip().lower() == "auto"
+        self._worker = SynthWorker("" if auto else tts.voice, tts.rate, tts.volume, sentence_timeout_s)
+        # The language → voice policy (speech thread only); None: the configured voice, nothing detected.
+        self._picker: VoicePicker | None = None
+        if auto or detect_languages:
+            self._picker = VoicePicker(auto, _codes(tts.languages), _codes(tts.auto_voices), report=self._note)
+        self._picker_starts = 0  # the worker start the picker's voice list comes from
+        self._choices: dict[int, list[tuple[str, VoiceChoice]]] = {}  # turn → (sentence, its voice), recent turns
+        # Messages about the choice of voice (also on `errors`): speech goes on, with the default voice.
+        self.notes: set[str] = set()
         self._lock = threading.Lock()  # guards everything below; taken before the player's lock, never after
         self._turn: int | None = None
         self._splitter = SentenceSplitter()
@@ -192,6 +205,11 @@ class Speaker:
             time.sleep(0.01)
         return False
 
+    def voice_choices(self, turn: int) -> list[tuple[str, VoiceChoice]]:
+        """The sentences of ``turn`` synthesised so far, each with the voice (and language) that read it."""
+        with self._lock:
+            return list(self._choices.get(turn, ()))
+
     @property
     def worker_pid(self) -> int | None:
         """The synthesis worker's process id (None while it is not running)."""
@@ -201,6 +219,11 @@ class Speaker:
     def engine(self) -> str:
         """The engine in use, e.g. "pyttsx3/espeak" ("" before the worker has started)."""
         return self._worker.engine
+
+    @property
+    def default_voice(self) -> str:
+        """The engine's default voice id ("" when it does not say or has not started)."""
+        return self._worker.default_voice
 
     @property
     def voice_error(self) -> str:
@@ -244,6 +267,11 @@ class Speaker:
     def _run(self) -> None:
         self._start_worker()
         self._open_device()
+        if self._picker is not None:
+            try:
+                self._picker.detector.load()  # ~0.6 s once, here rather than at the first sentence
+            except Exception:  # noqa: BLE001  (the picker reports it at the first sentence and uses the default voice)
+                pass
         self._ready.set()
         next_check = 0.0
         while True:
@@ -292,6 +320,30 @@ class Speaker:
             self._report(f"speech output: {err}; replies continue in text")
             return False
 
+    @property
+    def _auto_voice(self) -> bool:
+        return self._picker is not None and self._picker.auto
+
+    def _pick(self, text: str) -> VoiceChoice:
+        """The voice for one sentence (the configured one when there is no picker)."""
+        if self._picker is None:
+            return VoiceChoice(self._worker.voice_id, "", None)
+        self._worker.start()  # the voice list is the running worker's (raises SpeechError like synthesize)
+        if self._worker.starts != self._picker_starts:  # a new worker: it may offer other voices
+            self._picker.set_voices(self._worker.voices(), self._worker.default_voice, self._worker.voice_id)
+            self._picker_starts = self._worker.starts
+        return self._picker.pick(text)
+
+    def _note(self, message: str) -> None:
+        self.notes.add(message)
+        self._report(message)
+
+    def _record(self, turn: int, sentence: str, choice: VoiceChoice) -> None:
+        with self._lock:
+            self._choices.setdefault(turn, []).append((sentence, choice))
+            for old in sorted(self._choices)[:-16]:  # the last few turns only
+                del self._choices[old]
+
     def _housekeeping(self) -> None:
         """Every HOUSEKEEPING_S: replace a dead worker early, notice a lost or stuck output device (drop what
         it would have played, so the App is not left waiting for "speaking" to end), release an idle one."""
@@ -314,7 +366,22 @@ class Speaker:
         device_ok = self._open_device()
         if text and device_ok and time.monotonic() >= self._engine_broken_until:
             try:
-                samples, rate = self._worker.synthesize(text)
+                choice = self._pick(text)
+                try:
+                    samples, rate = self._worker.synthesize(text, choice.voice if self._auto_voice else None)
+                except VoiceMissing as err:
+                    # Uninstalled while we run: the list we chose from is stale; ask the worker again (~10 ms).
+                    assert self._picker is not None
+                    self._picker.set_voices(self._worker.voices(), self._worker.default_voice, self._worker.voice_id)
+                    self._picker_starts = self._worker.starts
+                    self._picker.voice_missing(err.voice, choice.language)
+                    choice = self._picker.pick(text)
+                    try:
+                        samples, rate = self._worker.synthesize(text, choice.voice)
+                    except VoiceMissing:  # gone too: the default voice cannot be
+                        choice = VoiceChoice("", "", choice.language, "voices missing")
+                        samples, rate = self._worker.synthesize(text, "")
+                self._record(job.turn, job.text, choice)
             except SpeechError as err:
                 if isinstance(err, EngineUnavailable):
                     self._engine_broken_until = time.monotonic() + RETRY_BROKEN_S
@@ -330,3 +397,8 @@ class Speaker:
                 # A skipped sentence is queued empty: it counts as passed when reached, so the spoken text
                 # stays a prefix of the reply.
                 self._player.enqueue(Segment.make(job.turn, job.text, samples))
+
+
+def _codes(text: str) -> tuple[str, ...]:
+    """ "zh, en,yue" → ("zh", "en", "yue")."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
