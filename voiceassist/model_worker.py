@@ -25,6 +25,11 @@ from voiceassist.recording import level_profile, split_chunks
 from voiceassist.replytext import StreamStripper
 
 IDLE_POLL_S = 0.01  # s between looks at the control queue and speculation requests while idle
+# After a reply ends, ReplyDone waits this long at most for the speaker's report of the reply's first sound
+# (voice_latency_s). Usually the sound came long before; a short reply ends before its one sentence is
+# synthesised (~20-60 ms with espeak). One event with every figure beats a later correction event for whoever
+# logs turns; the bound keeps a stuck speech engine from holding up the next turn (it then reads null).
+VOICE_WAIT_S = 2.0
 
 
 class ModelWorker:
@@ -213,7 +218,18 @@ class ModelWorker:
             # Before ReplyDone: whoever sees the reply done must find its last words already queued (the
             # speaker "speaking"), not a gap in which the echo window looks closed.
             quietly(lambda: speaker.end_reply(number))
-        self._finish_reply(number, result, reason[0], stripper.text, first, picked, skew, turn, entry)
+        voice_t = self._first_sound(speaker, number, bool(result.interrupted))
+        self._finish_reply(number, result, reason[0], stripper.text, first, picked, skew, turn, entry, voice_t)
+
+    def _first_sound(self: Any, speaker: Any, number: int, interrupted: bool) -> float | None:
+        """Capture-clock time the reply's first sample reached the output device; None if not spoken."""
+        first_sound = getattr(speaker, "first_sound", None)
+        if first_sound is None:
+            return None
+        try:
+            return first_sound(number, 0.0 if interrupted else VOICE_WAIT_S, self._stop)
+        except Exception:  # noqa: BLE001 - a broken speaker: the reply simply has no voice figure
+            return None
 
     def _attempt(
         self: Any,
@@ -271,6 +287,7 @@ class ModelWorker:
         skew: float,
         turn: PendingTurn,
         entry: dict[str, Any],
+        voice_t: float | None = None,
     ) -> None:
         if not first:  # an empty reply: still one reply_start, so every turn's events have the same shape
             t = now()
@@ -279,6 +296,8 @@ class ModelWorker:
             self._put(ReplyStart(number, t - picked, latency, t=t + skew))
         ttft = first[0] - picked
         latency = None if turn.speech_end_t is None else first[0] + skew - turn.speech_end_t
+        # voice_t is on the monotonic clock like now(); + skew puts it on the capture clock (fast files).
+        voice = None if turn.speech_end_t is None or voice_t is None else voice_t + skew - turn.speech_end_t
         with self._lock:
             entry.update(
                 reply=text,
@@ -287,6 +306,7 @@ class ModelWorker:
                 tok_per_s=round(result.tok_per_s, 2),
                 ttft_s=round(ttft, 4),
                 latency_s=None if latency is None else round(latency, 4),
+                voice_latency_s=None if voice is None else round(voice, 4),
                 context_tokens=result.context_tokens,
                 speculated=bool(getattr(self.backend, "last_speculated", False)),
             )
@@ -305,6 +325,7 @@ class ModelWorker:
                 latency,
                 result.context_tokens,
                 bool(result.interrupted),
+                voice_latency_s=voice,
                 t=now() + skew,
             )
         )

@@ -43,6 +43,7 @@ MAX_AHEAD_S = 30.0  # synthesis waits while this much audio is already queued (b
 RETRY_BROKEN_S = 30.0  # after "no speech engine at all", try again this much later
 RETRY_DEVICE_S = 1.0  # after an output device failure, try to open it again this much later, s
 HOUSEKEEPING_S = 0.25  # how often the speech thread checks the worker and the device
+FIRST_SOUND_POLL_S = 0.005  # first_sound() looks this often; the figure itself is the callback's DAC time
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,29 @@ class Speaker:
     def first_heard(self, turn: int) -> float | None:
         """Capture-clock time the first sample of ``turn`` was heard (None before)."""
         return self._player.first_heard(turn)
+
+    def first_sound(self, turn: int, timeout: float, cancel: threading.Event | None = None) -> float | None:
+        """Capture-clock time the first sample of ``turn`` reaches the listener (PortAudio's DAC time of the
+        block that carries it), waiting up to ``timeout`` s for it; None at once when no sound of ``turn`` is to
+        come (stopped, nothing speakable, synthesis failed, no device), or at the timeout or ``cancel``.
+
+        Known as soon as the callback hands that block to the device (the DAC time is then ~one device latency
+        ahead), so the wait is the first sentence's synthesis at most, not its playback."""
+        deadline = time.monotonic() + timeout
+        while True:
+            t = self._player.first_heard(turn)
+            if t is not None:
+                return t
+            with self._lock:
+                gone = turn in self._stopped or self._closed.is_set()
+                pending = self._pending > 0
+            if gone or not (pending or self._player.sound_pending(turn)):
+                # The callback sets first_heard as it takes the samples (one lock): it may have done so since
+                # the first look above, so look once more.
+                return self._player.first_heard(turn)
+            if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+                return None
+            time.sleep(FIRST_SOUND_POLL_S)
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """Wait until the worker runs and the output device is pulling audio (for tests and benchmarks)."""

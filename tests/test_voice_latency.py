@@ -1,0 +1,152 @@
+"""Voice-to-voice latency: ``reply_done.voice_latency_s`` = end of speech (capture clock) → the first sample of the
+spoken reply at the output device (PortAudio's DAC time), null when not spoken; the TUI and plain mode show it.
+
+The App test runs real parts: espeak-ng speech played into a PulseAudio null sink whose monitor is the
+microphone, the tiny random-weight Qwen2-Audio (its replies are noise text, spoken anyway), the real Speaker
+playing into a second sink ("headset") whose monitor we record. The figure is checked against that recording:
+the reply's sound must start where speech_end_t + voice_latency_s says, within the recorder's jitter.
+Latency targets are benchmarks (scripts/bench_latency.py), not asserted here.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from support.pulse import MonitorRecorder
+from support.speech import silence, speech_16k
+
+from voiceassist import events as ev
+from voiceassist.app import App
+from voiceassist.audio.sources import MicrophoneSource
+from voiceassist.backend import open_backend
+from voiceassist.config import Config, TtsConfig, with_overrides
+from voiceassist.plain import PlainPrinter
+from voiceassist.speech import Speaker
+from voiceassist.tui.statusbar import StatusModel
+from voiceassist.tui.view import Conversation, plain_text
+
+SR = 16000
+
+
+def config(**overrides) -> Config:
+    values = {
+        "model.name": "tiny",
+        "generation.temperature": 0.0,
+        "generation.max_new_tokens": 12,
+        "tts.enabled": True,
+        "tts.rate": 260,
+    }
+    values.update(overrides)
+    return with_overrides(Config(), values)
+
+
+def collect(app: App, seconds: float, until) -> list:
+    got: list = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not until(got):
+        try:
+            e = app.events.get(timeout=0.02)
+        except queue.Empty:
+            continue
+        if e.kind != "level":
+            got.append(e)
+    return got
+
+
+def onset(audio: np.ndarray, t0: float, after: float) -> float | None:
+    """Capture-clock time of the first 10 ms frame louder than -40 dBFS RMS at or after ``after``."""
+    n = len(audio) // 160
+    lv = np.sqrt(np.mean(audio[: n * 160].reshape(n, 160) ** 2, axis=1))
+    start = max(0, int((after - t0) * 100))
+    loud = np.flatnonzero(lv[start:] > 0.01)
+    return None if not len(loud) else t0 + (start + loud[0]) / 100
+
+
+@pytest.mark.pulse
+@pytest.mark.slow
+def test_voice_latency_is_where_the_reply_is_heard(pulse, tmp_path, monkeypatch):
+    pulse.load_sink("va_out")
+    monkeypatch.setenv("PULSE_SINK", "va_out")  # the Speaker plays into the "headset"; the mic hears va_sink
+    cfg = config()
+    backend = open_backend(cfg)
+    speaker = Speaker(cfg.tts, cfg.audio.output_device)
+    assert speaker.wait_ready(20)
+    app = App(cfg, MicrophoneSource(None), backend, speaker=speaker)
+    wav = tmp_path / "q.wav"
+    sf.write(
+        wav, np.concatenate([silence(0.3), speech_16k("What is the weather like today?", tmp_path), silence(0.3)]), SR
+    )
+    rec = MonitorRecorder(pulse, "va_out")
+    app.start()
+    try:
+        pulse.play(str(wav))
+        evs = collect(app, 60, lambda e: any(x.kind == "reply_done" for x in e))
+        # then a typed turn: it has no end of speech, so no voice latency either
+        app.submit_text("And tomorrow?")
+        evs += collect(app, 60, lambda e: sum(x.kind == "reply_done" for x in e) == 2)
+        time.sleep(0.5)
+    finally:
+        app.stop()
+        audio = rec.stop()
+    utt = next(e for e in evs if e.kind == "utterance")
+    done = [e for e in evs if e.kind == "reply_done"]
+    assert len(done) == 2, [(e.kind, getattr(e, "message", "")) for e in evs if e.kind != "token"]
+    first = done[0]
+    heard = onset(audio, rec.t0, utt.speech_end_t)
+    print(f"speech_end_t={utt.speech_end_t:.3f} latency={first.latency_s} voice={first.voice_latency_s} heard={heard}")
+    assert first.voice_latency_s is not None and first.latency_s is not None
+    # The first sound comes after the first token (its sentence had to be decoded and synthesised) ...
+    assert first.voice_latency_s > first.latency_s
+    # ... and is where the recording of the output sink has it: parec adds ~10-30 ms, espeak starts with a few
+    # ms of near-silence; PulseAudio's reported latency may be off by a block or two.
+    assert heard is not None
+    assert -0.08 < heard - (utt.speech_end_t + first.voice_latency_s) < 0.2
+    assert first.to_json()["voice_latency_s"] == round(first.voice_latency_s, 6)
+    assert done[1].voice_latency_s is None and app.history()[0]["voice_latency_s"] == round(first.voice_latency_s, 4)
+
+
+def test_first_sound_is_none_at_once_when_nothing_will_sound(pulse):
+    sp = Speaker(TtsConfig(rate=300))
+    try:
+        assert sp.wait_ready(20)
+        sp.feed(1, "😀 🎉")  # nothing speakable
+        sp.end_reply(1)
+        t = time.monotonic()
+        assert sp.first_sound(1, 3.0) is None
+        assert time.monotonic() - t < 1.0  # not the timeout: it knew
+        sp.feed(2, "A real sentence.")
+        sp.end_reply(2)
+        t2 = sp.first_sound(2, 5.0)
+        assert t2 is not None and t2 == sp.first_heard(2)
+        assert sp.first_sound(3, 0.05) is None  # never fed: the timeout
+    finally:
+        sp.close()
+
+
+def test_plain_and_tui_show_the_voice_latency():
+    done = ev.ReplyDone(
+        turn=1, text="Hi.", n_tokens=2, tok_per_s=20.0, ttft_s=0.05, latency_s=0.612, voice_latency_s=0.734
+    )
+    out = io.StringIO()
+    PlainPrinter(out).handle(done)
+    assert "end of speech → first token 612 ms · → first sound 734 ms" in out.getvalue()
+    conv = Conversation()
+    conv.apply(ev.UtteranceEvent(turn=1, durations=(1.0,)))
+    conv.apply(ev.ReplyStart(turn=1, ttft_s=0.05, latency_s=0.612))
+    conv.apply(done)
+    assert "612 ms after speech · spoken 734 ms after speech · 2 tokens" in plain_text(conv.window(100, 24, 0)[0])
+    s = StatusModel(mode="handsfree", silence_warning_s=5.0, model="m", device="d")
+    s.apply(ev.ReplyStart(turn=1, ttft_s=0.05, latency_s=0.612))
+    s.apply(done)
+    assert "latency 612 ms · voice 734 ms" in plain_text([s.line1(100, 0.0)])
+    silent = ev.ReplyDone(turn=2, text="x", n_tokens=1, tok_per_s=1.0, ttft_s=0.1, latency_s=0.5)
+    s.apply(silent)
+    assert "voice" not in plain_text([s.line1(100, 0.0)])
+    out = io.StringIO()
+    PlainPrinter(out).handle(silent)
+    assert "first sound" not in out.getvalue()
