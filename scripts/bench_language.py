@@ -163,7 +163,7 @@ def main() -> int:
     print()
     head = "| detector | " + " | ".join(LANGS) + " | all | short | zh=yue | load | per sentence | p95 | memory |"
     print(head)
-    print("|" + "---|" * (len(LANGS) + 9))
+    print("|" + "---|" * (len(LANGS) + 8))
     for r in results:
         cells, total, short = [], 0, 0
         merged = 0

