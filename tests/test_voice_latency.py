@@ -150,3 +150,62 @@ def test_plain_and_tui_show_the_voice_latency():
     out = io.StringIO()
     PlainPrinter(out).handle(silent)
     assert "first sound" not in out.getvalue()
+
+
+# ---- the speculative first sentence on the speech side ------------------------------------------------------
+
+
+def wait_for(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return bool(cond())
+
+
+@pytest.mark.pulse
+def test_a_prepared_sentence_is_silent_until_fed_then_plays_without_synthesis(pulse):
+    sp = Speaker(TtsConfig(rate=300))
+    try:
+        assert sp.wait_ready(20)
+        rec = MonitorRecorder(pulse)
+        assert wait_for(lambda: len(rec.chunks) > 10, 10), "parec did not start recording"
+        sp.prepare("Here is the first sentence of the answer.")
+        assert wait_for(lambda: sp.prepared_count == 1, 10)
+        assert not sp.speaking()  # held, not speaking: the microphone is not muted for it
+        time.sleep(0.5)
+        quiet = rec.stop()
+        assert len(quiet) > 3200 and np.max(np.abs(quiet)) < 0.01, "a prepared sentence must not play before it is fed"
+        t_fed = time.monotonic()
+        sp.feed(1, "Here is the first sentence of the answer.")
+        sp.feed(1, " And the rest of it.")
+        sp.end_reply(1)
+        heard = sp.first_sound(1, 5.0)
+        print(f"fed → first sound {1000 * (heard - t_fed):.0f} ms (DAC time)")
+        assert heard is not None and sp.prepared_used == 1
+        assert wait_for(lambda: not sp.speaking(), 15)
+        assert sp.spoken_text(1) == "Here is the first sentence of the answer. And the rest of it."
+        # Rolled back (speech resumed): dropped, and the running language it set is put back.
+        sp.prepare("Bonjour tout le monde, voici la réponse.")
+        assert wait_for(lambda: sp.prepared_count == 2, 10)
+        sp.discard_prepared()
+        sp.feed(2, "Oui.")  # an unsure word follows the running language: English (reply 1), not French
+        sp.end_reply(2)
+        assert wait_for(lambda: not sp.speaking() and sp.voice_choices(2), 15)
+        assert sp.prepared_used == 1 and sp.voice_choices(2)[0][1].language == "en"
+        # A different first sentence than the one prepared: it is synthesised as usual, the prepared one dropped.
+        sp.prepare("Something else entirely.")
+        assert wait_for(lambda: sp.prepared_count == 3, 10)
+        sp.feed(3, "Not what was prepared.")
+        sp.end_reply(3)
+        assert sp.first_sound(3, 5.0) is not None and sp.prepared_used == 1
+        # stop() drops a prepared sentence too.
+        sp.prepare("Dropped by a stop.")
+        assert wait_for(lambda: sp.prepared_count == 4, 10)
+        sp.stop()
+        sp.feed(4, "Dropped by a stop.")
+        sp.end_reply(4)
+        assert sp.first_sound(4, 5.0) is not None and sp.prepared_used == 1
+    finally:
+        sp.close()

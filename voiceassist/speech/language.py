@@ -250,6 +250,15 @@ class VoicePicker:
         self._prior: str | None = locale_language(self.detector.languages)
         self.broken = ""  # why detection is off ("" = it works)
 
+    @property
+    def prior(self) -> str | None:
+        """The running language (a speculative sentence that was never spoken puts it back)."""
+        return self._prior
+
+    @prior.setter
+    def prior(self, value: str | None) -> None:
+        self._prior = value
+
     def set_voices(self, voices: Sequence[Voice], default_voice: str = "", fixed_voice: str = "") -> None:
         """The voices a (new) worker offers, its default voice and the configured voice's resolved id."""
         self._voices = [v for v in voices if v.id not in self._missing]

@@ -51,6 +51,20 @@ class _Job:
     epoch: int  # Speaker._epoch when queued; stale after stop()
     turn: int
     text: str  # exact slice of the reply
+    # "say": synthesise and play; "prepare": synthesise and hold (a speculative first sentence, see prepare());
+    # "discard": drop what is held. Only "say" jobs count as pending speech.
+    kind: str = "say"
+
+
+@dataclass
+class _Prepared:
+    """A sentence synthesised ahead of its reply (speech thread only)."""
+
+    epoch: int  # stop() drops it: a later epoch never uses it
+    text: str
+    samples: np.ndarray  # at the player's rate
+    choice: VoiceChoice
+    prior: str | None  # the voice picker's running language before it: restored if the sentence is dropped
 
 
 class Speaker:
@@ -85,6 +99,9 @@ class Speaker:
         self._choices: dict[int, list[tuple[str, VoiceChoice]]] = {}  # turn → (sentence, its voice), recent turns
         # Messages about the choice of voice (also on `errors`): speech goes on, with the default voice.
         self.notes: set[str] = set()
+        self._prepared: _Prepared | None = None  # see prepare(); speech thread only
+        self.prepared_count = 0  # sentences synthesised ahead (prepare) / played from that (tests, benchmarks)
+        self.prepared_used = 0
         self._lock = threading.Lock()  # guards everything below; taken before the player's lock, never after
         self._turn: int | None = None
         self._splitter = SentenceSplitter()
@@ -114,6 +131,20 @@ class Speaker:
                 return
             for sentence in self._splitter.feed(text):
                 self._put_locked(turn, sentence)
+
+    def prepare(self, sentence: str) -> None:
+        """Synthesise ``sentence`` now and hold it without playing (the speculative first sentence of a reply
+        not yet given): if the next sentence fed is exactly ``sentence``, it plays at once instead of being
+        synthesised then. Anything else fed first, :meth:`discard_prepared` or :meth:`stop` drops it (and the
+        voice picker's running language is put back). Not "speaking": the microphone is not muted for it."""
+        with self._lock:
+            if not self._closed.is_set():
+                self._put_control(_Job(self._epoch, -1, sentence, "prepare"))
+
+    def discard_prepared(self) -> None:
+        """Drop a sentence held by :meth:`prepare` (the speculation was rolled back: speech resumed)."""
+        with self._lock:
+            self._put_control(_Job(self._epoch, -1, "", "discard"))
 
     def end_reply(self, turn: int) -> None:
         """The reply is complete: speak its last partial sentence too."""
@@ -273,6 +304,12 @@ class Speaker:
         except queue.Full:
             self._report("speech output is falling behind the reply; a sentence was skipped")
 
+    def _put_control(self, job: _Job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            pass  # a prepared sentence is an optimisation: without it the sentence is synthesised when fed
+
     def _report(self, message: str) -> None:
         """One line for the status bar, once (until speech has worked again)."""
         if self._closed.is_set():
@@ -309,12 +346,17 @@ class Speaker:
             if job is None or self._closed.is_set():
                 return
             try:
-                self._speak(job)
+                if job.kind == "prepare":
+                    self._prepare(job)
+                elif job.kind == "discard":
+                    self._discard()
+                else:
+                    self._speak(job)
             except Exception as err:  # noqa: BLE001  (the speech thread must survive anything)
                 self._report(f"speech output failed: {err}; replies continue in text")
             finally:
                 with self._lock:
-                    if job.epoch == self._epoch:
+                    if job.epoch == self._epoch and job.kind == "say":
                         self._pending -= 1
 
     def _start_worker(self) -> bool:
@@ -380,13 +422,50 @@ class Speaker:
             self._device_broken_until = time.monotonic() + RETRY_DEVICE_S
         self._player.close_if_idle(IDLE_CLOSE_S)
 
+    def _prepare(self, job: _Job) -> None:
+        self._discard()
+        if job.epoch != self._epoch:
+            return
+        prior = self._picker.prior if self._picker is not None else None
+        samples, choice = self._synthesize(job.text)
+        if choice is not None and job.epoch == self._epoch:
+            self._prepared = _Prepared(job.epoch, job.text, samples, choice, prior)
+            self.prepared_count += 1
+
+    def _discard(self) -> None:
+        held, self._prepared = self._prepared, None
+        if held is not None and self._picker is not None:
+            self._picker.prior = held.prior
+
     def _speak(self, job: _Job) -> None:
         while self._player.queued_seconds() > MAX_AHEAD_S and job.epoch == self._epoch:
             time.sleep(0.05)
         if job.epoch != self._epoch:
+            self._discard()
             return
+        held, self._prepared = self._prepared, None
+        choice: VoiceChoice | None
+        if held is not None and held.text == job.text and held.epoch == job.epoch:
+            samples, choice = held.samples, held.choice  # synthesised during the hang-over: play it now
+            self.prepared_used += 1
+        else:
+            if held is not None and self._picker is not None:
+                self._picker.prior = held.prior  # that speculation did not come true
+            samples, choice = self._synthesize(job.text)
+        if choice is not None:
+            self._record(job.turn, job.text, choice)
+        with self._lock:
+            if job.epoch == self._epoch and not self._closed.is_set():
+                # A skipped sentence is queued empty: it counts as passed when reached, so the spoken text
+                # stays a prefix of the reply.
+                self._player.enqueue(Segment.make(job.turn, job.text, samples))
+
+    def _synthesize(self, sentence: str) -> tuple[np.ndarray, VoiceChoice | None]:
+        """``sentence`` as samples at the player's rate, and the voice that read it; empty samples and None when
+        there is nothing to say or speech failed (reported)."""
         samples = np.zeros(0, dtype=np.float32)
-        text = speakable(job.text)
+        choice: VoiceChoice | None = None
+        text = speakable(sentence)
         device_ok = self._open_device()
         if text and device_ok and time.monotonic() >= self._engine_broken_until:
             try:
@@ -405,8 +484,8 @@ class Speaker:
                     except VoiceMissing:  # gone too: the default voice cannot be
                         choice = VoiceChoice("", "", choice.language, "voices missing")
                         samples, rate = self._worker.synthesize(text, "")
-                self._record(job.turn, job.text, choice)
             except SpeechError as err:
+                choice = None
                 if isinstance(err, EngineUnavailable):
                     self._engine_broken_until = time.monotonic() + RETRY_BROKEN_S
                 self._report(f"{err}; replies continue in text")
@@ -416,11 +495,7 @@ class Speaker:
                     import soxr
 
                     samples = soxr.resample(samples, rate, self._player.rate).astype(np.float32)
-        with self._lock:
-            if job.epoch == self._epoch and not self._closed.is_set():
-                # A skipped sentence is queued empty: it counts as passed when reached, so the spoken text
-                # stays a prefix of the reply.
-                self._player.enqueue(Segment.make(job.turn, job.text, samples))
+        return samples, choice
 
 
 def _codes(text: str) -> tuple[str, ...]:
