@@ -209,3 +209,51 @@ def test_a_prepared_sentence_is_silent_until_fed_then_plays_without_synthesis(pu
         assert sp.first_sound(4, 5.0) is not None and sp.prepared_used == 1
     finally:
         sp.close()
+
+
+@pytest.mark.pulse
+@pytest.mark.slow
+def test_the_app_speaks_the_speculated_first_sentence_and_the_conversation_is_unchanged(pulse, tmp_path):
+    """A fast file (as `voiceassist chat --from-file F --fast`), speech on: every turn's first sentence is
+    decoded and synthesised during the hang-over and played from there; the replies are those of a run with
+    the first-sentence speculation off (greedy tiny model)."""
+    from voiceassist.audio.sources import FileSource
+
+    questions = ["What is the weather like today?", "Tell me a joke."]
+    parts = [silence(0.5)]
+    for q in questions:
+        parts += [speech_16k(q, tmp_path), silence(3.5)]
+    wav = tmp_path / "conversation.wav"
+    sf.write(wav, np.concatenate(parts), SR)
+    runs = {}
+    for ahead in (True, False):
+        # A long hang-over (2.5 s) leaves the speculation time even on a loaded 2-core machine (load average 10
+        # here has stretched the tiny model's prefill + 8 tokens to over 1 s).
+        overrides = {"tts.speculative_first_sentence": ahead, "generation.max_new_tokens": 8, "vad.hangover_ms": 2500}
+        cfg = config(**overrides)
+        backend = open_backend(cfg)
+        speaker = Speaker(cfg.tts, cfg.audio.output_device)
+        assert speaker.wait_ready(20)
+        app = App(cfg, FileSource(str(wav), realtime=False), backend, speaker=speaker)
+        evs: list = []
+        app.start()
+        try:
+            evs = collect(app, 120, lambda e: sum(x.kind == "reply_done" for x in e) == len(questions))
+            assert app.done.wait(30)
+        finally:
+            app.stop()
+            speaker.close()
+        done = [e for e in evs if e.kind == "reply_done"]
+        runs[ahead] = (
+            [h["reply"] for h in app.history()],
+            [e.voice_latency_s for e in done],
+            app.first_sentences_prepared,
+            speaker.prepared_used,
+        )
+        errors = [e.message for e in evs if e.kind == "error"]
+        print(ahead, runs[ahead], app.speculations_started, [h.get("speculated") for h in app.history()], errors)
+    replies, voice, prepared, used = runs[True]
+    assert replies == runs[False][0] and all(replies)  # the same conversation
+    assert prepared == used == len(questions)  # every first sentence was ready and played from the hang-over
+    assert runs[False][2] == runs[False][3] == 0
+    assert all(v is not None for v in voice) and all(v is not None for v in runs[False][1])

@@ -124,6 +124,7 @@ class App(CaptureThread, ModelWorker):
         self._speaking_turn = 0  # the turn whose reply the speaker was last fed
         self.echo_ignored = 0  # microphone utterances dropped as the assistant's own voice (a figure for tests)
         self.speculations_started = 0  # speculative prefills the worker began (a figure for tests)
+        self.first_sentences_prepared = 0  # speculative first sentences handed to the speaker (tests, benchmarks)
         # A turn whose backend failure is retryable is sent again after these pauses, s (doubling).
         self.retry_first_s = RETRY_FIRST_S
         self.retry_max_s = RETRY_MAX_S

@@ -183,6 +183,11 @@ class TtsConfig:
     auto_voices: str = _f(
         "", 'voices auto prefers for their language, e.g. "en-us, fr-be"; empty = each language\'s main voice'
     )
+    speculative_first_sentence: bool = _f(
+        True,
+        "during the hang-over, after the speculative prefill, decode and synthesise the reply's first sentence so "
+        "it plays as soon as the hang-over ends (exact: rolled back if speech resumes)",
+    )
     rate: int = _f(175, "speaking rate", unit="words/min", lo=50, hi=500)
     volume: float = _f(1.0, "speech volume", lo=0.0, hi=1.0)
     echo_tail_ms: int = _f(

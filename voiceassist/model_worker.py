@@ -23,6 +23,7 @@ from voiceassist.errors import BackendError, VoiceAssistError
 from voiceassist.events import Interrupted, ReplyDone, ReplyStart, Token, UtteranceEvent, now
 from voiceassist.recording import level_profile, split_chunks
 from voiceassist.replytext import StreamStripper
+from voiceassist.speech.sentences import first_sentence
 
 IDLE_POLL_S = 0.01  # s between looks at the control queue and speculation requests while idle
 # After a reply ends, ReplyDone waits this long at most for the speaker's report of the reply's first sound
@@ -102,11 +103,44 @@ class ModelWorker:
         self._spec_running = cancel
         self.speculations_started += 1
         try:
-            self.backend.speculate(UserTurn(audios=tuple(utt.chunks)), cancel)
+            if self.backend.speculate(UserTurn(audios=tuple(utt.chunks)), cancel) and not cancel.is_set():
+                self._speculate_first_sentence(cancel)
         except Exception as err:  # noqa: BLE001 - a failed speculation costs nothing but the time
             self._error(f"speculative prefill failed: {one_line(err)}", "model")
         finally:
             self._spec_running = None
+
+    def _speculate_first_sentence(self: Any, cancel: threading.Event) -> None:
+        """After the speculative prefill, still inside the hang-over: decode the reply up to its first sentence
+        and have the speaker synthesise it without playing (issue 15). When the turn comes, the session hands
+        that text out at once and the speaker plays the prepared sound. Speech resuming (``cancel``) rolls the
+        decode back inside the session; a prepared sentence that the real reply does not start with is dropped
+        by the speaker. The real turn arriving stops the decode where it is (nothing is lost)."""
+        speaker = self.speaker if self._tts_on else None
+        speculate_reply = getattr(self.backend, "speculate_reply", None)
+        if (
+            not self.config.tts.speculative_first_sentence
+            or speaker is None
+            or speculate_reply is None
+            or not callable(getattr(speaker, "prepare", None))
+        ):
+            return
+
+        def speakable_start(text: str, final: bool) -> str | None:
+            stripper = StreamStripper()  # what the speaker will be fed: display-safe text, as in _attempt
+            clean = stripper.feed(text) + (stripper.finish() if final else "")
+            return first_sentence(clean, final)
+
+        def enough(text: str) -> bool:
+            return not self._turns.empty() or self._stop.is_set() or speakable_start(text, False) is not None
+
+        text = speculate_reply(enough, cancel)
+        if text is None or cancel.is_set():
+            return  # rolled back (speech resumed), or it failed: the real turn does the work
+        sentence = speakable_start(text, bool(getattr(self.backend, "speculation_complete", False)))
+        if sentence:
+            self.first_sentences_prepared += 1
+            speaker.prepare(sentence)
 
     # ---- one turn -----------------------------------------------------------------------------------------------
     def _run_turn(self: Any, turn: PendingTurn) -> None:

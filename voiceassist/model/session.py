@@ -196,6 +196,12 @@ class Session:
         """A speculative prefill is waiting for its turn."""
         return self._spec is not None
 
+    @property
+    def speculation_complete(self) -> bool:
+        """The pending speculation's reply is decoded to its end (:meth:`speculate_reply` reached it)."""
+        spec = self._spec
+        return spec is not None and spec.done
+
     # ---- the Backend protocol -----------------------------------------------------------------------------
 
     def reply(
@@ -286,6 +292,10 @@ class Session:
                     if until.is_set():
                         break
                     t_prev = self._decode_one(spec, spec.pieces.append, t_prev)
+                if spec.done and spec.detok is not None:
+                    piece = spec.detok.flush()  # the reply's end: its held-back text too (reply() adds nothing)
+                    if piece:
+                        spec.pieces.append(piece)
             except BaseException as err:
                 self.cancel_speculation()
                 if isinstance(err, (KeyboardInterrupt, SystemExit)):
