@@ -395,3 +395,34 @@ def test_say_json_on_the_output_device(pulse):
     audio = rec.stop()
     assert (got["language"], got["voice"], got["voice_language"]) == ("it", "roa/it", "it"), got
     assert got["file"] is None and 0.5 < got["duration_s"] < 5 and loud_seconds(audio) > 0.5
+
+
+@pytest.mark.pulse
+def test_a_hung_worker_under_auto_is_replaced_and_the_languages_go_on(pulse):
+    import signal
+
+    sp = Speaker(TtsConfig(rate=320), sentence_timeout_s=1.0)
+    try:
+        assert sp.wait_ready(20), drain(sp.errors)
+        hung = sp.worker_pid
+        os.kill(hung, signal.SIGSTOP)  # a real hang: the process exists and never answers
+        t = time.monotonic()
+        speak(sp, 1, "Cette phrase rencontre un moteur bloqué. Diese bekommt einen neuen. 这句也是。")
+        took = time.monotonic() - t
+        errors = drain(sp.errors)
+        assert len(errors) == 1 and "hung" in errors[0], errors
+        assert took < 8, took  # the deadline (1 s + per character), not the 20 s start timeout
+        assert [(c.language, c.voice) for _, c in sp.voice_choices(1)] == [("de", "gmw/de"), ("zh", "sit/cmn")]
+        assert sp.worker_pid not in (None, hung)
+    finally:
+        sp.close()
+
+
+def test_voices_says_what_auto_reads_each_language_with():
+    r = subprocess.run(
+        [sys.executable, "-m", "voiceassist", "voices"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.splitlines()[-1]
+    assert last.startswith('tts.voice = "auto" reads: ')
+    assert all(f"{lang} → {voice}" in last for lang, voice in MAIN_VOICE.items()), last

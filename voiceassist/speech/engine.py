@@ -184,12 +184,13 @@ class SynthWorker:
                 return _read_sound(path)
         raise AssertionError("unreachable")
 
-    def voices(self) -> list[Voice]:
-        """The voices the engine offers. Raises SpeechError."""
+    def voices(self, timeout: float = START_TIMEOUT_S) -> list[Voice]:
+        """The voices the engine offers (a worker that does not answer within ``timeout`` s is killed). Raises
+        SpeechError."""
         with self._lock:
             self._ensure_started()
             try:
-                reply = self._request({"cmd": "voices"}, START_TIMEOUT_S)
+                reply = self._request({"cmd": "voices"}, timeout)
             except (_WorkerDied, _WorkerHung) as err:
                 self._reap()
                 raise SpeechError(f"the speech engine failed while listing voices ({err})") from None

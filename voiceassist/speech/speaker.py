@@ -333,6 +333,10 @@ class Speaker:
                 self._picker.detector.load()  # ~0.6 s once, here rather than at the first sentence
             except Exception:  # noqa: BLE001  (the picker reports it at the first sentence and uses the default voice)
                 pass
+            try:
+                self._refresh_voices()  # ~10-20 ms, also not at the first sentence
+            except SpeechError:
+                pass  # the first sentence tries again (and reports)
         self._ready.set()
         next_check = 0.0
         while True:
@@ -394,11 +398,18 @@ class Speaker:
         """The voice for one sentence (the configured one when there is no picker)."""
         if self._picker is None:
             return VoiceChoice(self._worker.voice_id, "", None)
-        self._worker.start()  # the voice list is the running worker's (raises SpeechError like synthesize)
-        if self._worker.starts != self._picker_starts:  # a new worker: it may offer other voices
-            self._picker.set_voices(self._worker.voices(), self._worker.default_voice, self._worker.voice_id)
-            self._picker_starts = self._worker.starts
+        self._refresh_voices()
         return self._picker.pick(text)
+
+    def _refresh_voices(self, force: bool = False) -> None:
+        """The picker's voice list is the running worker's (a new worker may offer other voices). Raises
+        SpeechError; a worker that hangs while listing is killed after the sentence deadline, not 20 s."""
+        assert self._picker is not None
+        self._worker.start()
+        if force or self._worker.starts != self._picker_starts:
+            voices = self._worker.voices(timeout=self._worker.sentence_timeout_s)
+            self._picker.set_voices(voices, self._worker.default_voice, self._worker.voice_id)
+            self._picker_starts = self._worker.starts
 
     def _note(self, message: str) -> None:
         self.notes.add(message)
@@ -475,8 +486,7 @@ class Speaker:
                 except VoiceMissing as err:
                     # Uninstalled while we run: the list we chose from is stale; ask the worker again (~10 ms).
                     assert self._picker is not None
-                    self._picker.set_voices(self._worker.voices(), self._worker.default_voice, self._worker.voice_id)
-                    self._picker_starts = self._worker.starts
+                    self._refresh_voices(force=True)
                     self._picker.voice_missing(err.voice, choice.language)
                     choice = self._picker.pick(text)
                     try:
