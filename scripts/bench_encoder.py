@@ -92,8 +92,8 @@ def measure(model, seconds_list, repeats: int, warmups: int) -> list[dict]:
     for i, seconds in enumerate(seconds_list):
         feats, mask = features(seconds, seed=i)
         best, padded, trimmed = timed_pair(
-            lambda: encode_audios(model, feats, mask, trimmed=False),
-            lambda: encode_audios(model, feats, mask, trimmed=True),
+            lambda feats=feats, mask=mask: encode_audios(model, feats, mask, trimmed=False),
+            lambda feats=feats, mask=mask: encode_audios(model, feats, mask, trimmed=True),
             repeats,
             warmups,
         )

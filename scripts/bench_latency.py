@@ -42,8 +42,8 @@ from support.speech import silence, speech_16k  # noqa: E402
 
 from voiceassist.app import App  # noqa: E402
 from voiceassist.audio.sources import FileSource  # noqa: E402
-from voiceassist.backend import open_backend  # noqa: E402
 from voiceassist.config import Config, with_overrides  # noqa: E402
+from voiceassist.openers import open_backend  # noqa: E402
 
 QUESTIONS = (
     "What is the weather like today?",
@@ -102,7 +102,7 @@ def run_once(configs: list[Config], backend, wav: Path) -> list[dict[str, list[f
             if ev.kind == "utterance" and ev.speech_end_t is not None:
                 # The next turn's audio is read only after this turn's reply (a fast file runs in lock step),
                 # so the setting for the next turn is in place before its pause.
-                app.config = configs[(ev.turn + 1) % n]
+                app.set_speculative_prefill(configs[(ev.turn + 1) % n].model.speculative_prefill)
                 ends[ev.turn] = ev.speech_end_t
                 waited[ev.turn] = ev.t - ev.speech_end_t  # the hang-over as the segmenter waited it (+ pickup)
             elif ev.kind == "reply_start" and ev.turn in ends:
@@ -178,7 +178,7 @@ def bench_model(name: str, wav: Path, args: argparse.Namespace) -> None:
             # The target: the first token no later than the hang-over + one decode step + 20 ms.
             step = statistics.median(r["step"])
             target = step + 0.020
-            verdict = lambda v: "met" if v <= target else "missed"  # noqa: E731
+            verdict = lambda v, target=target: "met" if v <= target else "missed"  # noqa: E731
             print(
                 f"\ntarget with speculation: hang-over + one decode step ({step * 1000:.0f} ms, median) + 20 ms "
                 f"= hang-over + {target * 1000:.0f} ms; median {ms(statistics.median(over))}: "

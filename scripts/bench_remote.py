@@ -38,7 +38,7 @@ from support.vllm_server import VllmServer  # noqa: E402
 
 from voiceassist import config as cfg  # noqa: E402
 from voiceassist.backend import UserTurn  # noqa: E402
-from voiceassist.remote import RemoteBackend  # noqa: E402
+from voiceassist.remote.backend import RemoteBackend  # noqa: E402
 
 SECTION = "## vLLM server (thin client)"
 SENTENCES = (
@@ -126,14 +126,14 @@ def run(url: str, args: argparse.Namespace, tmp: Path):
             a_uncached = dithered(audio, 1000 * rep + 2 * i + 1)
             uncached.extra_body["cache_salt"] = uuid.uuid4().hex  # a fresh salt: no cached prefix matches
 
-            def run_cached() -> tuple:
+            def run_cached(backend: RemoteBackend = cached, audio: np.ndarray = a_cached) -> tuple:
                 m0 = read_metrics(root)
-                r = cached.reply(UserTurn(audios=(a_cached,)), lambda s: None, threading.Event())
+                r = backend.reply(UserTurn(audios=(audio,)), lambda s: None, threading.Event())
                 return r, m0, read_metrics(root)
 
-            def run_uncached() -> tuple:
+            def run_uncached(backend: RemoteBackend = uncached, audio: np.ndarray = a_uncached) -> tuple:
                 m0 = read_metrics(root)
-                r = uncached.reply(UserTurn(audios=(a_uncached,)), lambda s: None, threading.Event())
+                r = backend.reply(UserTurn(audios=(audio,)), lambda s: None, threading.Event())
                 return r, m0, read_metrics(root)
 
             # Alternate which goes first, so neither always meets a server just woken by the other.

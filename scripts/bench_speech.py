@@ -120,7 +120,7 @@ def run(trials: int) -> dict:
             time.sleep(0.03)
         t_last = time.monotonic()
         sp.feed(turn, tokens(first)[-1])
-        if not wait_for(lambda: sp.first_heard(turn) is not None, 5):
+        if not wait_for(lambda turn=turn: sp.first_heard(turn) is not None, 5):
             raise SystemExit(f"trial {k}: nothing played ({list(sp.errors.queue)})")
         first_dac.append(sp.first_heard(turn) - t_last)
         first_dev.append(sp._player.first_delivered(turn) - t_last)
@@ -139,7 +139,7 @@ def run(trials: int) -> dict:
             " user barges in over it.",
         )
         sp.end_reply(turn)
-        wait_for(lambda: sp.first_heard(turn) is not None, 5)
+        wait_for(lambda turn=turn: sp.first_heard(turn) is not None, 5)
         time.sleep(0.6 + 0.05 * (k % 5))
         t_stop = time.monotonic()
         sp.stop()

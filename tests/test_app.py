@@ -19,12 +19,16 @@ from support.fake_vllm import FakeVllmServer
 from support.speech import silence, speech_16k
 
 from voiceassist.app import App
+from voiceassist.audio.cutting import sound_bounds, split_chunks, trim_silence
 from voiceassist.audio.sources import FileSource, MicrophoneSource
-from voiceassist.backend import ReplyResult, UserTurn, open_backend
+from voiceassist.backend import ReplyResult, UserTurn
 from voiceassist.config import Config, with_overrides
+from voiceassist.events import AudioBlock, Level
 from voiceassist.kiosk.faults import FaultInjectingBackend, FaultPlan
-from voiceassist.recording import sound_bounds, split_chunks, trim_silence
-from voiceassist.remote import RemoteBackend, wire
+from voiceassist.openers import open_backend
+from voiceassist.pipeline.frontend import GateDecision, ProcessorChain
+from voiceassist.remote import wire
+from voiceassist.remote.backend import RemoteBackend
 from voiceassist.replytext import StreamStripper
 
 SR = 16000
@@ -252,7 +256,7 @@ def test_stop_is_ordered_and_joins_every_thread(session, wavs, monkeypatch):
     app.submit_text("A long reply please")
     _run(app, lambda e: len(_kinds(e, "token")) >= 2)
     app.stop(timeout=2.0)
-    assert [t.name for t in app.threads] == ["va-model", "va-capture"]
+    assert [t.name for t in app.threads] == ["va-model", "va-capture", "va-speech"]
     assert not any(t.is_alive() for t in app.threads)
     assert source._file is None  # the input was closed
     rest = []
@@ -345,6 +349,30 @@ def test_a_turn_the_server_failed_is_kept_and_sent_again_when_it_is_back(wavs):
     # the user's audio went to the server when it was back: the very samples of the turn
     assert len(fake.requests) == 1 and _audio_parts(fake.requests[0]) == [wire.wav_base64(hist[0]["audios"][0])]
     assert len(backend.turns) == 1
+
+
+def test_the_servers_retry_notes_reach_the_status_line_through_the_kiosks_wrapper_stack(wavs):
+    """The thin-client kiosk: TurnLimit → RecordingBackend → RemoteBackend (as Kiosk.run builds it). The App
+    must hand its status callback to the RemoteBackend inside, not to the outermost wrapper."""
+    from voiceassist.kiosk.daemon import _NoStore
+    from voiceassist.kiosk.limits import TurnLimit
+    from voiceassist.kiosk.recorder import RecordingBackend
+
+    port = _free_port()  # nothing listens: every request fails and is retried
+    config = _config(**{"server.url": f"http://127.0.0.1:{port}/v1", "server.retries": 1})
+    remote = RemoteBackend(config, backoff_s=0.05)
+    stack = TurnLimit(RecordingBackend(remote, _NoStore()), lambda: 0, lambda: None)
+    app = App(config, FileSource(str(wavs["silence"]), realtime=False), stack, stay=True)
+    app.retry_first_s = app.retry_max_s = 60.0  # one failed send is enough; the App's own retry waits
+    assert remote.on_status is not None and "on_status" not in vars(stack)
+    app.start()
+    try:
+        app.submit_text("are you there?")
+        evs = _run(app, lambda e: any(x.kind == "status" and "retry 1/1" in x.detail for x in e), timeout=30)
+    finally:
+        app.stop()
+    notes = [e.detail for e in evs if e.kind == "status" and "retry 1/1" in e.detail]
+    assert notes and "cannot reach the server" in notes[0], notes
 
 
 def test_a_turn_waiting_to_be_sent_again_is_dropped_by_cancel_and_the_next_one_goes_through(wavs):
@@ -496,3 +524,74 @@ def test_a_lost_device_is_reported_and_picked_up_again(pulse, session, tmp_path)
     errors = [e for e in evs if e.kind == "error"]
     assert len(errors) == 1 and errors[0].source == "audio" and "\n" not in errors[0].message
     assert [e.turn for e in evs if e.kind == "utterance"] == [1]
+
+
+class _Attenuator:
+    """A front-end processor that scales every block (a stand-in for noise suppression); counts what it saw."""
+
+    def __init__(self, gain: float) -> None:
+        self.gain, self.blocks, self.resets = gain, 0, 0
+
+    def process(self, block):
+        self.blocks += 1
+        return AudioBlock(block.samples * self.gain, block.t)
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+class _GateAfterFirst:
+    """A turn gate that lets only the first utterance through and hears the end of each reply."""
+
+    def __init__(self) -> None:
+        self.decided, self.ended = 0, []
+
+    def decide(self, utterance):
+        self.decided += 1
+        return GateDecision(self.decided == 1, reason="" if self.decided == 1 else "not for me")
+
+    def on_reply_ended(self, message) -> None:
+        self.ended.append(message.turn)
+
+
+def test_front_end_processors_run_before_the_segmenter(session, wavs):
+    # A processor that silences the input: the segmenter hears nothing, so no turn; the level meter (before the
+    # chain) still shows the raw speech.
+    mute = _Attenuator(0.0)
+    app = _app(_config(), FileSource(str(wavs["two"]), realtime=False), session, processors=ProcessorChain([mute]))
+    levels: list[float] = []
+    evs: list = []
+    deadline = time.monotonic() + 60
+    try:
+        while not (app.done.is_set() and app.events.empty()):
+            assert time.monotonic() < deadline, f"timed out; events so far: {[e.kind for e in evs]}"
+            try:
+                ev = app.events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            (levels.append(ev.dbfs) if isinstance(ev, Level) else evs.append(ev))
+    finally:
+        app.stop()
+    assert not _kinds(evs, "utterance") and mute.blocks > 50
+    assert levels and max(levels) > -40, levels[:20]  # the meter shows the raw input
+    # Unity gain: the same two turns as without a chain.
+    same = _Attenuator(1.0)
+    app = _app(_config(), FileSource(str(wavs["two"]), realtime=False), session, processors=ProcessorChain([same]))
+    try:
+        evs = _run(app, _done(app))
+    finally:
+        app.stop()
+    assert [e.turn for e in evs if e.kind == "utterance"] == [1, 2] and same.blocks > 50
+
+
+def test_a_turn_gate_decides_which_utterances_become_turns_and_hears_replies_end(session, wavs):
+    gate = _GateAfterFirst()
+    app = _app(_config(), FileSource(str(wavs["two"]), realtime=False), session, gate=gate)
+    try:
+        evs = _run(app, _done(app))
+    finally:
+        app.stop()
+    assert gate.decided == 2
+    assert [e.turn for e in evs if e.kind == "utterance"] == [1]  # the second utterance was not let through
+    assert any(e.kind == "status" and e.detail == "not for me" for e in evs)
+    assert gate.ended == [1]  # ReplyEnded reached the gate through the capture stage's control queue

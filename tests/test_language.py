@@ -24,8 +24,8 @@ from support.pulse import MonitorRecorder
 
 from voiceassist.config import TtsConfig
 from voiceassist.speech import Speaker
-from voiceassist.speech.engine import SynthWorker, Voice
 from voiceassist.speech.language import LanguageDetector, VoicePicker, script_of, voice_for
+from voiceassist.speech.synth_client import SynthWorker, Voice
 
 REPO = Path(__file__).resolve().parent.parent
 ESPEAK_DATA = Path("/usr/lib/x86_64-linux-gnu/espeak-ng-data")
@@ -135,7 +135,7 @@ def test_detection_never_downloads(tmp_path):
 def espeak_cli_voices() -> list[Voice]:
     """espeak-ng's command-line list (what the worker's fallback engine offers: more tags per voice)."""
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import worker; "
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import synth_process as worker; "
         "print(json.dumps(worker.EspeakCliEngine().voices()))"
     )
     out = subprocess.run(

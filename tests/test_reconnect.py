@@ -217,8 +217,8 @@ def test_kiosk_reports_device_loss_and_resumes_capture(pulse, tmp_path):
         assert read_status(status)["device"]["input"]["state"] == "open"
         ask(2)
         assert resumed_s < 3.0, f"capture resumed {resumed_s:.2f} s after the device came back"
-        # Reply 2 (12 tokens of the tiny model: some words to say) goes to the output stream of the lost sink: reported (tts error), and the kiosk must not
-        # stay "speaking" (deaf) with nothing reaching the device.
+        # Reply 2 (12 tokens of the tiny model: some words to say) goes to the output stream of the lost sink:
+        # reported (tts error), and the kiosk must not stay "speaking" (deaf) with nothing reaching the device.
         k.wait_for(lambda r: r.get("type") == "error" and r["source"] == "tts", 15, "speech output error")
         ask(3)
         n = len(k.records)

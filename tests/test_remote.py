@@ -17,9 +17,10 @@ from support.speech import speech_16k
 from support.vllm_server import AUDIO_LIMIT, VllmServer
 
 from voiceassist import config as cfg
-from voiceassist.backend import UserTurn, open_backend
+from voiceassist.backend import UserTurn
 from voiceassist.errors import BackendError
-from voiceassist.remote import RemoteBackend
+from voiceassist.openers import open_backend
+from voiceassist.remote.backend import RemoteBackend
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
@@ -139,7 +140,7 @@ def test_cancel_aborts_the_request_on_the_server(vllm, monkeypatch):
         cancel = threading.Event()
         got: list[str] = []
 
-        def on_text(piece: str) -> None:
+        def on_text(piece: str, got: list[str] = got, cancel: threading.Event = cancel) -> None:
             got.append(piece)
             cancel.set()  # at the first piece: an idle machine's server streams thousands of tokens a second
 

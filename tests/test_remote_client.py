@@ -28,9 +28,11 @@ from support.fake_vllm import FakeVllmServer, count_prompt_tokens
 from support.speech import speech_16k
 
 from voiceassist import config as cfg
-from voiceassist.backend import Backend, UserTurn, open_backend
+from voiceassist.backend import Backend, UserTurn
 from voiceassist.errors import BackendError, ConfigError
-from voiceassist.remote import RemoteBackend, wire
+from voiceassist.openers import open_backend
+from voiceassist.remote import wire
+from voiceassist.remote.backend import RemoteBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -381,7 +383,8 @@ THIN_CLIENT = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
     import numpy as np
     from voiceassist import config
-    from voiceassist.backend import UserTurn, open_backend
+    from voiceassist.backend import UserTurn
+    from voiceassist.openers import open_backend
     c = config.load(sys.argv[1])
     backend = open_backend(c)
     audio = (0.2 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 330)).astype(np.float32)

@@ -399,7 +399,7 @@ def test_the_worker_waits_for_a_finished_wav(tmp_path):
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "voiceassist" / "speech"))
     try:
-        import worker  # the worker is a script (no voiceassist imports): load it the way it runs
+        import synth_process as worker  # a script (no voiceassist imports): load it the way it runs
     finally:
         sys.path.pop(0)
     path = tmp_path / "s1.wav"
@@ -446,7 +446,7 @@ def test_the_worker_exits_when_the_engine_twice_writes_no_sound(tmp_path):
     driver = (
         "import sys, wave\n"
         f"sys.path.insert(0, {str(speech_dir)!r})\n"
-        "import worker\n"
+        "import synth_process as worker\n"
         "class BareHeader:\n"
         "    name = 'stand-in'\n"
         "    calls = 0\n"

@@ -27,8 +27,8 @@ from support.speech import silence, speech_16k
 
 from voiceassist.app import App
 from voiceassist.audio.sources import MicrophoneSource
-from voiceassist.backend import open_backend
 from voiceassist.config import Config, with_overrides
+from voiceassist.openers import open_backend
 
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]
 SR = 16000
@@ -91,7 +91,7 @@ def test_loopback_the_assistant_never_answers_its_own_voice(pulse, session, tmp_
     try:
         for n, text in enumerate(questions, 1):
             pulse.play(question(tmp_path, text, f"q{n}"))  # into the sink the microphone hears
-            evs += collect(app, 40, lambda e: any(x.kind == "reply_done" and x.turn == n for x in e))
+            evs += collect(app, 40, lambda e, n=n: any(x.kind == "reply_done" and x.turn == n for x in e))
             # The reply is spoken into the same sink, i.e. into the microphone; wait until it has been
             # heard and the echo tail plus the segmenter's hang-over have passed.
             deadline = time.monotonic() + 20

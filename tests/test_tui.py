@@ -116,7 +116,11 @@ def test_a_sent_turn_shows_at_once_until_the_model_takes_it():
     assert "you  first question  (waiting)" in text and "you  [file bird.wav] what is this?  (waiting)" in text
     conv.apply(ev.ReplyDone(turn=1, text="streaming", n_tokens=1, tok_per_s=1.0, ttft_s=0.1))
     conv.apply(ev.UtteranceEvent(turn=2, text="first question"))
-    conv.apply(ev.ErrorEvent("audio file missing.wav does not exist; check the path"))
+    conv.apply(
+        ev.ErrorEvent(
+            "audio file missing.wav does not exist; check the path", "audio", dropped=True, file="missing.wav"
+        )
+    )
     text = plain_text(conv.window(80, 24, 0)[0])
     assert "(waiting)" in text and "first question  (waiting)" not in text and "missing.wav  (waiting)" not in text
     assert text.index("streaming") < text.index("you  first question")  # the turn moved below the reply

@@ -92,7 +92,7 @@ def test_event_order_and_timestamps_follow_the_capture_clock():
         {"SpeechStarted": "S", "SpeechPaused": "P", "SpeechResumed": "R", "Utterance": "U"}[k] for k in kinds
     )
     assert text.replace("PR", "") in ("SPUSPUSPU", "SUSUSU".replace("U", "PU"))
-    for e, (s0, s1) in zip([e for e in events if isinstance(e, Utterance)], scene.truth):
+    for e, (_, s1) in zip([e for e in events if isinstance(e, Utterance)], scene.truth):
         assert abs(e.end_t - T0 - s1) < 0.1  # end_t is the end of speech, not of the hang-over
         assert e.end_t < e.start_t + sum(e.durations)  # the tail after it is in the audio
     starts = [e.t - T0 for e in events if isinstance(e, SpeechStarted)]

@@ -23,8 +23,8 @@ from support.speech import silence, speech_16k
 from voiceassist import events as ev
 from voiceassist.app import App
 from voiceassist.audio.sources import MicrophoneSource
-from voiceassist.backend import open_backend
 from voiceassist.config import Config, TtsConfig, with_overrides
+from voiceassist.openers import open_backend
 from voiceassist.plain import PlainPrinter
 from voiceassist.speech import Speaker
 from voiceassist.tui.statusbar import StatusModel

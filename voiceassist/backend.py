@@ -9,12 +9,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from voiceassist.config import Config
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,10 @@ class ReplyResult:
 class Backend(Protocol):
     """A conversation with the model. Methods raise ``BackendError`` and leave the conversation unchanged."""
 
-    description: str  # for the status bar, e.g. "Qwen2-Audio-7B-Instruct · cuda:0 · bf16"
+    @property
+    def description(self) -> str:
+        """For the status bar, e.g. "Qwen2-Audio-7B-Instruct · cuda:0 · bf16"."""
+        ...
 
     def reply(self, turn: UserTurn, on_text: Callable[[str], None], cancel: threading.Event) -> ReplyResult:
         """Add ``turn``, stream the reply's text pieces to ``on_text``; stop within one token of ``cancel``."""
@@ -59,22 +59,65 @@ class Backend(Protocol):
         ...
 
 
-def open_backend(config: Config) -> Backend:
-    """The backend the configuration asks for: the vLLM server at ``server.url`` when set (a thin client: no
-    torch needed), else the local model session. Imports lazily, so the thin client never imports torch."""
-    if config.server.url:
-        from voiceassist.remote import RemoteBackend
+@runtime_checkable
+class Speculating(Protocol):
+    """A backend capability: prefill a turn that may still change, rolled back on ``cancel``."""
 
-        return RemoteBackend(config)
-    from voiceassist.model.loading import load_session
+    last_speculated: bool  # the last reply found its prefill done by a speculation
 
-    return load_session(config)
+    def speculate(self, turn: UserTurn, cancel: threading.Event) -> object: ...
+
+
+@runtime_checkable
+class StatusReporting(Protocol):
+    """A backend capability: one line (e.g. "cannot reach the server …; retry 1/5 in 0.5 s") before each of
+    its own retries, given to ``on_status`` when set."""
+
+    on_status: Callable[[str], None] | None
+
+
+@runtime_checkable
+class SpeculatingReply(Protocol):
+    """A backend capability (issue 15): decode the pending speculation's reply ahead, during the hang-over;
+    ``cancel`` rolls everything back, the committed reply goes on from the decoded state (exact)."""
+
+    @property
+    def speculation_complete(self) -> bool: ...  # the speculative reply is decoded to its end
+
+    def speculate_reply(
+        self, enough: Callable[[str], bool], cancel: threading.Event | None = None, until: threading.Event | None = None
+    ) -> str | None: ...
+
+
+def reply_speculator(backend: Backend) -> SpeculatingReply | None:
+    """The backend in ``backend``'s wrapper chain that decodes a speculative reply ahead, or None."""
+    return next((b for b in _chain(backend) if isinstance(b, SpeculatingReply)), None)
+
+
+def _chain(backend: Backend) -> list[object]:
+    """``backend`` and every backend it wraps, outermost first."""
+    out: list[object] = [backend]
+    while isinstance(out[-1], BackendWrapper):
+        out.append(out[-1].inner)
+    return out
+
+
+def speculator(backend: Backend) -> Speculating | None:
+    """The backend in ``backend``'s wrapper chain that offers speculative prefill, or None."""
+    return next((b for b in _chain(backend) if isinstance(b, Speculating)), None)
+
+
+def status_reporter(backend: Backend) -> StatusReporting | None:
+    """The backend in the wrapper chain that reports its own retries, or None. Wrappers (``BackendWrapper``)
+    only pass on the Backend protocol, so this finds e.g. the RemoteBackend under the kiosk's TurnLimit →
+    RecordingBackend, where setting ``on_status`` on the outermost wrapper would reach nothing."""
+    return next((b for b in _chain(backend) if isinstance(b, StatusReporting)), None)
 
 
 class BackendWrapper:
     """A Backend that wraps another and delegates to it; subclasses override what they add (the kiosk's fault
-    injector and turn recorder). Anything else the App asks of a backend (speculative prefill, context
-    figures) reaches the wrapped one through ``__getattr__``."""
+    injector, turn recorder and turn limit). Capabilities beyond the Backend protocol (speculative prefill,
+    status reporting) stay on the wrapped backend: find them with :func:`speculator` / :func:`status_reporter`."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
@@ -91,6 +134,3 @@ class BackendWrapper:
 
     def reset(self) -> None:
         self.inner.reset()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from voiceassist import __version__
 from voiceassist.errors import VoiceAssistError
 
-# Command modules, in the order `--help` lists them. A module missing here is a command that does not exist.
+# Command modules, in the order `--help` lists them.
 COMMAND_MODULES = (
     "chat",
     "ask",
@@ -37,20 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"voiceassist {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"voiceassist.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"voiceassist.commands.{name}":
-                continue  # not written yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"voiceassist.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    commands = {c for a in parser._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices}
     if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "chat")  # `voiceassist` and `voiceassist --model tiny` both mean `voiceassist chat`
     args = parser.parse_args(argv)

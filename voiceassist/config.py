@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -246,7 +247,7 @@ class Config:
 _TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
 
 
-def _allowed(meta: dict[str, Any], typ: type) -> str:
+def _allowed(meta: Mapping[str, Any], typ: type) -> str:
     """What a field accepts, in words, for comments and error messages."""
     if meta["choices"]:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
@@ -256,7 +257,7 @@ def _allowed(meta: dict[str, Any], typ: type) -> str:
     return _TYPE_NAMES[typ]
 
 
-def _check(where: str, name: str, value: Any, typ: type, meta: dict[str, Any]) -> Any:
+def _check(where: str, name: str, value: Any, typ: type, meta: Mapping[str, Any]) -> Any:
     """Return ``value`` converted to ``typ`` or raise ConfigError naming key, value and what is allowed."""
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -285,7 +286,7 @@ def _build_section(cls: type, table: Any, where: str) -> Any:
 
 def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     """Build a validated Config from parsed TOML; ``source`` names the file in error messages."""
-    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+    sections: dict[str, Any] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
     built = {}
     for name, table in data.items():
         if name not in sections:

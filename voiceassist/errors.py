@@ -6,6 +6,8 @@ a one-line message that names the problem and says what to do, and the process e
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class VoiceAssistError(Exception):
     """A problem the user can fix; ``str(err)`` is the one-line message shown to them."""
@@ -60,3 +62,16 @@ class SpeechError(VoiceAssistError):
     """Speech output failed: no speech engine, an engine that crashed or hung, an unknown voice."""
 
     exit_code = 7
+
+
+def one_line(err: object) -> str:
+    """An error (or any object) as one line of text."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def quietly(fn: Callable[[], object]) -> None:
+    """Call ``fn()``, ignoring its errors (shutdown paths: closing is best effort)."""
+    try:
+        fn()
+    except Exception:  # noqa: BLE001
+        pass

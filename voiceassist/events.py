@@ -13,11 +13,14 @@ thread stamps blocks with, so "end of speech → first token" is a difference of
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+
+SAMPLE_RATE = 16000  # Hz: every audio inside the pipeline (webrtcvad, Qwen2-Audio's feature extractor, history)
 
 
 def now() -> float:
@@ -47,7 +50,7 @@ class Utterance:
 
     @property
     def durations(self) -> tuple[float, ...]:
-        return tuple(len(c) / 16000 for c in self.chunks)
+        return tuple(len(c) / SAMPLE_RATE for c in self.chunks)
 
     @property
     def capped(self) -> bool:
@@ -105,12 +108,29 @@ class Event:
         return out
 
 
+class AssistantState(enum.StrEnum):
+    """The states of the status ladder (``voiceassist.pipeline.state``); the value is the JSON ``state``.
+
+    A new state (e.g. ``WAITING_FOR_WAKE = "waiting_for_wake"`` for a wake-word gate) is a member here, a
+    flag in ``StateFlags`` and one rung in ``ladder()``; front ends show unknown states by their value."""
+
+    LISTENING = "listening"
+    HEARING = "hearing"
+    RECORDING = "recording"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    MUTED = "muted"
+    DEVICE_LOST = "device_lost"
+    STOPPED = "stopped"
+    LOADING = "loading"  # the kiosk, before the App exists
+
+
 @dataclass(frozen=True)
 class Status(Event):
-    """The assistant's state changed: listening, hearing, recording, thinking, speaking, muted, device_lost, ..."""
+    """The assistant's state changed (an ``AssistantState``), with an optional one-line detail."""
 
     kind: ClassVar[str] = "status"
-    state: str
+    state: AssistantState
     detail: str = ""
 
 
@@ -192,3 +212,6 @@ class ErrorEvent(Event):
     kind: ClassVar[str] = "error"
     message: str
     source: str = ""  # "audio", "model", "tts", "server", ...
+    turn: int | None = None  # the turn it concerns, once numbered by the model stage
+    dropped: bool = False  # a submitted turn will get no reply (turn queue full, unreadable file)
+    file: str = ""  # dropped: the file name of the /file turn that could not be read

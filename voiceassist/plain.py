@@ -17,8 +17,10 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from voiceassist import slash
 from voiceassist.errors import ConfigError
 from voiceassist.events import (
+    AssistantState,
     ErrorEvent,
     Event,
     Interrupted,
@@ -128,7 +130,7 @@ class PlainPrinter:
             where = f" ({ev.source})" if ev.source else ""
             self._line(f"error{where}: {strip_controls(ev.message)}")
         elif isinstance(ev, Status):
-            if ev.state == self._state and (not ev.detail or ev.state == "recording"):
+            if ev.state == self._state and (not ev.detail or ev.state == AssistantState.RECORDING):
                 return
             self._state = ev.state
             detail = f": {strip_controls(ev.detail)}" if ev.detail else ""
@@ -149,38 +151,45 @@ def describe_turn(ev: UtteranceEvent) -> str:
 
 
 def _read_commands(app: Any, quit_flag: threading.Event) -> None:
-    """Typed lines on a terminal: text turns and a few commands (/quit, /reset, /mute, /tts, /mode, /file)."""
+    """Typed lines on a terminal: text turns and the slash commands (the TUI's parser, ``voiceassist.slash``)."""
     for line in sys.stdin:
-        line = line.strip()
-        if not line:
+        if not line.strip():
             continue
-        if not line.startswith("/"):
-            app.submit_text(line)
+        if not slash.is_command(line):
+            app.submit_text(slash.message_text(line))
             continue
-        name, _, rest = line[1:].partition(" ")
-        rest = rest.strip()
         try:
-            if name in ("quit", "exit", "q"):
+            if not _run_command(app, slash.parse(line)):
                 break
-            if name == "reset":
-                app.reset()
-            elif name == "mute":
-                app.set_muted(not app.muted if rest not in ("on", "off") else rest == "on")
-            elif name == "tts" and rest in ("on", "off"):
-                app.set_tts(rest == "on")
-            elif name == "mode":
-                app.set_mode(rest)
-            elif name == "file" and rest:
-                path, _, question = rest.partition(" ")
-                app.submit_file(path, question)
-            else:
-                print(
-                    "commands: /reset /mute [on|off] /tts on|off /mode handsfree|ptt /file PATH [question] /quit",
-                    file=sys.stderr,
-                )
         except Exception as err:  # noqa: BLE001 - a bad command is one line, never the end of the session
             print(f"error: {err}", file=sys.stderr)
     quit_flag.set()
+
+
+def _run_command(app: Any, c: slash.Parsed) -> bool:
+    """Run one command in plain mode; False for /quit."""
+    name, args = c.name, c.args
+    match name:
+        case "quit":
+            return False
+        case "help":
+            print("\n".join(slash.help_lines()), file=sys.stderr)
+        case "reset":
+            app.reset()
+        case "mute":
+            app.set_muted(not app.muted if not args else args[0] == "on")
+        case "tts":
+            app.set_tts(not app.tts_on if not args else args[0] == "on")
+        case "mode":
+            if args:
+                app.set_mode(args[0])
+            else:
+                print(f"mode is {app.mode}; /mode handsfree|ptt", file=sys.stderr)
+        case "file":
+            app.submit_file(args[0], " ".join(args[1:]))
+        case _:
+            print(f"/{name} is for the full-screen UI; type /help for the list", file=sys.stderr)
+    return True
 
 
 def run(app: Any, out: TextIO | None = None, read_stdin: bool = False) -> int:

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from voiceassist.errors import VoiceAssistError
+from voiceassist.events import SAMPLE_RATE
 from voiceassist.textsafe import strip_controls
 
 FORMAT = "voiceassist-transcript"  # marks our JSON files, so re-saving may replace them
-SAMPLE_RATE = 16000  # Hz, the rate of every clip in the history
 
 
 @dataclass(frozen=True)

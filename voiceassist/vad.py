@@ -43,12 +43,21 @@ from __future__ import annotations
 import bisect
 import enum
 import math
+from typing import Protocol
 
 import numpy as np
 import webrtcvad
 
 from voiceassist.config import VadConfig
-from voiceassist.events import AudioBlock, SegmenterEvent, SpeechPaused, SpeechResumed, SpeechStarted, Utterance
+from voiceassist.events import (
+    SAMPLE_RATE,
+    AudioBlock,
+    SegmenterEvent,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    Utterance,
+)
 
 WEBRTC_RATES = (8000, 16000, 32000, 48000)  # Hz that webrtcvad accepts
 SUBFRAME_MS = 10  # level of a frame = median over sub-frames of this length
@@ -64,11 +73,29 @@ class VadState(enum.Enum):
     STOPPING = "stopping"  # inside an utterance, silence is being timed against the hang-over
 
 
+class VoiceDetector(Protocol):
+    """The VAD engine behind the energy gate: is this one frame (``vad.frame_ms`` of 16 kHz mono float32 in
+    [-1, 1]) speech? Called in order for the frames that passed the gate; may keep state (a neural model's)."""
+
+    def is_speech(self, frame: np.ndarray, sample_rate: int) -> bool: ...
+
+
+class WebrtcDetector:
+    """webrtcvad at ``aggressiveness`` (0-3): the default engine."""
+
+    def __init__(self, aggressiveness: int) -> None:
+        self._vad = webrtcvad.Vad(aggressiveness)
+
+    def is_speech(self, frame: np.ndarray, sample_rate: int) -> bool:
+        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
+        return bool(self._vad.is_speech(pcm, sample_rate))
+
+
 class _Buffer:
     """A growable array indexed by absolute position; the part before ``base`` may be discarded."""
 
     def __init__(self, dtype: type, capacity: int) -> None:
-        self.data = np.zeros(capacity, dtype=dtype)
+        self.data: np.ndarray = np.zeros(capacity, dtype=dtype)
         self.base = 0  # absolute index of data[0]
         self.end = 0  # absolute index one past the last value
 
@@ -96,7 +123,7 @@ class _Buffer:
 class Segmenter:
     """Feed blocks, get SpeechStarted / SpeechPaused / SpeechResumed / Utterance events, in order."""
 
-    def __init__(self, vad: VadConfig, sample_rate: int = 16000) -> None:
+    def __init__(self, vad: VadConfig, sample_rate: int = SAMPLE_RATE, detector: VoiceDetector | None = None) -> None:
         if sample_rate not in WEBRTC_RATES:
             raise ValueError(f"webrtcvad needs one of {WEBRTC_RATES} Hz, not {sample_rate}")
         self.config = vad
@@ -121,7 +148,7 @@ class Segmenter:
         self._cut_search = int(vad.cut_search_s * sample_rate)  # samples
         self._floor_window = max(8, round(vad.noise_window_s * 1000 / fms))  # frames
         self._rise_frames = min(self._floor_window, round(vad.noise_rise_s * 1000 / fms))  # frames; 0 = off
-        self._vad = webrtcvad.Vad(vad.aggressiveness)
+        self._vad = detector or WebrtcDetector(vad.aggressiveness)
 
         self.state = VadState.QUIET
         self.noise_floor_db = -100.0  # dBFS, the adaptive floor (for meters and tests)
@@ -188,8 +215,7 @@ class Segmenter:
         cfg = self.config
         if gate_level < cfg.min_level_dbfs or gate_level < self.noise_floor_db + cfg.snr_gate_db:
             return False, level
-        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype(np.int16).tobytes()
-        return self._vad.is_speech(pcm, self.sample_rate), level
+        return self._vad.is_speech(frame, self.sample_rate), level
 
     def _utterance(self, reason: str, available: int) -> Utterance:
         """The turn so far, ending ``tail_ms`` after the last speech frame (or where the audio ends)."""

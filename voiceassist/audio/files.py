@@ -103,12 +103,6 @@ def read_blocks(f: sf.SoundFile, name: str, frames: int = READ_FRAMES):
         yield block
 
 
-def file_duration(path: str | os.PathLike[str]) -> float:
-    """Length of an audio file in seconds, from its header (AudioFileError when it is not audio)."""
-    with open_audio(path) as f:
-        return f.frames / f.samplerate
-
-
 def read_audio_16k(path: str | os.PathLike[str]) -> np.ndarray:
     """The whole file as 16 kHz mono float32 in [-1, 1] (channels averaged, soxr HQ resampling)."""
     with open_audio(path) as f:

@@ -5,7 +5,7 @@ PortAudio has no unplug event: a lost device shows up as a stream error or as ca
 NAME, with PortAudio re-initialised so that its device list is fresh (a device that comes back may have
 another index, or may not have existed when PortAudio was initialised).
 
-It follows the App's recovery protocol (``voiceassist.capture``), and also works for a plain reader:
+It follows the capture stage's recovery protocol (``voiceassist.pipeline.capture``), and also works for a plain reader:
 
 1. ``read()``: the current source raises ``DeviceError`` (its stream error, or its own one-second "no
    callbacks" check), or delivers nothing for ``stall_s``. The source is closed, ``on_state("lost", why)``
@@ -126,6 +126,8 @@ class ReconnectingSource:
         self.backoff_s = backoff_s
         self.reinit = reinit  # re-initialise PortAudio before a reconnection attempt
         self.name = "microphone"
+        self.realtime = True
+        self.is_device = True
         self.device_name: str | None = None  # pinned by the first successful open
         self.stats: Any = None  # CaptureStats, shared with every underlying source
         self.state = "closed"  # "open" | "lost" | "closed"

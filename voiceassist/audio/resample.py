@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-TARGET_RATE = 16000  # Hz: what webrtcvad and Qwen2-Audio's feature extractor take
+from voiceassist.events import SAMPLE_RATE
+
+TARGET_RATE = SAMPLE_RATE  # Hz: what webrtcvad and Qwen2-Audio's feature extractor take
 QUALITY = (
     "HQ"  # soxr "high quality": 20-bit precision, ~0.3 ms latency at these rates; VHQ costs 2x for nothing audible
 )

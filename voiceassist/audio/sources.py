@@ -38,11 +38,11 @@ MAX_CHANNELS = 2  # channels opened on a microphone; devices like ALSA "pulse" o
 # PortAudio's "high" input latency: with "low", ALSA's pulse plugin (PulseAudio/PipeWire) often stalls after a
 # few callbacks; the extra buffering does not delay our timestamps (they come from the ADC time).
 LATENCY = "high"
-CLOSE_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 2.0  # a stream whose device vanished can block in Pa_CloseStream; give up waiting after this, s
 FIRST_CALLBACK_S = 1.0  # s to wait for the first block after opening a stream before reopening it
 START_ATTEMPTS = 3
 CLOCK_SMOOTHING = 0.02  # weight of each block's measured clock offset (≈ 50 blocks ≈ 1 s memory)
-CLOCK_RESYNC_S = 0.25  # s: a larger offset jump (lost audio) re-anchors the clock at once  # a stream whose device vanished can block in Pa_CloseStream; give up waiting after this
+CLOCK_RESYNC_S = 0.25  # s: a larger offset jump (lost audio) re-anchors the clock at once
 
 
 class EndOfInput(Exception):
@@ -62,8 +62,14 @@ class CaptureStats:
 class AudioSource(Protocol):
     """What the capture thread reads from; see the module docstring for the clock."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """For the status bar and messages: the device or file name."""
+        ...
+
     stats: CaptureStats
+    realtime: bool  # blocks arrive in real time (a device, a paced file); False: a file read as fast as possible
+    is_device: bool  # a microphone: it can hear the assistant speak, and digital silence there is a fault
 
     def start(self) -> None: ...
 
@@ -87,6 +93,8 @@ class MicrophoneSource:
         self.queue_blocks = queue_blocks
         self.stall_s = stall_s  # s without a callback before the device counts as lost
         self.name = str(device) if device not in (None, "") else "default input"
+        self.realtime = True
+        self.is_device = True
         self.stats = CaptureStats()
         self.rate = 0.0  # Hz, the device's native rate (known after start)
         self.channels = 0
@@ -141,7 +149,7 @@ class MicrophoneSource:
         self.name = info["name"]
         self.rate = float(info["default_samplerate"])
         self.channels = max(1, min(int(info["max_input_channels"]), MAX_CHANNELS))
-        for attempt in range(1, START_ATTEMPTS + 1):
+        for _ in range(START_ATTEMPTS):
             self._open(info)
             # For ~1.5 s after a PulseAudio server starts, a new stream through ALSA's pulse plugin gets no
             # callback at all, and it stays dead; a stream opened later works. Wait for audio before calling
@@ -252,6 +260,7 @@ class FileSource:
     def __init__(self, path: str, realtime: bool = True, block_ms: int = 20) -> None:
         self.path = str(path)
         self.realtime = realtime
+        self.is_device = False
         self.block_samples = max(1, TARGET_RATE * block_ms // 1000)  # 16 kHz samples per block
         self.name = Path(path).name
         self.stats = CaptureStats()

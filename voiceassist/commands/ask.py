@@ -23,6 +23,7 @@ import threading
 
 from voiceassist.commands.common import add_config_arg, add_model_args, load_config
 from voiceassist.errors import ConfigError
+from voiceassist.events import SAMPLE_RATE
 
 EPILOG = """\
 examples:
@@ -56,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("ask needs at least one audio FILE or --text TEXT")
 
     from voiceassist.audio.files import read_audio_16k
-    from voiceassist.backend import UserTurn, open_backend
+    from voiceassist.backend import UserTurn
     from voiceassist.model.chunking import split_long_audio
+    from voiceassist.openers import open_backend
 
     turns: list[tuple[str, UserTurn]] = []
     for path in args.files:  # all files first: a bad one fails before the model loads
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     backend = open_backend(config)
     out = sys.stdout
     for k, (name, turn) in enumerate(turns, 1):
-        audio_s = sum(len(a) for a in turn.audios) / 16000
+        audio_s = sum(len(a) for a in turn.audios) / SAMPLE_RATE
         if args.json:
             result = backend.reply(turn, lambda _piece: None, threading.Event())
             record = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Any
 
@@ -44,63 +45,25 @@ def build_config(args: argparse.Namespace) -> Config:
     return load_input_config(args, {"mode": "ui.mode"})
 
 
-def open_input(config: Config, args: argparse.Namespace) -> Any:
-    """The source (not started). Files and the input device are checked here, before the model loads, so a
-    wrong path costs no waiting."""
-    if args.from_file:
-        from voiceassist.audio.files import open_audio
-
-        for path in args.from_file:
-            open_audio(path).close()  # AudioFileError: one line naming the file and the problem
-        if len(args.from_file) > 1:
-            from voiceassist.filesequence import FileSequence
-
-            return FileSequence(args.from_file, realtime=not args.fast, block_ms=config.audio.block_ms)
-        from voiceassist.audio.sources import open_source
-
-        return open_source(config.audio, from_file=args.from_file[0], fast=args.fast)
-    from voiceassist.audio.devices import resolve_device
-    from voiceassist.audio.reconnect import reconnecting_microphone
-
-    resolve_device(config.audio.input_device or None, "input")  # DeviceError: names what is available
-    return reconnecting_microphone(config.audio)  # a lost device is reopened by name when it comes back
-
-
-def open_speaker(config: Config) -> Any:
-    """The Speaker when speech output is on; None (with a warning) when it cannot work here."""
-    if not config.tts.enabled:
-        return None
-    try:
-        from voiceassist.speech import Speaker
-
-        return Speaker(config.tts, config.audio.output_device)
-    except Exception as err:  # noqa: BLE001 - speech is optional: say why once and go on in text
-        print(
-            f"voiceassist: warning: speech output unavailable ({' '.join(str(err).split())}); replies stay text only",
-            file=sys.stderr,
-        )
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
     from voiceassist import plain
     from voiceassist.app import App
-    from voiceassist.backend import open_backend
+    from voiceassist.openers import open_backend, open_input, open_speaker
 
     config = build_config(args)
-    source = open_input(config, args)
+    source = open_input(config, args.from_file, fast=args.fast)
     writer = plain.EventsWriter(args.events) if args.events else None
     use_tui = not args.plain and args.events != "-" and sys.stdout.isatty() and sys.stdin.isatty()
-    tui = None
+    tui: Any = None
     if use_tui:
         try:
-            from voiceassist import tui
+            tui = importlib.import_module("voiceassist.tui")
         except ImportError:
             tui = None
     if tui is None:
         print(f"voiceassist: loading {config.server.url or config.model.name} …", file=sys.stderr)
     backend = open_backend(config)
-    speaker = open_speaker(config)
+    speaker = open_speaker(config, lambda line: print(f"voiceassist: warning: {line}", file=sys.stderr))
     app = App(config, source, backend, speaker=speaker, stay=args.stay)
     if writer is not None:
         app.sinks.append(writer)

@@ -70,10 +70,10 @@ def write_file(tts: TtsConfig, text: str, path: Path, quiet: bool = False) -> di
     import numpy as np
     import soundfile as sf
 
-    from voiceassist.speech.engine import SynthWorker, VoiceMissing
     from voiceassist.speech.language import VoicePicker
     from voiceassist.speech.sentences import SentenceSplitter, speakable
     from voiceassist.speech.speaker import _codes
+    from voiceassist.speech.synth_client import SynthWorker, VoiceMissing
 
     fmt = sf.available_formats()
     if path.suffix.lstrip(".").upper() not in fmt:
@@ -138,7 +138,7 @@ def _record(
     chosen: list[tuple[str, VoiceChoice]], default_voice: str, engine: str, duration_s: float, file: str | None
 ) -> dict[str, Any]:
     """The --json line: the voice of the sentence covering most of the text, then every sentence."""
-    sentences = [
+    sentences: list[dict[str, Any]] = [
         {
             "text": text.strip(),
             "language": c.language,

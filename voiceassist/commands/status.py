@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
             candidates.append(st.SYSTEM_STATUS)  # the system service's file, read by an administrator
     found = [(p, d) for p in candidates if (d := st.read_status(p)) is not None]
     live = [(p, d) for p, d in found if d.get("state") != "stopped" and st.pid_alive(int(d.get("pid", -1)))]
-    path, data = (live or found or [(candidates[0], None)])[0]
+    chosen = live or found
+    path, data = chosen[0] if chosen else (candidates[0], None)
     running = bool(live)
     if args.json:
         out = dict(data or {}, running=running, status_file=str(path))
@@ -68,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
                 "or `systemctl start voiceassist`"
             )
         return NOT_RUNNING
+    assert data is not None  # running: a live status file was read
     print("\n".join(st.describe(data, path)))
     return 0

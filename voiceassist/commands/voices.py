@@ -15,9 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args)  # a bad configuration is reported even here
-    from voiceassist.speech.engine import SynthWorker
     from voiceassist.speech.language import voice_for
     from voiceassist.speech.speaker import _codes
+    from voiceassist.speech.synth_client import SynthWorker
 
     worker = SynthWorker()
     try:

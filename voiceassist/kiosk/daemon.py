@@ -23,14 +23,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from voiceassist.config import Config
 from voiceassist.errors import VoiceAssistError
-from voiceassist.events import ErrorEvent, Event, Level, ReplyDone, Status, UtteranceEvent
+from voiceassist.events import AssistantState, ErrorEvent, Event, Level, ReplyDone, Status, UtteranceEvent
 from voiceassist.kiosk.jsonlog import JsonLines, JsonLogHandler
 from voiceassist.kiosk.status import StatusFile, status_path
 from voiceassist.kiosk.systemd import Heartbeat, Notifier, watchdog_interval_s
+
+if TYPE_CHECKING:
+    from voiceassist.audio.sources import AudioSource
+    from voiceassist.pipeline.speech import Speaker
 
 log = logging.getLogger("voiceassist.kiosk")
 
@@ -116,7 +120,7 @@ class Kiosk:
             log.exception("kiosk failed")
             raise
         finally:
-            self.status.update(state="stopped", detail="")
+            self.status.update(state=AssistantState.STOPPED, detail="")
             root.removeHandler(handler)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -127,13 +131,13 @@ class Kiosk:
         self._stop.set()
         if self.app is None:
             log.info("stopped while starting")
-            self.status.update(state="stopped", detail="")
+            self.status.update(state=AssistantState.STOPPED, detail="")
             os._exit(0)
 
     def _run(self) -> int:
         from voiceassist.app import App
-        from voiceassist.backend import open_backend
         from voiceassist.kiosk.faults import wrap_from_env
+        from voiceassist.openers import open_backend
 
         cfg = self.config
         log.info(
@@ -143,7 +147,7 @@ class Kiosk:
             log.warning("%s; `voiceassist status` will not see this kiosk", self.status.write_error)
         self._open_store()
         source = self._open_source()
-        self._state("loading", cfg.server.url or cfg.model.name)
+        self._state(AssistantState.LOADING, cfg.server.url or cfg.model.name)
         backend = wrap_from_env(open_backend(cfg))
         from voiceassist.kiosk.recorder import RecordingBackend
 
@@ -171,6 +175,8 @@ class Kiosk:
             "kiosk ready",
             extra={"fields": {"model": getattr(backend, "description", ""), "input": getattr(source, "name", "")}},
         )
+        # The loop's liveness counts from now: loading the model can take longer than the 30 s allowed.
+        self._loop_beat = time.monotonic()
         # kiosk.watchdog = false: the heartbeat still checks the workers, it just does not ping systemd.
         heartbeat = Heartbeat(
             Notifier(enabled=cfg.kiosk.watchdog),
@@ -237,7 +243,7 @@ class Kiosk:
             extra={"fields": {"shutdown_stuck": True}},
         )
         faulthandler.dump_traceback(all_threads=True)
-        self.status.update(state="stopped", detail="forced")
+        self.status.update(state=AssistantState.STOPPED, detail="forced")
         os._exit(EXIT_SHUTDOWN_STUCK)
 
     # ---- events ---------------------------------------------------------------------------------------------
@@ -248,7 +254,7 @@ class Kiosk:
         now = time.monotonic()
         if isinstance(ev, Status):
             self._last_activity = now  # idle time counts from the last change (e.g. the end of speaking)
-            if ev.state == "speaking":
+            if ev.state == AssistantState.SPEAKING:
                 self._spoke_ok = True
             elif self._spoke_ok and self.app is not None and self.app.speaker is not None:
                 self._spoke_ok = False  # a reply was spoken with no output error since: the output works
@@ -291,7 +297,7 @@ class Kiosk:
         if not self._tts_error_t or time.monotonic() - self._tts_error_t < SPEECH_STUCK_S:
             return
         self._tts_error_t = 0.0
-        if app.state == "speaking" and app.speaker is not None:
+        if app.state == AssistantState.SPEAKING and app.speaker is not None:
             log.warning(
                 "speech output stalled after a device error: the rest of this reply is not spoken",
                 extra={"fields": {"device_state": "output_stalled"}},
@@ -313,7 +319,7 @@ class Kiosk:
             self._limit_reset.clear()
             self._reset_done(f"max_turns ({self.config.kiosk.max_turns})")
         idle_s = self.config.kiosk.idle_reset_s
-        quiet = not app.busy and app.state in ("listening", "device_lost") and not app.pending
+        quiet = not app.busy and app.state in (AssistantState.LISTENING, AssistantState.DEVICE_LOST) and not app.pending
         if idle_s and self._conv_turns and quiet and time.monotonic() - self._last_activity >= idle_s:
             app.reset()
             self._reset_done(f"idle ({idle_s:g} s without speech)")
@@ -386,25 +392,19 @@ class Kiosk:
                 extra={"fields": {"rotated": len(removed)}},
             )
 
-    def _open_source(self) -> Any:
-        if self.args.from_file:
-            from voiceassist.commands.chat import open_input
+    def _open_source(self) -> AudioSource:
+        from voiceassist.openers import open_input
 
-            return open_input(self.config, self.args)
-        from voiceassist.audio.reconnect import reconnecting_microphone
+        # The microphone is not checked first: systemd may start us before the device is there; the
+        # reconnecting source waits for it.
+        return open_input(
+            self.config, self.args.from_file, fast=self.args.fast, check_device=False, on_device_state=self._on_device
+        )
 
-        return reconnecting_microphone(self.config.audio, on_state=self._on_device)
+    def _open_speaker(self) -> Speaker | None:
+        from voiceassist.openers import open_speaker
 
-    def _open_speaker(self) -> Any:
-        if not self.config.tts.enabled:
-            return None
-        try:
-            from voiceassist.speech import Speaker
-
-            return Speaker(self.config.tts, self.config.audio.output_device)
-        except Exception as err:  # speech is optional: say why once and go on in text
-            log.warning("speech output unavailable (%s); replies stay text only", " ".join(str(err).split()))
-            return None
+        return open_speaker(self.config, log.warning)
 
     # ---- health -------------------------------------------------------------------------------------------------
     def _dead_workers(self) -> list[str]:

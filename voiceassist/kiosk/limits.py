@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
-from voiceassist.backend import Backend, ReplyResult, UserTurn
+from voiceassist.backend import Backend, BackendWrapper, ReplyResult, UserTurn
 
 
-class TurnLimit:
+class TurnLimit(BackendWrapper):
     """Delegates to ``inner``; after every ``max_turns()``-th turn since the last reset calls ``on_limit()``."""
 
     def __init__(self, inner: Backend, max_turns: Callable[[], int], on_limit: Callable[[], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.max_turns = max_turns  # read each turn, so a configuration reload applies at once
         self.on_limit = on_limit
         self.count = 0  # turns since the last reset
         self._lock = threading.Lock()
-
-    @property
-    def description(self) -> str:
-        return self.inner.description
 
     def reply(self, turn: UserTurn, on_text: Callable[[str], None], cancel: threading.Event) -> ReplyResult:
         try:
@@ -42,13 +37,7 @@ class TurnLimit:
             if hit:
                 self.on_limit()
 
-    def truncate_last_reply(self, spoken_text: str) -> None:
-        self.inner.truncate_last_reply(spoken_text)
-
     def reset(self) -> None:
         self.inner.reset()
         with self._lock:
             self.count = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)

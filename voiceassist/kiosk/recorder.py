@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from voiceassist.backend import Backend, BackendWrapper, ReplyResult, UserTurn
-from voiceassist.kiosk.storage import Store
+from voiceassist.kiosk.storage import TurnStore
 
 log = logging.getLogger("voiceassist.kiosk")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("voiceassist.kiosk")
 class RecordingBackend(BackendWrapper):
     """Delegates to ``inner``; after each reply (or failure) records the turn in ``store``."""
 
-    def __init__(self, inner: Backend, store: Store) -> None:
+    def __init__(self, inner: Backend, store: TurnStore) -> None:
         super().__init__(inner)
         self.store = store
         self.turn = 0  # turns of the current conversation (reset with it)

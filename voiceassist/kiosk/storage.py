@@ -23,14 +23,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from voiceassist.config import KioskConfig
 from voiceassist.errors import ConfigError
+from voiceassist.events import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 # Names this module writes; rotation touches nothing else.
 _OURS = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}(\.jsonl|-t\d+-\d+\.wav)$")
 
@@ -144,3 +144,21 @@ class Store:
                 total -= size
                 removed.append(path)
         return removed
+
+
+class TurnStore(Protocol):
+    """What the turn recorder needs: a ``Store``, or the daemon's stand-in that stores nothing (storage off)."""
+
+    folder: Path
+
+    def record_turn(
+        self,
+        turn: int,
+        audios: Sequence[np.ndarray],
+        text: str,
+        reply: str = "",
+        error: str = "",
+        figures: dict[str, Any] | None = None,
+    ) -> list[Path]: ...
+
+    def new_conversation(self) -> str: ...

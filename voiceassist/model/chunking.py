@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000  # Hz: what the feature extractor and the whole pipeline use
+from voiceassist.events import SAMPLE_RATE
+
 MAX_AUDIO_S = 30.0  # s: Qwen2-Audio's encoder window; the processor silently truncates longer audio
 WINDOW = SAMPLE_RATE // 100  # samples: 10 ms energy windows when looking for the quietest point
 SMOOTH = 10  # windows (100 ms) of energy averaged: a real pause beats a 20 ms gap between two words

@@ -23,6 +23,7 @@ the same numbers; only the summation order inside the kernels can differ (float 
 from __future__ import annotations
 
 import threading
+from typing import Any, TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +61,12 @@ def trimmed_frames(valid_frames: int) -> int:
     return min(MEL_FRAMES, 2 * conv_length(valid_frames) + 1)
 
 
-def _audio_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+# The audio tower is a transformers Qwen2AudioEncoder: its submodules (conv1, layers, ...) are attributes that
+# nn.Module types as ``Tensor | Module``, so it is typed Any here.
+Tower: TypeAlias = Any
+
+
+def _audio_parts(model: nn.Module) -> tuple[Tower, nn.Module]:
     """(audio_tower, multi_modal_projector) of a Qwen2AudioForConditionalGeneration or Qwen2AudioModel."""
     inner = getattr(model, "model", model)
     for obj in (model, inner):
@@ -110,7 +116,7 @@ def encode_audios(
         return [projector(h) for h in hidden]
 
 
-def _encode_padded(tower: nn.Module, input_features: Tensor, lengths: Tensor) -> list[Tensor]:
+def _encode_padded(tower: Tower, input_features: Tensor, lengths: Tensor) -> list[Tensor]:
     """The library's own path (Qwen2AudioModel.forward): all 3000 frames, padding masked in attention."""
     conv_lengths, token_lengths = tower._get_feat_extract_output_lengths(lengths)
     batch, _, mel_frames = input_features.shape
@@ -140,7 +146,7 @@ def _groups(conv_lengths: list[int]) -> list[list[int]]:
 
 
 def _encode_trimmed(
-    tower: nn.Module, input_features: Tensor, lengths: list[int], cancel: threading.Event | None = None
+    tower: Tower, input_features: Tensor, lengths: list[int], cancel: threading.Event | None = None
 ) -> list[Tensor]:
     """The encoder's own modules over the first T frames of each clip (see the module doc for why exact)."""
     out: list[Tensor | None] = [None] * len(lengths)
@@ -158,9 +164,7 @@ def _encode_trimmed(
     return out  # type: ignore[return-value]
 
 
-def _run_tower(
-    tower: nn.Module, features: Tensor, positions: list[int], cancel: threading.Event | None = None
-) -> Tensor:
+def _run_tower(tower: Tower, features: Tensor, positions: list[int], cancel: threading.Event | None = None) -> Tensor:
     """Qwen2AudioEncoder.forward's steps on ``features`` [B, mels, T]; row b has ``positions[b]`` valid
     positions after conv2. Returns the pooled, normalised states [B, max(positions) // 2, d_model]."""
     longest = max(positions)

@@ -19,9 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from voiceassist.events import SAMPLE_RATE
 from voiceassist.model.encoder import trimmed_frames
 
-SAMPLE_RATE = 16000
+# The processor's mel projection is one float64 matrix product over all frames. OpenBLAS's AVX-512 builds use a
+# separate "small matrix" kernel when rows x cols x depth is under ~1e6, whose rounding differs in the last bit
+# from the large kernel the processor's 3000 frames take; 128 frames (80 mels x 201 bins x 128 = 2.1e6) keep the
+# trimmed extraction on the large kernel, at the cost of 1.28 s of STFT (about 1 ms).
+MIN_FRAMES = 128
 
 
 def valid_frames(n_samples: int, hop: int = 160, max_frames: int = 3000) -> int:
@@ -38,7 +43,7 @@ def extract(feature_extractor: Any, audios: Sequence[np.ndarray]) -> tuple[torch
     feats, masks = [], []
     for audio in audios:
         n_valid = valid_frames(len(audio), hop, total)
-        frames = min(total, trimmed_frames(n_valid) + reach)
+        frames = min(total, max(MIN_FRAMES, trimmed_frames(n_valid) + reach))
         if frames >= total:
             out = fe([audio], sampling_rate=SAMPLE_RATE, padding="max_length", return_tensors="pt")
             feat = out["input_features"][0]

@@ -56,7 +56,7 @@ class KVCache:
                 return None
             part = list(ids[start : start + self.chunk])
             n = sum(1 for i in part if i == self.audio_token_id)
-            logits = self._forward(part, feats[used : used + n] if n else None)
+            logits = self._forward(part, feats[used : used + n] if n and feats is not None else None)
             used += n
             self.length += len(part)
         return logits
@@ -154,10 +154,11 @@ def _growing_layer_class(base: Any) -> Any:
     global _GROWER
     if _GROWER is None:
 
-        class _GrowingLayer(base):  # type: ignore[misc, valid-type]
+        class _GrowingLayer(base):
             def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
                 self.device = key_states.device
-                self._kbuf = self._vbuf = None
+                self._kbuf: torch.Tensor | None = None  # [..., room, head_dim]: keys with spare room
+                self._vbuf: torch.Tensor | None = None
                 self.keys, self.values = key_states[..., :0, :], value_states[..., :0, :]
                 self.is_initialized = True
 
@@ -167,7 +168,8 @@ def _growing_layer_class(base: Any) -> Any:
                 if not self.is_initialized:
                     self.lazy_initialization(key_states, value_states)
                 n, add = self.keys.shape[-2], key_states.shape[-2]
-                if self._kbuf is None or n + add > self._kbuf.shape[-2]:
+                kbuf, vbuf = self._kbuf, self._vbuf
+                if kbuf is None or vbuf is None or n + add > kbuf.shape[-2]:
                     room = -(-(n + add) // GROW_TOKENS) * GROW_TOKENS
                     shape = (*key_states.shape[:-2], room, key_states.shape[-1])
                     kbuf = key_states.new_empty(shape)
@@ -175,9 +177,9 @@ def _growing_layer_class(base: Any) -> Any:
                     kbuf[..., :n, :] = self.keys
                     vbuf[..., :n, :] = self.values
                     self._kbuf, self._vbuf = kbuf, vbuf
-                self._kbuf[..., n : n + add, :] = key_states
-                self._vbuf[..., n : n + add, :] = value_states
-                self.keys, self.values = self._kbuf[..., : n + add, :], self._vbuf[..., : n + add, :]
+                kbuf[..., n : n + add, :] = key_states
+                vbuf[..., n : n + add, :] = value_states
+                self.keys, self.values = kbuf[..., : n + add, :], vbuf[..., : n + add, :]
                 return self.keys, self.values
 
         _GROWER = _GrowingLayer

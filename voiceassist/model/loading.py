@@ -217,7 +217,7 @@ def _load(path: str, mc: ModelConfig, device: str, dtype: Any) -> tuple[Any, Any
         processor = AutoProcessor.from_pretrained(path)
         model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
         if "device_map" not in kwargs:
-            model = model.to(device)
+            model = model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() too narrowly
     except torch.cuda.OutOfMemoryError:
         raise ModelError(_oom_message(device)) from None
     except Exception as err:  # noqa: BLE001 - safetensors, OSError, ValueError...: all mean "cannot load"

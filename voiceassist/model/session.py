@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from voiceassist import conversation
 from voiceassist.backend import ReplyResult, UserTurn
 from voiceassist.config import GenerationConfig
 from voiceassist.errors import BackendError
@@ -40,9 +41,6 @@ from voiceassist.model.prompt import PromptBuilder, UserMessage
 # conversation the template describes). <|im_end|> and <|endoftext|> end a reply instead.
 STRUCTURAL_TOKENS = ("<|im_start|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-# When the context must be trimmed, old turns are dropped until the conversation (with the new turn and room
-# for the reply) uses at most this fraction of the limit, so that the next turns do not each rebuild the cache.
-TRIM_TARGET = 0.75
 
 
 @dataclass(frozen=True)
@@ -166,10 +164,7 @@ class Session:
     @property
     def system_prompt(self) -> str:
         """The system message: the configured prompt plus the reply-language hint, if any."""
-        prompt = self.generation.system_prompt
-        if self.generation.language:
-            prompt = f"{prompt} Reply in {self.generation.language}.".strip()
-        return prompt
+        return conversation.system_prompt(self.generation.system_prompt, self.generation.language)
 
     @property
     def turns(self) -> tuple[TurnRecord, ...]:
@@ -453,7 +448,7 @@ class Session:
         # Drop whole turns, oldest first, until the rest fits the trim target. Sizes are estimated from the
         # current ids (re-rendering shifts only the system message and audio numbers: a few tokens), then the
         # kept turns are re-rendered exactly and the room left is checked exactly.
-        target = int(self.context_limit * TRIM_TARGET)
+        target = int(self.context_limit * conversation.TRIM_TARGET)
         keep = list(self._turns)
         size = sum(len(t.prompt_ids) + len(t.reply_ids) for t in keep)
         dropped = 0

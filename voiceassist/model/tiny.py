@@ -19,6 +19,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from voiceassist.events import SAMPLE_RATE
 
 # Bump when the files written change, so cached copies are rebuilt rather than reused.
 TINY_VERSION = 2
@@ -105,10 +108,10 @@ def build_tiny_model(dir: Path) -> Path:
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, Any] = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}  # one int id each
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
-        sampling_rate=16000,
+        sampling_rate=SAMPLE_RATE,
         hop_length=160,
         chunk_length=30,
         n_fft=400,
@@ -119,7 +122,7 @@ def build_tiny_model(dir: Path) -> Path:
         feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
     )
 
-    config = Qwen2AudioConfig(
+    config = Qwen2AudioConfig(  # type: ignore[call-arg]  # initializer_range: through PretrainedConfig's kwargs
         audio_config={
             "model_type": "qwen2_audio_encoder",
             "num_mel_bins": 128,

@@ -25,17 +25,15 @@ from urllib.parse import urlsplit
 
 from voiceassist.backend import ReplyResult, UserTurn
 from voiceassist.config import Config
+from voiceassist.conversation import TRIM_TARGET, system_prompt
 from voiceassist.errors import BackendError
 from voiceassist.remote import wire
 from voiceassist.remote.client import Broken, Rejected, Retryable, ServerClient, StreamResult
+from voiceassist.retry import backoff_pause
 
 BACKOFF_FIRST_S = 0.5  # first pause before retrying a transient failure, s; doubles each retry
 BACKOFF_MAX_S = 10.0  # longest pause between retries, s
 REPLY_SHARE = 4  # at most 1/REPLY_SHARE of the context is kept free for the reply (max_new_tokens if smaller)
-# When old turns must go, drop down to this share of the budget rather than to just under it: each drop
-# changes the conversation's prefix and so misses the server's prefix cache once; dropping a little more
-# keeps the prefix stable (cached) for the next several turns instead of missing the cache every turn.
-DROP_TO = 0.75
 MIN_RATE_SPAN_S = 0.01  # first → last token span below which the decode rate is not measurable, s
 ASSISTANT_PROMPT_TOKENS = 3  # "<|im_start|>assistant\n" after the last user message
 
@@ -75,8 +73,9 @@ class RemoteBackend:
         self._client = client or ServerClient(config.server)
         self.extra_body = dict(extra_body or {})  # merged into every request body
         self._backoff_s = backoff_s
-        self.on_status = on_status
-        self._system = wire.system_prompt(self._gen.system_prompt, self._gen.language)
+        self.on_status = on_status  # StatusReporting: the App sets it (through any wrappers) to show retries
+        self.last_speculated = False  # Speculating: the server's prefix cache is not observable from here
+        self._system = system_prompt(self._gen.system_prompt, self._gen.language)
         self._system_tokens = (
             wire.estimate_text_tokens(self._system) + wire.MESSAGE_OVERHEAD_TOKENS if self._system else 0
         )
@@ -120,7 +119,7 @@ class RemoteBackend:
                     raise BackendError(
                         f"{err} (gave up after {self._server.retries} retries)", retryable=True
                     ) from None
-                pause = min(self._backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
+                pause = backoff_pause(attempt, self._backoff_s, BACKOFF_MAX_S)
                 self._status(f"{err}; retry {attempt}/{self._server.retries} in {pause:g} s")
                 cancel.wait(pause)
                 continue
@@ -282,7 +281,7 @@ class RemoteBackend:
         drop = min(at_least, len(self._turns))
         if drop == 0 and fits(0, 1.0):
             return 0
-        while drop < len(self._turns) and not fits(drop, DROP_TO):
+        while drop < len(self._turns) and not fits(drop, TRIM_TARGET):
             drop += 1
         return drop
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000  # Hz; Qwen2-Audio's feature extractor rate
+from voiceassist.events import SAMPLE_RATE
+
 AUDIO_TOKENS_PER_S = 25  # Qwen2-Audio: 100 mel frames/s, conv stride 2, pooling 2 → 25 tokens per second
 AUDIO_OVERHEAD_TOKENS = 8  # "Audio N: <|audio_bos|>…<|audio_eos|>\n" around each audio's tokens
 MESSAGE_OVERHEAD_TOKENS = 5  # "<|im_start|>role\n" … "<|im_end|>\n"
@@ -62,13 +63,6 @@ def user_message(b64_wavs: tuple[str, ...] | list[str], text: str) -> dict[str, 
     if text:
         parts.append({"type": "text", "text": text})
     return {"role": "user", "content": parts}
-
-
-def system_prompt(prompt: str, language: str) -> str:
-    """The system prompt with the reply-language hint appended (empty hint: the user's own language)."""
-    if language:
-        prompt = f"{prompt} Reply in {language}.".strip()  # as the local session words it
-    return prompt
 
 
 def estimate_text_tokens(text: str) -> int:

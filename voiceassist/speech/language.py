@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from voiceassist.speech.engine import Voice
+    from voiceassist.speech.synth_client import Voice
 
 DEFAULT_LANGUAGES = ("zh", "en", "yue", "fr", "it", "es", "de", "ja")  # Qwen2-Audio's eight headline languages
 CONFIDENT = 0.5  # fastText probability below which a short sentence follows the reply's running language

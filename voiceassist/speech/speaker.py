@@ -33,10 +33,10 @@ import numpy as np
 
 from voiceassist.config import TtsConfig
 from voiceassist.errors import DeviceError, SpeechError
-from voiceassist.speech.engine import SENTENCE_TIMEOUT_S, EngineUnavailable, SynthWorker, VoiceMissing
 from voiceassist.speech.language import VoiceChoice, VoicePicker
 from voiceassist.speech.player import Player, Segment
 from voiceassist.speech.sentences import SentenceSplitter, speakable
+from voiceassist.speech.synth_client import SENTENCE_TIMEOUT_S, EngineUnavailable, SynthWorker, VoiceMissing
 
 IDLE_CLOSE_S = 60.0  # release the output device after this long with nothing to say
 MAX_AHEAD_S = 30.0  # synthesis waits while this much audio is already queued (bounds memory)

@@ -17,11 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.filters import Condition, has_completions
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.key_binding.bindings.completion import generate_completions
@@ -34,6 +35,7 @@ from prompt_toolkit.styles import Style
 from voiceassist import events as ev
 from voiceassist.config import Config
 from voiceassist.errors import ConfigError, VoiceAssistError
+from voiceassist.events import AssistantState
 from voiceassist.tui import commands as cmds
 from voiceassist.tui.statusbar import StatusModel
 from voiceassist.tui.stderr import StderrCapture
@@ -151,7 +153,9 @@ class ConversationControl(UIControl):
             self.ui.offset += max(grown, 0)  # scrolled back: the text being read stays still as lines arrive
         lines, self.ui.offset = self.ui.conv.window(width, height, self.ui.offset)
         self.ui.pane_height = height
-        return UIContent(get_line=lambda i: lines[i], line_count=len(lines), show_cursor=False)
+        return UIContent(
+            get_line=lambda i: cast(StyleAndTextTuples, lines[i]), line_count=len(lines), show_cursor=False
+        )
 
 
 class Tui:
@@ -211,13 +215,17 @@ class Tui:
         body = HSplit(
             [
                 Window(ConversationControl(self), wrap_lines=False),
-                Window(FormattedTextControl(self._hint_line), height=1),
+                Window(FormattedTextControl(lambda: cast(StyleAndTextTuples, self._hint_line())), height=1),
                 Window(
-                    FormattedTextControl(lambda: self.status.line1(self._width(), ev.now())),
+                    FormattedTextControl(lambda: cast(StyleAndTextTuples, self.status.line1(self._width(), ev.now()))),
                     height=1,
                     style="class:status",
                 ),
-                Window(FormattedTextControl(lambda: self.status.line2(self._width())), height=1, style="class:status"),
+                Window(
+                    FormattedTextControl(lambda: cast(StyleAndTextTuples, self.status.line2(self._width()))),
+                    height=1,
+                    style="class:status",
+                ),
                 input_window,
             ]
         )
@@ -319,8 +327,8 @@ class Tui:
     def _busy(self) -> bool:
         busy = getattr(self.app, "busy", None)  # the app knows best whether a reply is being generated
         if isinstance(busy, bool):
-            return busy or self.status.state == "speaking"
-        return self.status.busy or self.status.state in ("thinking", "speaking")
+            return busy or self.status.state == AssistantState.SPEAKING
+        return self.status.busy or self.status.state in (AssistantState.THINKING, AssistantState.SPEAKING)
 
     # ---- input line ------------------------------------------------------------------------------------------
 
@@ -329,7 +337,7 @@ class Tui:
         self.status.hint = ""
         if not text:
             return False
-        if text.startswith("/") and not text.startswith("//"):
+        if cmds.is_command(text):
             try:
                 self.run_command(cmds.parse(text))
             except cmds.CommandError as err:
@@ -338,7 +346,7 @@ class Tui:
                 self.conv.note(str(err), "error")
         else:
             self.offset = 0  # a new turn: follow it
-            text = text[1:] if text.startswith("//") else text
+            text = cmds.message_text(text)
             self.conv.pending(text)
             self.app.submit_text(text)
         return False  # clear the line (it stays in the Up-arrow history)

@@ -13,20 +13,21 @@ from dataclasses import dataclass
 from prompt_toolkit.utils import get_cwidth
 
 from voiceassist import events as ev
+from voiceassist.events import AssistantState
 from voiceassist.tui.view import Fragments, char_width, safe
 
 METER_LO_DB, METER_HI_DB = -60.0, 0.0  # dBFS range of the live input meter
 STATE_LABELS = {
     "starting": "starting",
-    "listening": "listening",
-    "hearing": "hearing speech",
-    "recording": "recording",
-    "thinking": "thinking",
-    "speaking": "speaking",
-    "muted": "muted",
-    "device_lost": "device lost",
+    AssistantState.LISTENING: "listening",
+    AssistantState.HEARING: "hearing speech",
+    AssistantState.RECORDING: "recording",
+    AssistantState.THINKING: "thinking",
+    AssistantState.SPEAKING: "speaking",
+    AssistantState.MUTED: "muted",
+    AssistantState.DEVICE_LOST: "device lost",
     "idle": "idle",
-    "stopped": "stopped",
+    AssistantState.STOPPED: "stopped",
     "ended": "input ended",
 }
 
@@ -73,13 +74,13 @@ class StatusModel:
             # conversation", ...): shown on the hint line. Recording time and lost devices are in the bar.
             if (
                 self.detail
-                and event.state not in ("recording", "device_lost")
+                and event.state not in (AssistantState.RECORDING, AssistantState.DEVICE_LOST)
                 and not (self.detail.startswith("mode "))
             ):
                 self.hint = self.detail
-            if event.state == "muted":
+            if event.state == AssistantState.MUTED:
                 self.muted = True
-            elif event.state in ("listening", "hearing", "recording"):
+            elif event.state in (AssistantState.LISTENING, AssistantState.HEARING, AssistantState.RECORDING):
                 self.muted = False
         elif isinstance(event, ev.UtteranceEvent):
             self.busy = True
@@ -102,7 +103,7 @@ class StatusModel:
 
     def state_label(self) -> str:
         label = STATE_LABELS.get(self.state, self.state.replace("_", " "))
-        return f"{label}: {self.detail}" if self.detail and self.state == "device_lost" else label
+        return f"{label}: {self.detail}" if self.detail and self.state == AssistantState.DEVICE_LOST else label
 
     def line1(self, width: int, now: float) -> Fragments:
         """Mode, state, recording timer, input meter (or the silence warning), latency and speed; shorter
@@ -118,10 +119,14 @@ class StatusModel:
         out: Fragments = [("class:status.mode", f" {mode} ")]
         if self.recording_since is not None:
             out.append(("class:status.rec", f" ● REC {max(0.0, now - self.recording_since):4.1f} s "))
-        elif self.state == "recording":
+        elif self.state == AssistantState.RECORDING:
             out.append(("class:status.rec", f" ● REC {self.detail} "))
         else:
-            st = "class:status.warn" if self.state in ("device_lost", "muted") else "class:status.state"
+            st = (
+                "class:status.warn"
+                if self.state in (AssistantState.DEVICE_LOST, AssistantState.MUTED)
+                else "class:status.state"
+            )
             out.append((st, f" {self.state_label()} "))
         if self.silent_s >= self.silence_warning_s and not self.muted:
             warn = (

@@ -1,8 +1,9 @@
 """The conversation pane, as pure functions of the events: no prompt_toolkit application, no threads.
 
 ``Conversation`` turns the event stream into entries (user turns, replies, notes) and wraps them into screen
-lines of ``(style, text)`` fragments for a given width (the status bar is in ``statusbar``). Everything model-generated passes through :func:`safe` (control sequences stripped) again here, as
-a defence in depth: the app strips too, but the screen is the last place a stray ESC could do harm.
+lines of ``(style, text)`` fragments for a given width (the status bar is in ``statusbar``). Everything
+model-generated passes through :func:`safe` (control sequences stripped) again here, as a defence in depth:
+the app strips too, but the screen is the last place a stray ESC could do harm.
 """
 
 from __future__ import annotations
@@ -330,7 +331,7 @@ class Conversation:
             self._items = [c for c in self._items if all(c is not g for g in gone)]
 
     def _take_pending(self, event: ev.UtteranceEvent) -> None:
-        for n, item in enumerate(self._items):
+        for item in self._items:
             p = item.entry
             if isinstance(p, PendingEntry) and p.text == event.text and bool(p.file) == bool(event.durations):
                 self._remove([item])
@@ -359,7 +360,7 @@ class Conversation:
             item.entry.latency_s, item.entry.ttft_s = event.latency_s, event.ttft_s  # type: ignore[union-attr]
         elif isinstance(event, ev.Token):
             item = self._reply(event.turn)
-            item.entry.text += event.text  # type: ignore[union-attr]
+            item.entry.text += event.text
         elif isinstance(event, ev.ReplyDone):
             item = self._reply(event.turn)
             r: ReplyEntry = item.entry  # type: ignore[assignment]
@@ -378,9 +379,10 @@ class Conversation:
         elif isinstance(event, ev.ErrorEvent):
             # A waiting turn that will never come: its file failed, or the turn queue was full.
             waiting = [c for c in self._items if isinstance(c.entry, PendingEntry)]
-            gone = [c for c in waiting if c.entry.file and c.entry.file in event.message]  # type: ignore[union-attr]
-            if not gone and waiting and "dropped" in event.message:
-                gone = waiting[-1:]
+            gone = []
+            if event.dropped:
+                gone = [c for c in waiting if event.file and c.entry.file == event.file]  # type: ignore[union-attr]
+                gone = gone[:1] or waiting[-1:]
             self._remove(gone)
             self.note(event.message, "error")
             return True

@@ -7,7 +7,7 @@ is later), so a fast (not real-time) run keeps one monotonic clock, as a microph
 from __future__ import annotations
 
 from voiceassist.audio.sources import CaptureStats, EndOfInput, FileSource
-from voiceassist.events import AudioBlock, now
+from voiceassist.events import SAMPLE_RATE, AudioBlock, now
 
 
 class FileSequence:
@@ -18,6 +18,7 @@ class FileSequence:
             raise ValueError("FileSequence needs at least one file")
         self.files = [FileSource(p, realtime=realtime, block_ms=block_ms) for p in paths]
         self.realtime = realtime
+        self.is_device = False
         self.stats = CaptureStats()
         self._index = 0
         self._end_t = 0.0  # capture clock just after the last block handed out, s
@@ -46,7 +47,7 @@ class FileSequence:
                 continue
             if block is not None:
                 self.stats.blocks += 1
-                self._end_t = block.t + len(block.samples) / 16000
+                self._end_t = block.t + len(block.samples) / SAMPLE_RATE
             return block
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The assistant's side of the synthesis worker process (:mod:`voiceassist.speech.worker`).
+"""The assistant's side of the synthesis worker process (:mod:`voiceassist.speech.synth_process`).
 
 :class:`SynthWorker` starts the worker, sends it one sentence at a time and waits for the sound file with a
 deadline. A worker that crashed is started again and the sentence retried once; a worker that misses the
@@ -25,7 +25,7 @@ import numpy as np
 
 from voiceassist.errors import SpeechError
 
-WORKER_SCRIPT = Path(__file__).with_name("worker.py")
+WORKER_SCRIPT = Path(__file__).with_name("synth_process.py")
 START_TIMEOUT_S = 20.0  # Python start + importing pyttsx3 on a busy machine; normally ~0.3 s
 # A sentence's deadline: espeak needs ~10 ms per sentence; the margin covers a loaded machine.
 SENTENCE_TIMEOUT_S = 5.0

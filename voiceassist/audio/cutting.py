@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000  # Hz
+from voiceassist.events import SAMPLE_RATE
+
 FRAME = 480  # samples per trimming frame: 30 ms at 16 kHz
 KEEP_S = 0.15  # s of audio kept around the speech at each end, so onsets and endings are not clipped
 FLOOR_DBFS = -55.0  # frames below this are always silence, dB full scale

@@ -1,6 +1,6 @@
 """The speech-synthesis worker: a separate process that turns text into sound files, killable at any time.
 
-Run as a script (``python -u worker.py``), never imported by the assistant: it must stay free of voiceassist
+Run as a script (``python -u synth_process.py``), never imported by the assistant: it must stay free of voiceassist
 imports so that it starts fast and a hang or crash in the speech engine cannot take the assistant with it
 (pyttsx3's ``runAndWait`` is known to hang when driven from threads).
 
@@ -127,9 +127,10 @@ class EspeakCliEngine:
     name = "espeak-ng"
 
     def __init__(self) -> None:
-        self.exe = shutil.which("espeak-ng") or shutil.which("espeak")
-        if self.exe is None:
+        exe = shutil.which("espeak-ng") or shutil.which("espeak")
+        if exe is None:
             raise RuntimeError("espeak-ng is not installed")
+        self.exe: str = exe
         self.voice, self.rate, self.volume = "", 175, 1.0
 
     def voices(self) -> list[dict[str, Any]]:
