@@ -22,6 +22,7 @@ of a real reply would). Models: ``tiny`` and ``heavy`` (the random model of scri
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import statistics
 import sys
@@ -106,7 +107,9 @@ def bench_model(name: str, wav: Path, turns: int) -> None:
         f"hang-over {hang * 1000:.0f} ms; output: PortAudio → PulseAudio null sink\n"
     )
     configs = [with_overrides(base, {"tts.speculative_first_sentence": m}) for m in MODES]
+    load0 = os.getloadavg()[0]
     results, counts = run_once(configs, backend, wav)
+    print(f"load average (1 min) at the start / end: {load0:.1f} / {os.getloadavg()[0]:.1f} (2 cores)\n")
     print(
         "| speculative first sentence | turns | voice-to-voice median | p95 | minus hang-over median | p95 "
         "| first token median (for reference) |"
