@@ -147,7 +147,12 @@ def main() -> int:
     ap.add_argument("--turns", type=int, default=41, help="questions (the first is warm-up; the rest alternate)")
     ap.add_argument("--models", default="tiny,heavy", help="comma list: tiny, heavy, or a model name/folder")
     ap.add_argument("--pause", type=float, default=1.5, help="silence after each question, s")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # 1 avoids OpenMP threads fighting over a loaded machine's cores
     with tempfile.TemporaryDirectory() as tmp, PulseServer():
         import sounddevice as sd
 
