@@ -63,6 +63,7 @@ from voiceassist.pipeline.messages import (
     SetMode,
     SetMuted,
     SetSpeculation,
+    SetSpeculativeSentence,
     SetSpeechOutput,
     SettingsReport,
     SpeculationRequest,
@@ -282,6 +283,11 @@ class App:
         """Speculative prefill during the hang-over from the next pause on, or not (a backend that offers none
         stays without)."""
         self.capture.control.put(SetSpeculation(bool(on)))
+
+    def set_speculative_first_sentence(self, on: bool) -> None:
+        """Decode and synthesise each reply's first sentence during the hang-over (after the speculative
+        prefill), or not, from the next speculation on (``tts.speculative_first_sentence``)."""
+        self.model.control.put(SetSpeculativeSentence(bool(on)))
 
     def set_tts(self, on: bool) -> None:
         """Speak replies (from the next reply on) or not; the speaker is created on first use."""

@@ -50,7 +50,15 @@ class TruncateReply:
     reason: InterruptReason
 
 
-ModelControl = ResetConversation | TruncateReply
+@dataclass(frozen=True)
+class SetSpeculativeSentence:
+    """Decode and synthesise the reply's first sentence during the hang-over, or not (from the next speculation
+    on; ``tts.speculative_first_sentence`` at start)."""
+
+    on: bool
+
+
+ModelControl = ResetConversation | TruncateReply | SetSpeculativeSentence
 
 
 class SpeculationRequest:

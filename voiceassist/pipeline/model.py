@@ -49,6 +49,7 @@ from voiceassist.pipeline.messages import (
     PrepareSentence,
     ReplyEnded,
     ResetConversation,
+    SetSpeculativeSentence,
     SpeakText,
     SpeculationRequest,
     SpeechMessage,
@@ -127,6 +128,7 @@ class ModelStage:
         self._history_lock = threading.Lock()  # history() is read from the UI thread
         self.speculations_started = 0  # speculative prefills begun (a figure for tests)
         self.first_sentences_prepared = 0  # speculative first sentences sent to the speech stage (tests, benchmarks)
+        self._first_sentence_on = config.tts.speculative_first_sentence  # SetSpeculativeSentence changes it
         self.retry_first_s = RETRY_FIRST_S
         self.retry_max_s = RETRY_MAX_S
 
@@ -201,6 +203,8 @@ class ModelStage:
                     self._report(detail="new conversation", force=True)
                 case TruncateReply():
                     self._truncate(msg)
+                case SetSpeculativeSentence(on=on):
+                    self._first_sentence_on = on
 
     def _truncate(self, msg: TruncateReply) -> None:
         """Barge-in / ptt over playback: the history keeps only what was heard, marked as interrupted."""
@@ -242,7 +246,7 @@ class ModelStage:
         ahead = self._reply_speculator
         if (
             ahead is None
-            or not self.config.tts.speculative_first_sentence
+            or not self._first_sentence_on
             or self._spoken is None
             or not self._spoken.output_on()
             or cancel.is_set()
