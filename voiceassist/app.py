@@ -49,7 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 from voiceassist.audio.sources import AudioSource
-from voiceassist.backend import Backend, speculator, status_reporter
+from voiceassist.backend import Backend, reply_speculator, speculator, status_reporter
 from voiceassist.config import Config
 from voiceassist.errors import ConfigError, one_line, quietly
 from voiceassist.events import AssistantState, ErrorEvent, Event, Status, now
@@ -64,6 +64,7 @@ from voiceassist.pipeline.messages import (
     SetMode,
     SetMuted,
     SetSpeculation,
+    SetSpeculativeSentence,
     SetSpeechOutput,
     SettingsReport,
     SpeculationRequest,
@@ -156,6 +157,8 @@ class App:
             clock=self.clock,
             stop=self._stop,
             on_idle=self._check_done,
+            reply_speculator=reply_speculator(backend),
+            spoken=self.speech,
         )
         # The wake word (issue 13): its detector runs last in the processor chain (after an echo canceller, so the
         # assistant's own voice cannot wake it); the capture stage puts its gate behind the segmenter.
@@ -301,6 +304,11 @@ class App:
         stays without)."""
         self.capture.control.put(SetSpeculation(bool(on)))
 
+    def set_speculative_first_sentence(self, on: bool) -> None:
+        """Decode and synthesise each reply's first sentence during the hang-over (after the speculative
+        prefill), or not, from the next speculation on (``tts.speculative_first_sentence``)."""
+        self.model.control.put(SetSpeculativeSentence(bool(on)))
+
     def set_tts(self, on: bool) -> None:
         """Speak replies (from the next reply on) or not; the speaker is created on first use."""
         self.speech.send(SetSpeechOutput(on))
@@ -388,6 +396,11 @@ class App:
     @property
     def speculations_started(self) -> int:
         return self.model.speculations_started
+
+    @property
+    def first_sentences_prepared(self) -> int:
+        """Speculative first sentences the model stage had synthesised during the hang-over (issue 15)."""
+        return self.model.first_sentences_prepared
 
     @property
     def retry_first_s(self) -> float:

@@ -197,7 +197,24 @@ class TtsConfig:
     """Speaking the replies."""
 
     enabled: bool = _f(False, "speak replies aloud")
-    voice: str = _f("", "voice id or name substring (see `voiceassist voices`); empty = the engine's default")
+    voice: str = _f(
+        "auto",
+        "auto = a voice of each sentence's language; or a voice id or name substring (see `voiceassist voices`); "
+        "empty = the engine's default",
+    )
+    languages: str = _f(
+        "zh, en, yue, fr, it, es, de, ja",
+        "languages replies are expected in (ISO 639-1 codes, yue = Cantonese): auto's language detection chooses "
+        "among them; text in another script is still recognised",
+    )
+    auto_voices: str = _f(
+        "", 'voices auto prefers for their language, e.g. "en-us, fr-be"; empty = each language\'s main voice'
+    )
+    speculative_first_sentence: bool = _f(
+        True,
+        "during the hang-over, after the speculative prefill, decode and synthesise the reply's first sentence so "
+        "it plays as soon as the hang-over ends (exact: rolled back if speech resumes)",
+    )
     rate: int = _f(175, "speaking rate", unit="words/min", lo=50, hi=500)
     volume: float = _f(1.0, "speech volume", lo=0.0, hi=1.0)
     echo_tail_ms: int = _f(

@@ -190,6 +190,10 @@ class ReplyDone(Event):
     latency_s: float | None = None
     context_tokens: int = 0
     interrupted: bool = False
+    # End of speech (capture clock) → the first sample of the spoken reply at the output device (PortAudio's DAC
+    # time), s; None when the reply was not spoken (speech off, nothing speakable, speech failed, or no sound
+    # within the model stage's short wait after the reply ended: see VOICE_WAIT_S).
+    voice_latency_s: float | None = None
 
 
 @dataclass(frozen=True)

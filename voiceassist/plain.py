@@ -157,6 +157,8 @@ class PlainPrinter:
             figures = [f"{ev.n_tokens} tokens", f"{ev.tok_per_s:.1f} tok/s", f"first token {_ms(ev.ttft_s)}"]
             if ev.latency_s is not None:
                 figures.append(f"end of speech → first token {_ms(ev.latency_s)}")
+            if ev.voice_latency_s is not None:
+                figures.append(f"→ first sound {_ms(ev.voice_latency_s)}")
             if ev.context_tokens:
                 figures.append(f"context {ev.context_tokens} tokens")
             if ev.interrupted:

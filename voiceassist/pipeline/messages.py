@@ -50,7 +50,15 @@ class TruncateReply:
     reason: InterruptReason
 
 
-ModelControl = ResetConversation | TruncateReply
+@dataclass(frozen=True)
+class SetSpeculativeSentence:
+    """Decode and synthesise the reply's first sentence during the hang-over, or not (from the next speculation
+    on; ``tts.speculative_first_sentence`` at start)."""
+
+    on: bool
+
+
+ModelControl = ResetConversation | TruncateReply | SetSpeculativeSentence
 
 
 class SpeculationRequest:
@@ -166,7 +174,22 @@ class SetSpeechOutput:
     on: bool
 
 
-SpeechMessage = BeginReply | SpeakText | EndOfReply | StopSpeaking | SetSpeechOutput
+@dataclass(frozen=True)
+class PrepareSentence:
+    """The speculative first sentence of the reply to come (model stage, during the hang-over): synthesise it
+    now and hold it without playing. There is no commit message: the committed reply's first SpeakText pieces
+    complete the same sentence, and the speaker plays the held sound instead of synthesising (it checks the
+    text is exactly the same, so a different reply can never play it)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class DiscardPrepared:
+    """The speculation was rolled back (speech resumed): drop the held sentence."""
+
+
+SpeechMessage = BeginReply | SpeakText | EndOfReply | StopSpeaking | SetSpeechOutput | PrepareSentence | DiscardPrepared
 
 
 # ---- reports to the status board (every stage → StatusBoard) -------------------------------------------------
