@@ -38,6 +38,7 @@ def config(**overrides) -> Config:
         "tts.enabled": True,
         "tts.rate": 150,
         "audio.echo_cancel": "on",
+        "audio.full_duplex": True,
     }
     values.update(overrides)
     return with_overrides(Config(), values)

@@ -95,6 +95,10 @@ def test_bad_model_folders_are_one_line_errors(tmp_path):
     _one_line_model_error(config(name=str(llama)), "llama model, not Qwen2-Audio")
     (llama / "config.json").write_text("{not json")
     _one_line_model_error(config(name=str(llama)), "bad JSON")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "qwen2_audio", "text_config": {"model_type": "nope"}}))
+    _one_line_model_error(config(name=str(odd)), "cannot read the model config")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model_dir(), broken)
     (broken / "model.safetensors").write_bytes(b"\0" * 100)  # a truncated download
@@ -126,8 +130,22 @@ def test_cuda_asked_but_absent():
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 def test_quantization_without_bitsandbytes():
-    _one_line_model_error(config(name="tiny", quantization="4bit"), "bitsandbytes", "voiceassist[quant]")
-    _one_line_model_error(config(name="tiny", quantization="8bit"), "bitsandbytes")
+    from voiceassist.model.loading import _check_quantization
+
+    # The check for a GPU (none here): called with the device a CUDA machine resolves to.
+    for q in ("4bit", "8bit"):
+        with pytest.raises(ModelError) as info:
+            _check_quantization(ModelConfig(quantization=q), "cuda:0")
+        assert "bitsandbytes" in str(info.value) and "pip install 'voiceassist[quant]'" in str(info.value)
+
+
+def test_quantization_on_cpu_is_one_line_exit_2(tmp_path, capsys):
+    msg = _one_line_model_error(config(name="tiny", quantization="4bit", device="cpu"), "CUDA GPU only", "none")
+    assert "voiceassist[quant]" in msg
+    code = cli.main(["ask", "--text", "hi", "--model", "tiny", "--device", "cpu", "--quantization", "8bit"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("voiceassist: error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err and "CUDA GPU only" in errors[0], err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed")
@@ -142,7 +160,7 @@ def test_out_of_memory_while_loading(monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 136.00 MiB")
 
     monkeypatch.setattr(Qwen2AudioForConditionalGeneration, "from_pretrained", oom)
-    _one_line_model_error(config(name="tiny"), "out of memory", "17 GB", "6 GB", "--quantization 4bit")
+    _one_line_model_error(config(name="tiny"), "out of memory", "it needs", "--quantization 4bit", "doctor")
 
 
 def test_cli_reports_a_bad_model_in_one_line(tmp_path, capsys, monkeypatch):

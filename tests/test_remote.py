@@ -269,3 +269,21 @@ def test_bad_or_missing_api_key(vllm, monkeypatch):
         ).n_tokens
         > 0
     )
+
+
+def test_the_server_takes_top_k_and_the_repetition_penalty(vllm, clips, monkeypatch):
+    """The sampling fields the client sends (wire.sampling_fields) are accepted and applied by the real server:
+    a greedy reply under a strong repetition penalty differs from the unpenalised one."""
+    if vllm.api_key:  # an earlier test may have restarted the server with a key
+        monkeypatch.setenv(KEY_ENV, vllm.api_key)
+    else:
+        monkeypatch.delenv(KEY_ENV, raising=False)
+    base = make_config(vllm.url, max_new_tokens=24)
+
+    def reply(**gen: object) -> str:
+        c = dataclasses.replace(base, generation=dataclasses.replace(base.generation, **gen))
+        return RemoteBackend(c).reply(UserTurn(audios=(clips[1],)), lambda s: None, threading.Event()).text
+
+    sampled = reply(temperature=0.8, top_p=0.9, top_k=5, repetition_penalty=1.3, seed=3)
+    assert sampled  # accepted (an unknown or refused field would be a 400: BackendError)
+    assert reply(temperature=0.0, repetition_penalty=1.0) != reply(temperature=0.0, repetition_penalty=3.0)

@@ -162,6 +162,27 @@ def test_language_hint_and_sampling_reach_the_server(fake):
     body = fake.requests[-1]
     assert body["messages"][0]["content"].endswith("Reply in French.")
     assert (body["temperature"], body["top_p"], body["seed"], body["max_tokens"]) == (0.5, 0.8, 7, 3)
+    assert "top_k" not in body and "repetition_penalty" not in body  # as the model ships: the server's default
+
+
+def test_sampling_as_configured_or_as_the_model_ships_reaches_the_server(fake):
+    c = make_config(fake.url)
+    shipped = dataclasses.replace(c.generation, temperature=-1.0, top_p=-1.0, top_k=-1, repetition_penalty=-1.0)
+    RemoteBackend(dataclasses.replace(c, generation=shipped)).reply(
+        UserTurn(text="hi"), lambda s: None, threading.Event()
+    )
+    body = fake.requests[-1]
+    # Nothing configured: no sampling field at all, so vLLM applies the model's generation_config.json, as the
+    # local session does.
+    assert not {"temperature", "top_p", "top_k", "repetition_penalty"} & set(body), body
+    mine = dataclasses.replace(c.generation, temperature=0.7, top_p=0.5, top_k=20, repetition_penalty=1.1)
+    RemoteBackend(dataclasses.replace(c, generation=mine)).reply(UserTurn(text="hi"), lambda s: None, threading.Event())
+    body = fake.requests[-1]
+    assert (body["temperature"], body["top_p"], body["top_k"], body["repetition_penalty"]) == (0.7, 0.5, 20, 1.1)
+    off = dataclasses.replace(mine, top_k=0, temperature=0.0)
+    RemoteBackend(dataclasses.replace(c, generation=off)).reply(UserTurn(text="hi"), lambda s: None, threading.Event())
+    body = fake.requests[-1]
+    assert (body["temperature"], body["top_p"], body["top_k"]) == (0.0, 1.0, -1)  # greedy; vLLM's "top-k off"
 
 
 def test_cancel_closes_the_stream_and_keeps_the_partial_reply():
@@ -200,6 +221,7 @@ def test_speculate_sends_the_coming_request_and_adds_nothing(fake):
     before = backend.turns
     turn = UserTurn(audios=(tone(2.0, 600),))
     backend.speculate(turn, threading.Event())
+    backend.wait_speculation()  # it runs on its own thread (the worker is free at once); reply() waits too
     assert backend.turns == before and fake.requests[-1]["max_tokens"] == 1
     backend.reply(turn, lambda s: None, threading.Event())
     assert fake.requests[-1]["messages"] == fake.requests[-2]["messages"]  # the warmed prefix is the real one

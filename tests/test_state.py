@@ -45,3 +45,13 @@ def test_states_are_their_json_strings():
     from voiceassist.events import Status
 
     assert Status(S.SPEAKING, t=1.0).to_json() == {"type": "status", "t": 1.0, "state": "speaking", "detail": ""}
+
+
+def test_waiting_for_the_wake_word_is_the_idle_rung_when_a_wake_word_is_set():
+    # Only when nothing else is going on: hearing, thinking and speaking all outrank it.
+    assert ladder(StateFlags(waiting_for_wake=True)) == (S.WAITING_FOR_WAKE, "")
+    assert ladder(StateFlags(waiting_for_wake=True, speaking=True)) == (S.SPEAKING, "")
+    assert ladder(StateFlags(waiting_for_wake=True, busy=True)) == (S.THINKING, "")
+    assert ladder(StateFlags(waiting_for_wake=True, hearing=True)) == (S.HEARING, "")
+    assert ladder(StateFlags(waiting_for_wake=True, muted=True)) == (S.MUTED, "")
+    assert S.WAITING_FOR_WAKE == "waiting_for_wake"

@@ -51,7 +51,7 @@ from typing import Any
 from voiceassist.audio.echo import EchoCanceller, FarEndReference
 from voiceassist.audio.echo import from_config as echo_from_config
 from voiceassist.audio.sources import AudioSource
-from voiceassist.backend import Backend, speculator, status_reporter
+from voiceassist.backend import Backend, reply_speculator, speculator, status_reporter
 from voiceassist.config import Config
 from voiceassist.errors import ConfigError, one_line, quietly
 from voiceassist.events import AssistantState, ErrorEvent, Event, Status, now
@@ -61,16 +61,19 @@ from voiceassist.pipeline.frontend import EchoPolicy, ProcessorChain, TurnGate
 from voiceassist.pipeline.messages import (
     MODES,
     CaptureControl,
+    CaptureReport,
     ModelControl,
     ResetConversation,
     SetMode,
     SetMuted,
     SetSpeculation,
+    SetSpeculativeSentence,
     SetSpeechOutput,
     SettingsReport,
     SpeculationRequest,
     StopSpeaking,
     TurnRequest,
+    WakeKey,
 )
 from voiceassist.pipeline.model import ModelStage
 from voiceassist.pipeline.queues import EventStream, TurnQueue
@@ -157,6 +160,8 @@ class App:
             clock=self.clock,
             stop=self._stop,
             on_idle=self._check_done,
+            reply_speculator=reply_speculator(backend),
+            spoken=self.speech,
         )
         # Echo cancellation (#12): for a device, unless the caller built the chain. The player writes the far
         # end into `far_end` (its output callback); the canceller reads it on the capture thread.
@@ -176,9 +181,20 @@ class App:
                     self.speech.attach_far_end(far_end)
         for notice in notices:
             self._stream_nowait(ErrorEvent(notice, "audio", t=self.clock()))
+        # The wake word (issue 13): its detector runs last in the processor chain (after an echo canceller, so the
+        # assistant's own voice cannot wake it); the capture stage puts its gate behind the segmenter.
+        wake = None
+        if config.wake.word:
+            from voiceassist.wake import check_config
+            from voiceassist.wake.live import WakeListener
+
+            check_config(config)
+            wake = WakeListener.from_config(config, playback=self.speech)
+            processors = ProcessorChain([*(processors.processors if processors else []), wake])
+        self._wake_on = wake is not None
         canceller = self.echo_canceller
         echo: EchoPolicy
-        if canceller is not None and canceller.reference is not None:
+        if config.audio.full_duplex and canceller is not None and canceller.reference is not None:
             # Full duplex while the canceller has converged; the half-duplex gate until then, and for "off".
             echo = FullDuplexPolicy(
                 self.speech,
@@ -213,6 +229,8 @@ class App:
             processors=processors,
             gate=gate,
             detector=detector,
+            wake=wake,
+            cancel_reply=lambda reason: self.model.cancel(reason),
         )
         # A backend that reports its own retries (RemoteBackend.on_status, however deeply wrapped) shows them
         # in the status line of every front end.
@@ -235,7 +253,8 @@ class App:
             th = threading.Thread(target=target, name=name, daemon=True)
             th.start()
             self._threads.append(th)
-        self.status.report()
+        # With a wake word the assistant starts waiting for it (the capture stage reports every change after).
+        self.status.report(CaptureReport(waiting_for_wake=True) if self._wake_on else None)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ordered shutdown within ``timeout`` s: input (capture, source), then model (cancel, worker), then
@@ -298,6 +317,10 @@ class App:
         """ "handsfree" (VAD segments) or "ptt" (push-to-talk: the key records)."""
         if mode != "handsfree" and mode != "ptt":
             raise ConfigError(f"unknown mode {mode!r}; use one of: {', '.join(MODES)}")
+        if mode == "ptt" and self._wake_on:
+            raise ConfigError(
+                "push-to-talk is off while a wake word is set: the key stops a reply and stands in for it"
+            )
         self._mode = mode
         self._ptt_key.clear()
         self.capture.control.put(SetMode("ptt" if mode == "ptt" else "handsfree"))
@@ -315,6 +338,11 @@ class App:
         stays without)."""
         self.capture.control.put(SetSpeculation(bool(on)))
 
+    def set_speculative_first_sentence(self, on: bool) -> None:
+        """Decode and synthesise each reply's first sentence during the hang-over (after the speculative
+        prefill), or not, from the next speculation on (``tts.speculative_first_sentence``)."""
+        self.model.control.put(SetSpeculativeSentence(bool(on)))
+
     def set_tts(self, on: bool) -> None:
         """Speak replies (from the next reply on) or not; the speaker is created on first use."""
         self.speech.send(SetSpeechOutput(on))
@@ -322,6 +350,11 @@ class App:
     def ptt_press(self) -> None:
         """Push-to-talk key down: start recording (repeated presses while recording change nothing). A press
         while the assistant speaks interrupts it."""
+        if self._wake_on and self._mode == "handsfree" and not self._muted:
+            # With a wake word the key stands in for it: it stops a reply (thinking or speaking; the capture
+            # stage does the stopping, as for the wake word) and listens.
+            self.capture.control.put(WakeKey(self.clock()))
+            return
         if self._mode != "ptt" or self._muted:
             return
         if self.speech.output_on() and self.speech.speaking():
@@ -402,6 +435,11 @@ class App:
     @property
     def speculations_started(self) -> int:
         return self.model.speculations_started
+
+    @property
+    def first_sentences_prepared(self) -> int:
+        """Speculative first sentences the model stage had synthesised during the hang-over (issue 15)."""
+        return self.model.first_sentences_prepared
 
     @property
     def retry_first_s(self) -> float:

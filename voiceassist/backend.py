@@ -76,6 +76,24 @@ class StatusReporting(Protocol):
     on_status: Callable[[str], None] | None
 
 
+@runtime_checkable
+class SpeculatingReply(Protocol):
+    """A backend capability (issue 15): decode the pending speculation's reply ahead, during the hang-over;
+    ``cancel`` rolls everything back, the committed reply goes on from the decoded state (exact)."""
+
+    @property
+    def speculation_complete(self) -> bool: ...  # the speculative reply is decoded to its end
+
+    def speculate_reply(
+        self, enough: Callable[[str], bool], cancel: threading.Event | None = None, until: threading.Event | None = None
+    ) -> str | None: ...
+
+
+def reply_speculator(backend: Backend) -> SpeculatingReply | None:
+    """The backend in ``backend``'s wrapper chain that decodes a speculative reply ahead, or None."""
+    return next((b for b in _chain(backend) if isinstance(b, SpeculatingReply)), None)
+
+
 def _chain(backend: Backend) -> list[object]:
     """``backend`` and every backend it wraps, outermost first."""
     out: list[object] = [backend]

@@ -11,26 +11,38 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from voiceassist import __version__
 from voiceassist.errors import VoiceAssistError
+from voiceassist.textsafe import safe_display
 
 # Command modules, in the order `--help` lists them.
 COMMAND_MODULES = (
     "chat",
     "ask",
     "segment",
+    "wake",
     "devices",
     "make_tiny_model",
     "voices",
     "say",
     "kiosk",
     "status",
+    "doctor",
 )
 
 
+class _SafeParser(argparse.ArgumentParser):
+    """argparse quotes the arguments it rejects (``unrecognized arguments: ...``): those are untrusted text, so
+    everything it prints goes through the same stripping as model text (#16). Subparsers inherit the class."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        super()._print_message(safe_display(message) if message else message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _SafeParser(
         prog="voiceassist",
         description="Real-time voice assistant: your speech goes straight into a Qwen2-Audio conversation.",
     )
@@ -51,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VoiceAssistError as err:
-        print(f"voiceassist: error: {err}", file=sys.stderr)
+        print(f"voiceassist: error: {safe_display(err)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("voiceassist: interrupted", file=sys.stderr)

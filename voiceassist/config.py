@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,11 @@ class AudioConfig:
     )
     auto_gain: bool = _f(
         False, "WebRTC AGC2 before the VAD (measured: finds a quiet distant talker sooner, more false turns on knocks)"
+    )
+    full_duplex: bool = _f(
+        False,
+        "with echo cancellation converged, let speech over the assistant's voice barge in (open loudspeakers);"
+        " off = the half-duplex gate (experimental: on a loaded machine the residual echo can barge in by itself)",
     )
 
 
@@ -153,10 +159,18 @@ class VadConfig:
 class ModelConfig:
     """The local Qwen2-Audio model."""
 
-    name: str = _f("Qwen/Qwen2-Audio-7B-Instruct", "hub id, local folder, or 'tiny' (offline random-weight model)")
+    name: str = _f(
+        "Qwen/Qwen2-Audio-7B-Instruct",
+        "hub id, local folder, 'tiny' (offline random-weight model) or 'random-7b' (the 7B's full shape,"
+        " random weights, built in memory: for measuring memory and speed)",
+    )
     device: str = _f("auto", "auto, cpu, cuda or cuda:N")
     dtype: str = _f(
-        "auto", "auto = bfloat16 on GPU, float32 on CPU", choices=("auto", "float32", "bfloat16", "float16")
+        "auto",
+        "auto = bfloat16 on a GPU with native bf16 (compute capability 8.0+), else float16; on CPU bfloat16 where"
+        " the CPU has it natively, else float32 if it fits in RAM, else bfloat16 (float32 is exact; bf16 rounding"
+        " can change a greedy reply)",
+        choices=("auto", "float32", "bfloat16", "float16"),
     )
     attn_implementation: str = _f("sdpa", "attention kernel", choices=("sdpa", "eager", "flash_attention_2"))
     quantization: str = _f(
@@ -167,6 +181,13 @@ class ModelConfig:
     )
     trimmed_encoder: bool = _f(True, "encode only the audio that exists, not 30 s of padding (exact)")
     speculative_prefill: bool = _f(True, "prefill during the hang-over, rolled back if speech resumes (exact)")
+    # auto stays off on CUDA until scripts/bench_gpu.py has measured it faster there (no GPU has run it yet).
+    compile: str = _f(
+        "auto",
+        "static KV cache + torch.compile'd decode step (greedy ids equal eager); auto = off until measured faster"
+        " on CUDA (scripts/bench_gpu.py); a failing compile falls back to eager",
+        choices=("auto", "on", "off"),
+    )
 
 
 @dataclass(frozen=True)
@@ -174,8 +195,18 @@ class GenerationConfig:
     """How replies are generated."""
 
     max_new_tokens: int = _f(512, "longest reply", unit="tokens", lo=1, hi=8192)
-    temperature: float = _f(0.7, "sampling temperature; 0 = greedy", lo=0.0, hi=2.0)
-    top_p: float = _f(0.9, "nucleus sampling mass; 0 = greedy", lo=0.0, hi=1.0)
+    # The sampling settings default to the model's own (its generation_config.json), as vLLM applies them.
+    temperature: float = _f(
+        -1.0, "sampling temperature; 0 = greedy; -1 = as the model ships (generation_config.json)", lo=-1.0, hi=2.0
+    )
+    top_p: float = _f(-1.0, "nucleus sampling mass; 0 = greedy; -1 = as the model ships", lo=-1.0, hi=1.0)
+    top_k: int = _f(-1, "sample from the k likeliest tokens; 0 = off; -1 = as the model ships", lo=-1, hi=1000000)
+    repetition_penalty: float = _f(
+        -1.0,
+        "penalty on every id already in the conversation (transformers' and vLLM's); 1 = off; -1 = as the model ships",
+        lo=-1.0,
+        hi=10.0,
+    )
     seed: int = _f(-1, "random seed for sampling; -1 = not fixed", lo=-1, hi=2**31 - 1)
     system_prompt: str = _f("You are a helpful assistant.", "system prompt; kept when old turns are dropped")
     language: str = _f("", "reply-language hint, e.g. 'English' or 'French'; empty = the user's language")
@@ -197,7 +228,24 @@ class TtsConfig:
     """Speaking the replies."""
 
     enabled: bool = _f(False, "speak replies aloud")
-    voice: str = _f("", "voice id or name substring (see `voiceassist voices`); empty = the engine's default")
+    voice: str = _f(
+        "auto",
+        "auto = a voice of each sentence's language; or a voice id or name substring (see `voiceassist voices`); "
+        "empty = the engine's default",
+    )
+    languages: str = _f(
+        "zh, en, yue, fr, it, es, de, ja",
+        "languages replies are expected in (ISO 639-1 codes, yue = Cantonese): auto's language detection chooses "
+        "among them; text in another script is still recognised",
+    )
+    auto_voices: str = _f(
+        "", 'voices auto prefers for their language, e.g. "en-us, fr-be"; empty = each language\'s main voice'
+    )
+    speculative_first_sentence: bool = _f(
+        True,
+        "during the hang-over, after the speculative prefill, decode and synthesise the reply's first sentence so "
+        "it plays as soon as the hang-over ends (exact: rolled back if speech resumes)",
+    )
     rate: int = _f(175, "speaking rate", unit="words/min", lo=50, hi=500)
     volume: float = _f(1.0, "speech volume", lo=0.0, hi=1.0)
     echo_tail_ms: int = _f(
@@ -237,6 +285,50 @@ class ServerConfig:
     retries: int = _f(
         5, "quick retries with backoff per send; then an error line, and the turn is sent again later", lo=0, hi=100
     )
+    # #16: a server that accepts and never answers must not stall a turn for timeout_s.
+    connect_timeout_s: float = _f(5.0, "give up opening a connection after this long", unit="s", lo=0.1, hi=600.0)
+    first_byte_timeout_s: float = _f(
+        10.0,
+        "give up when the server has not begun its answer (HTTP headers) after this long; then timeout_s "
+        "applies between the pieces of the reply",
+        unit="s",
+        lo=0.1,
+        hi=3600.0,
+    )
+
+
+@dataclass(frozen=True)
+class WakeConfig:
+    """Wake word (kiosk): answer only when addressed."""
+
+    word: str = _f(
+        "",
+        "wake word: empty = off (every utterance is a turn); a built-in name (okay_nabu, hey_jarvis, alexa,"
+        " hey_mycroft) or a path to a microWakeWord .json model (or an openWakeWord .tflite)",
+    )
+    engine: str = _f(
+        "micro", "detector for a built-in name: pymicro-wakeword or pyopen-wakeword", choices=("micro", "open")
+    )
+    threshold: float = _f(
+        0.0, "detection score cutoff; 0 = the model's own (okay_nabu 0.85, hey_jarvis 0.97, ...)", lo=0.0, hi=0.999
+    )
+    refractory_ms: int = _f(
+        1500,
+        "after a detection, no other for this long (the score stays high after a wake word)",
+        unit="ms",
+        lo=0,
+        hi=10000,
+    )
+    listen_s: float = _f(
+        5.0, "after the wake word alone, speech that starts within this is the turn", unit="s", lo=0.5, hi=60.0
+    )
+    follow_up_s: float = _f(
+        5.0,
+        "after a reply, speech that starts within this needs no wake word; 0 = always needed",
+        unit="s",
+        lo=0.0,
+        hi=300.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -251,6 +343,7 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     kiosk: KioskConfig = field(default_factory=KioskConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
 
 
 _TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
@@ -318,17 +411,53 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
             return Config()
         path = candidate
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist; check the --config path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {p} cannot be read ({err}); check its permissions and encoding") from None
+    text = _read_bounded(p)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {p} is not valid TOML: {err}") from None
-    return from_dict(data, str(p))
+    except RecursionError:  # tomllib parses nested arrays/tables recursively (#16: 500 levels in ~1 KB)
+        raise ConfigError(
+            f"config file {p} nests arrays or tables too deeply to parse; a configuration needs at most 2 levels"
+        ) from None
+    try:
+        return from_dict(data, str(p))
+    except RecursionError:  # a value nested just below the parser's limit, met while validating it
+        raise ConfigError(f"config file {p} nests a value too deeply; settings are plain values") from None
+
+
+# A configuration is a few kB; anything past this is not one (#16: `--config /dev/zero` grew to 14.5 GB).
+CONFIG_MAX_BYTES = 1_000_000
+
+
+def _read_bounded(p: Path) -> str:
+    """The text of the config file ``p``: a regular file of at most CONFIG_MAX_BYTES, UTF-8; else ConfigError."""
+    try:
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+            raise ConfigError(f"config file {p} is {kind}; point --config at a TOML file")
+        # O_NONBLOCK: a path swapped for a FIFO between the stat and the open must not block the start.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"config file {p} is not a regular file; point --config at a TOML file")
+            raw = f.read(CONFIG_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist; check the --config path") from None
+    except OSError as err:
+        raise ConfigError(f"config file {p} cannot be read ({err.strerror or err}); check its permissions") from None
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise ConfigError(
+            f"config file {p} is over {CONFIG_MAX_BYTES // 1000} kB, too large for a configuration; "
+            "check the --config path"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+        ) from None
 
 
 def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:

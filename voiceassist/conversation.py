@@ -7,6 +7,10 @@ from __future__ import annotations
 # prefix (the local KV cache is rebuilt; the server's prefix cache misses once), and dropping a little more
 # keeps the prefix stable for the next several turns instead of paying that every turn.
 TRIM_TARGET = 0.75
+# Room kept for a reply when turns must be dropped: max_new_tokens, but at most this share of the context.
+# Reserving all of a large --max-new-tokens (6000 of 8192) dropped every earlier turn although thousands of
+# tokens were free; a reply longer than the room left is capped there instead (said once per session).
+REPLY_SHARE = 0.25
 
 
 def system_prompt(prompt: str, language: str) -> str:

@@ -75,3 +75,18 @@ def quietly(fn: Callable[[], object]) -> None:
         fn()
     except Exception:  # noqa: BLE001
         pass
+
+
+class OutputError(VoiceAssistError):
+    """An output the user asked for could not be written (``--events`` on a full disk, #16). The assistant goes
+    on; this is the exit code it ends with."""
+
+    exit_code = 8
+
+
+class ModelSettingError(ModelError):
+    """A model setting this machine cannot run: not enough memory for the model at this dtype and context, bf16
+    asked on a GPU without native bf16, quantization on a CPU. Exit 2, like any bad setting: the message names
+    the setting that would work."""
+
+    exit_code = 2

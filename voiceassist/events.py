@@ -123,6 +123,7 @@ class AssistantState(enum.StrEnum):
     DEVICE_LOST = "device_lost"
     STOPPED = "stopped"
     LOADING = "loading"  # the kiosk, before the App exists
+    WAITING_FOR_WAKE = "waiting_for_wake"  # a wake word is set and none was heard: speech alone is not a turn
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,10 @@ class ReplyDone(Event):
     latency_s: float | None = None
     context_tokens: int = 0
     interrupted: bool = False
+    # End of speech (capture clock) → the first sample of the spoken reply at the output device (PortAudio's DAC
+    # time), s; None when the reply was not spoken (speech off, nothing speakable, speech failed, or no sound
+    # within the model stage's short wait after the reply ended: see VOICE_WAIT_S).
+    voice_latency_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -211,3 +216,13 @@ class ErrorEvent(Event):
     turn: int | None = None  # the turn it concerns, once numbered by the model stage
     dropped: bool = False  # a submitted turn will get no reply (turn queue full, unreadable file)
     file: str = ""  # dropped: the file name of the /file turn that could not be read
+
+
+@dataclass(frozen=True)
+class Wake(Event):
+    """The wake word was heard (issue 13); ``t`` is the end of the audio that fired it (capture clock, s)."""
+
+    kind: ClassVar[str] = "wake"
+    word: str  # model id ("okay_nabu"), or "key" for the push-to-talk key standing in for it
+    probability: float  # the detector's score, 0..1
+    action: str = "listen"  # "listen" (the next speech is the turn) or "stop" (it stopped a reply)

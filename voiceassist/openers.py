@@ -24,9 +24,13 @@ def open_backend(config: Config) -> Backend:
         from voiceassist.remote.backend import RemoteBackend
 
         return RemoteBackend(config)
+    from voiceassist.model.budget import check_session
     from voiceassist.model.loading import load_session
 
-    return load_session(config)
+    session = load_session(config)
+    # A capped context limit is said, a system prompt that leaves no room is refused (exit 2), at start.
+    check_session(session, config.model.context_limit, config.generation.max_new_tokens)
+    return session
 
 
 def open_input(

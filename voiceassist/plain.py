@@ -12,13 +12,14 @@ With ``--events -`` the JSON owns stdout and the human lines go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
 from typing import Any, TextIO
 
 from voiceassist import slash
-from voiceassist.errors import ConfigError
+from voiceassist.errors import ConfigError, OutputError
 from voiceassist.events import (
     AssistantState,
     ErrorEvent,
@@ -30,6 +31,7 @@ from voiceassist.events import (
     Status,
     Token,
     UtteranceEvent,
+    Wake,
 )
 from voiceassist.textsafe import strip_controls
 
@@ -37,10 +39,16 @@ POLL_S = 0.1  # how often the pump looks at app.done, s
 
 
 class EventsWriter:
-    """JSON lines to a file (replaced) or ``-`` (stdout); thread-safe, flushed per line."""
+    """JSON lines to a file (replaced) or ``-`` (stdout); thread-safe, flushed per line.
+
+    A write that fails (disk full, an I/O error; #16) is said once on stderr and the writer stops writing:
+    the assistant goes on, and ``failed`` (the one-line reason) makes the command end with OutputError's exit
+    code. A reader that went away (broken pipe on stdout) is not a failure."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.failed = ""  # why writing events failed, "" while it works
+        self.missed = 0  # events not written since it failed (the one that failed included)
         self._lock = threading.Lock()
         if path == "-":
             self._out: TextIO = sys.stdout
@@ -61,16 +69,49 @@ class EventsWriter:
         with self._lock:
             if self._out.closed:
                 return
+            if self.failed:
+                self.missed += 1
+                return
             try:
                 self._out.write(line + "\n")
                 self._out.flush()
             except (BrokenPipeError, ValueError):
                 pass  # the reader went away; the assistant goes on
+            except OSError as err:
+                self._fail(err)
+
+    def _fail(self, err: OSError) -> None:
+        self.missed += 1
+        self.failed = f"--events {self.path}: writing failed ({err.strerror or err}); events after that are missing"
+        print(f"voiceassist: error: {self.failed}; the assistant goes on", file=sys.stderr, flush=True)
+        if self._own:
+            self._discard()
+
+    def _discard(self) -> None:
+        """Close the file without flushing again: the buffered line that failed would only fail again (and
+        raise at exit, which printed a traceback)."""
+        try:
+            os.close(self._out.fileno())
+        except (OSError, ValueError):
+            pass
+        try:
+            self._out.close()  # its fd is gone: the flush inside fails; what matters is that it is closed
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
+        """Close the file (a failure to write its last lines is reported like any other)."""
         with self._lock:
             if self._own and not self._out.closed:
-                self._out.close()
+                try:
+                    self._out.close()
+                except OSError as err:
+                    self._fail(err)
+
+    def check(self) -> None:
+        """OutputError when events could not all be written: the command ends with its exit code (8)."""
+        if self.failed:
+            raise OutputError(f"{self.failed} ({self.missed} events not written)")
 
 
 def _ms(seconds: float | None) -> str:
@@ -116,6 +157,8 @@ class PlainPrinter:
             figures = [f"{ev.n_tokens} tokens", f"{ev.tok_per_s:.1f} tok/s", f"first token {_ms(ev.ttft_s)}"]
             if ev.latency_s is not None:
                 figures.append(f"end of speech → first token {_ms(ev.latency_s)}")
+            if ev.voice_latency_s is not None:
+                figures.append(f"→ first sound {_ms(ev.voice_latency_s)}")
             if ev.context_tokens:
                 figures.append(f"context {ev.context_tokens} tokens")
             if ev.interrupted:
@@ -132,7 +175,12 @@ class PlainPrinter:
                 return
             self._state = ev.state
             detail = f": {strip_controls(ev.detail)}" if ev.detail else ""
-            self._line(f"-- {ev.state.replace('_', ' ')}{detail}")
+            waiting = ev.state == AssistantState.WAITING_FOR_WAKE
+            label = "waiting for wake word" if waiting else ev.state.replace("_", " ")
+            self._line(f"-- {label}{detail}")
+        elif isinstance(ev, Wake):
+            what = "stop" if ev.action == "stop" else "listening"
+            self._line(f"-- wake word: {strip_controls(ev.word)} ({ev.probability:.2f}), {what}")
 
 
 def describe_turn(ev: UtteranceEvent) -> str:
@@ -148,8 +196,27 @@ def describe_turn(ev: UtteranceEvent) -> str:
     return " ".join(parts) or "(empty)"
 
 
+def stdin_has_input() -> bool:
+    """Typed lines are read from a terminal, and also from a pipe or a file (#16: piped input was ignored
+    without a word); not from /dev/null or another device (a service, a test harness)."""
+    try:
+        if sys.stdin is None or sys.stdin.closed:
+            return False
+        if sys.stdin.isatty():
+            return True
+        import stat
+
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
 def _read_commands(app: Any, quit_flag: threading.Event) -> None:
-    """Typed lines on a terminal: text turns and the slash commands (the TUI's parser, ``voiceassist.slash``)."""
+    """Typed lines (a terminal, a pipe or a file): text turns and the slash commands (the TUI's parser,
+    ``voiceassist.slash``). The end of a terminal's input (Ctrl-D) quits; the end of a pipe or file only ends the
+    reading: the turns it gave are answered, and the assistant goes on with its audio input."""
+    tty = sys.stdin.isatty()
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -160,7 +227,10 @@ def _read_commands(app: Any, quit_flag: threading.Event) -> None:
             if not _run_command(app, slash.parse(line)):
                 break
         except Exception as err:  # noqa: BLE001 - a bad command is one line, never the end of the session
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {strip_controls(str(err))}", file=sys.stderr)
+    else:
+        if not tty:
+            return  # end of a pipe/file: nothing more to read, nothing to quit for
     quit_flag.set()
 
 
@@ -199,6 +269,8 @@ def run(app: Any, out: TextIO | None = None, read_stdin: bool = False) -> int:
     printer._line(f"voiceassist · {strip_controls(app.description)} · mode {app.mode}")
     quit_flag = threading.Event()
     if read_stdin:
+        if not sys.stdin.isatty():
+            printer._line("-- reading typed turns and /commands from standard input (one per line)")
         threading.Thread(target=_read_commands, args=(app, quit_flag), name="va-plain-stdin", daemon=True).start()
     while True:
         try:

@@ -26,3 +26,10 @@ _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 def strip_controls(text: str) -> str:
     """``text`` without terminal control sequences or control characters; ``\\n`` and ``\\t`` are kept."""
     return _CONTROLS.sub("", _SEQUENCES.sub("", text))
+
+
+def safe_display(text: object) -> str:
+    """Anything shown on a terminal that a user or a file system chose (file names, paths, error messages
+    that quote them): :func:`strip_controls`, and bytes that are not UTF-8 (a file name like ``$'\\xff.wav'``
+    arrives as a lone surrogate, which print() cannot encode) shown as ``\\udcff`` instead of a traceback."""
+    return strip_controls(str(text)).encode("utf-8", "backslashreplace").decode("utf-8")

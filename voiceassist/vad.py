@@ -163,6 +163,7 @@ class Segmenter:
         self.state = VadState.QUIET
         self.noise_floor_db = -100.0  # dBFS, the adaptive floor (for meters and tests)
         self._carry = np.zeros(0, np.float32)  # samples not yet making a whole frame
+        self.nonfinite_samples = 0  # NaN/inf input samples, taken as silence
         self._last_sample = 0.0  # the sample before the next frame (pre-emphasis memory)
         self._received = 0  # samples received so far (absolute position of the next block)
         self._audio = _Buffer(np.float32, 1 << 18)  # by absolute sample: every framed sample
@@ -373,6 +374,12 @@ class Segmenter:
     def feed(self, block: AudioBlock) -> list[SegmenterEvent]:
         """Process one block (16 kHz mono float32, any length); returns the events it caused, in order."""
         samples = np.asarray(block.samples, dtype=np.float32).reshape(-1)
+        finite = np.isfinite(samples)
+        if not finite.all():
+            # NaN/inf from a broken driver or file (#16): heard as silence, counted, never passed on to the
+            # levels (numpy RuntimeWarnings) or to the model (NaN audio features).
+            self.nonfinite_samples += int(len(samples) - np.count_nonzero(finite))
+            samples = np.where(finite, samples, np.float32(0.0))
         if len(samples):
             self._anchors.append((self._received, float(block.t)))
             self._received += len(samples)

@@ -36,6 +36,10 @@ from typing import Any
 
 from voiceassist.errors import DeviceError
 
+# The reading thread did not run for this long: a freeze of this process, not of the device (same as the
+# microphone's own check, voiceassist.audio.sources.FREEZE_GAP_S).
+FREEZE_GAP_S = 0.5
+
 log = logging.getLogger("voiceassist.audio")
 
 # s to wait before reconnection attempt 1, 2, ... when read() keeps being called after a loss; the last value
@@ -138,6 +142,7 @@ class ReconnectingSource:
         self._attempt = 0
         self._next_attempt = 0.0
         self._last_block = 0.0
+        self._last_read = 0.0  # when read() last returned, s (monotonic; 0 = never)
         self._lock = threading.RLock()  # start/read/close may come from different threads
 
     # ---- AudioSource ------------------------------------------------------------------------------------
@@ -166,12 +171,19 @@ class ReconnectingSource:
                 if self.state == "lost":
                     return self._retry_step(timeout)
                 raise DeviceError(f"input device {self.name!r} is not open; start() it first")
+            t0 = time.monotonic()
             try:
                 block = self._inner.read(timeout)
             except DeviceError as err:
                 self._lose(str(err))
                 raise
             now = time.monotonic()
+            # This read took far longer than its timeout, or the previous one returned long ago: the process
+            # was frozen (SIGSTOP, a stalled machine), not the device (#16). Count the stall from now; the
+            # inner source, whose stream is still open, delivers what PortAudio kept.
+            if now - t0 > timeout + FREEZE_GAP_S or (self._last_read and t0 - self._last_read > FREEZE_GAP_S):
+                self._last_block = max(self._last_block, now)
+            self._last_read = now
             if block is not None:
                 self._last_block = now
             elif now - self._last_block > self.stall_s:

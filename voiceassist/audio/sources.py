@@ -43,6 +43,10 @@ FIRST_CALLBACK_S = 1.0  # s to wait for the first block after opening a stream b
 START_ATTEMPTS = 3
 CLOCK_SMOOTHING = 0.02  # weight of each block's measured clock offset (≈ 50 blocks ≈ 1 s memory)
 CLOCK_RESYNC_S = 0.25  # s: a larger offset jump (lost audio) re-anchors the clock at once
+# The reading thread itself did not run for this long (SIGSTOP/SIGCONT, a machine stalled by load or swap):
+# the missing callbacks are then our stall, not the device's, and the device gets a fresh stall_s to deliver
+# again before it counts as lost (#16). The reader polls every <= 0.1 s, so 0.5 s is far outside its rhythm.
+FREEZE_GAP_S = 0.5
 
 
 class EndOfInput(Exception):
@@ -56,6 +60,7 @@ class CaptureStats:
     blocks: int = 0  # blocks received from the device / file
     dropped_blocks: int = 0  # blocks dropped because the capture queue was full (the oldest goes first)
     overflows: int = 0  # PortAudio input-overflow flags: the device lost samples before we saw them
+    stalls: int = 0  # times this process (not the device) stopped for > FREEZE_GAP_S; the stream was kept
 
 
 @runtime_checkable
@@ -107,6 +112,7 @@ class MicrophoneSource:
         self._lost: str | None = None  # set (by PortAudio's threads) when the stream failed
         self._closing = False  # close() in progress: the stream's end is expected, not a loss
         self._last_callback = 0.0  # capture clock of the latest callback, s
+        self._last_check = 0.0  # when the reading thread last looked at the callbacks, s (0 = not yet)
         self._blocks_at_open = 0
         self._cb_frames = 0  # device frames the callback has seen since the stream opened (callback thread)
         self._next_frame = 0  # stream position the resampler expects next, device frames
@@ -192,6 +198,7 @@ class MicrophoneSource:
                 finished_callback=self._finished,
             )
             self._last_callback = now()
+            self._last_check = 0.0
             self._stream = stream
             stream.start()
         except (sd.PortAudioError, ValueError) as err:
@@ -204,7 +211,18 @@ class MicrophoneSource:
                 "see `voiceassist devices`"
             ) from None
 
+    def _note_reader_gap(self) -> None:
+        """Called on every turn of read()'s loop: a gap since the last one means the reader was frozen."""
+        t = now()
+        gap = t - self._last_check if self._last_check else 0.0
+        self._last_check = t
+        if gap > FREEZE_GAP_S:
+            self._last_callback = max(self._last_callback, t)  # the device gets a fresh stall_s from now
+            if gap > self.stall_s:  # long enough to have been taken for a lost device: say it
+                note_stall(self.stats, gap)
+
     def _check_alive(self) -> None:
+        self._note_reader_gap()  # a freeze inside the queue wait shows up here first
         if self._lost is None and now() - self._last_callback > self.stall_s:
             self._lost = (
                 f"input device {self.name!r} stopped delivering audio (nothing for "
@@ -218,6 +236,7 @@ class MicrophoneSource:
             raise DeviceError(f"input device {self.name!r} is not open; start() it first")
         deadline = now() + timeout
         while True:
+            self._note_reader_gap()
             try:
                 raw, t_raw, position = self._queue.get(timeout=max(0.0, min(deadline - now(), 0.1)))
             except queue.Empty:
@@ -256,6 +275,20 @@ class MicrophoneSource:
         closer = threading.Thread(target=stream.close, kwargs={"ignore_errors": True}, daemon=True, name="va-mic-close")
         closer.start()
         closer.join(CLOSE_TIMEOUT_S)
+
+
+def note_stall(stats: CaptureStats, gap_s: float) -> None:
+    """Count and log a stall of this process (the reading thread did not run for ``gap_s`` s)."""
+    stats.stalls += 1
+    import logging
+
+    logging.getLogger("voiceassist.audio").warning(
+        "capture stalled for %.1f s (this process or the machine was frozen, not the device); the input stream "
+        "is kept and the audio it delivers is used (%d overflows so far)",
+        gap_s,
+        stats.overflows,
+        extra={"fields": {"capture_stall_s": round(gap_s, 2), "stalls": stats.stalls}},
+    )
 
 
 class FileSource:

@@ -68,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
     if not turns:
         turns.append(("", UserTurn(text=args.text)))
 
-    if config.model.name == "tiny" and not config.server.url:
-        print("voiceassist: note: the tiny model has random weights; its replies are noise", file=sys.stderr)
+    if config.model.name in ("tiny", "random-7b") and not config.server.url:
+        print(
+            f"voiceassist: note: the {config.model.name} model has random weights; its replies are noise",
+            file=sys.stderr,
+        )
     backend = open_backend(config)
     out = sys.stdout
     for k, (name, turn) in enumerate(turns, 1):

@@ -38,11 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--events", metavar="PATH", help="write every event as a JSON line to PATH (- = stdout)")
     g.add_argument("--tts", action="store_true", help="speak the replies aloud")
+    from voiceassist.commands.wake import add_wake_args
+
+    add_wake_args(p, "answer only after this wake word: okay_nabu, hey_jarvis, alexa, hey_mycroft or a .json model")
     p.set_defaults(func=run)
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    return load_input_config(args, {"mode": "ui.mode"})
+    from voiceassist.commands.wake import WAKE_FLAGS
+    from voiceassist.wake import check_config
+
+    config = load_input_config(args, {"mode": "ui.mode", **WAKE_FLAGS})
+    check_config(config)  # a wake word with push-to-talk: one line, before anything loads
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,10 +78,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         app.start()
         if tui is not None:
-            return int(tui.run(app, config) or 0)
-        human = sys.stderr if args.events == "-" else sys.stdout
-        return plain.run(app, human, read_stdin=sys.stdin.isatty())
+            rc = int(tui.run(app, config) or 0)
+        else:
+            from voiceassist.audio.chatter import ChatterFilter
+
+            human = sys.stderr if args.events == "-" else sys.stdout
+            with ChatterFilter():  # #16: ALSA/PortAudio's own lines off the terminal, everything else shown
+                rc = plain.run(app, human, read_stdin=plain.stdin_has_input())
     finally:
         app.stop()
         if writer is not None:
             writer.close()
+    if writer is not None:
+        writer.check()  # --events could not be written: the run went on, the exit code says it (8)
+    return rc

@@ -18,7 +18,9 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Flags that choose and tune the model; each overrides the [model] / [generation] / [server] key."""
     g = parser.add_argument_group("model")
-    g.add_argument("--model", metavar="M", help="hub id, local folder, or 'tiny' (offline random-weight model)")
+    g.add_argument(
+        "--model", metavar="M", help="hub id, local folder, 'tiny' (offline random-weight model) or 'random-7b'"
+    )
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--dtype", help="auto, float32, bfloat16 or float16")
     g.add_argument("--attn", dest="attn_implementation", help="sdpa, eager or flash_attention_2")
@@ -27,6 +29,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, metavar="N", help="longest reply in tokens")
     g.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample from the K likeliest tokens; 0 = off")
+    g.add_argument("--repetition-penalty", type=float, metavar="P", help="penalty on ids already used; 1 = off")
+    g.add_argument("--compile", choices=("auto", "on", "off"), help="static KV cache + compiled decode step")
     g.add_argument("--seed", type=int, help="random seed for sampling")
     g.add_argument("--greedy", action="store_true", help="decode greedily (temperature 0)")
     g.add_argument("--system-prompt", metavar="TEXT", help="system prompt")
@@ -46,6 +51,9 @@ _MODEL_FLAGS = {
     "max_new_tokens": "generation.max_new_tokens",
     "temperature": "generation.temperature",
     "top_p": "generation.top_p",
+    "top_k": "generation.top_k",
+    "repetition_penalty": "generation.repetition_penalty",
+    "compile": "model.compile",
     "seed": "generation.seed",
     "system_prompt": "generation.system_prompt",
     "language": "generation.language",

@@ -43,11 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="validate the configuration and the storage folder, print one line, exit (0 = fine)",
     )
+    from voiceassist.commands.wake import add_wake_args
+
+    add_wake_args(p, "answer only after this wake word: okay_nabu, hey_jarvis, alexa, hey_mycroft or a .json model")
     p.set_defaults(func=run)
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    config = load_input_config(args, {"status_file": "kiosk.status_file"})
+    from voiceassist.commands.wake import WAKE_FLAGS
+
+    config = load_input_config(args, {"status_file": "kiosk.status_file", **WAKE_FLAGS})
     # Nobody presses a push-to-talk key at a kiosk: it always listens hands-free.
     return dataclasses.replace(config, ui=dataclasses.replace(config.ui, mode="handsfree"))
 
@@ -57,10 +62,15 @@ def run(args: argparse.Namespace) -> int:
     if args.check_config:
         from voiceassist.kiosk.status import status_path
         from voiceassist.kiosk.storage import Store
+        from voiceassist.model.budget import check_system_prompt_without_model
 
+        check_system_prompt_without_model(config)  # #16: a prompt surely too long for the context, without the model
         store = Store.from_config(config.kiosk)  # ConfigError when the folder is not writable
         where = f"storing in {store.folder}" if store else "nothing stored"
-        print(f"configuration OK ({args.config or 'defaults'}; {where}; status file {status_path(config.kiosk)})")
+        from voiceassist.textsafe import safe_display
+
+        line = f"configuration OK ({args.config or 'defaults'}; {where}; status file {status_path(config.kiosk)})"
+        print(safe_display(line))
         return 0
     from voiceassist.kiosk.daemon import Kiosk
 

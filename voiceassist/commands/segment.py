@@ -60,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--snr-gate-db", type=float, metavar="DB", help="speech must be this far above the noise floor")
     g.add_argument("--min-speech-ms", type=int, metavar="MS", help="shorter bursts are ignored")
     g.add_argument("--max-chunk-s", type=float, metavar="S", help="longest single audio (at most 30)")
+    _add_wake_flags(p)
     add_config_arg(p)
     p.set_defaults(func=run)
 
@@ -133,11 +134,16 @@ def segment_file(
 
 
 def run(args: argparse.Namespace) -> int:
+    from voiceassist.textsafe import safe_display
+
     config = load_config(args, _VAD_FLAGS)
     if args.reference_delay_ms is not None and not args.reference:
         raise ConfigError("--reference-delay-ms needs --reference PLAYED (the file of what was played)")
     if args.reference_delay_ms is not None and abs(args.reference_delay_ms) > 60000:
         raise ConfigError(f"--reference-delay-ms {args.reference_delay_ms} is out of range; use -60000 to 60000")
+    if _wake_on(args, config):
+        return _run_wake(args, config)
+    name = safe_display(args.file)  # a file name is untrusted text on a terminal (#16)
     duration, segments = segment_file(
         args.file,
         config.vad,
@@ -150,11 +156,55 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"file": args.file, "duration_s": round(duration, 3), "segments": segments}))
         return 0
     if not segments:
-        print(f"{args.file}: {duration:.2f} s, no speech found")
+        print(f"{name}: {duration:.2f} s, no speech found")
         return 0
     turns = len({s["turn"] for s in segments})
-    print(f"{args.file}: {duration:.2f} s, {len(segments)} segment(s) in {turns} turn(s)")
+    print(f"{name}: {duration:.2f} s, {len(segments)} segment(s) in {turns} turn(s)")
     print(f"{'#':>3}  {'start':>8}  {'end':>8}  {'length':>7}  {'turn':>4}  reason")
     for i, s in enumerate(segments, start=1):
         print(f"{i:>3}  {s['start']:>8.2f}  {s['end']:>8.2f}  {s['duration']:>6.2f}s  {s['turn']:>4}  {s['reason']}")
+    return 0
+
+
+# ---- --wake-word (issue 13): only the segments that would become turns ------------------------------------------
+
+
+def _add_wake_flags(p: argparse.ArgumentParser) -> None:
+    from voiceassist.commands.wake import add_wake_args
+
+    add_wake_args(p, "print only the turns the wake word opens (okay_nabu, hey_jarvis, alexa, hey_mycroft or a .json)")
+
+
+def _wake_on(args: argparse.Namespace, config: Any) -> bool:
+    """Only --wake-word turns the gate on here: a [wake] word in the config file does not change `segment`."""
+    return bool(getattr(args, "wake_word", None))
+
+
+def _run_wake(args: argparse.Namespace, config: Any) -> int:
+    from voiceassist.audio.files import open_audio
+    from voiceassist.commands.wake import WAKE_FLAGS
+    from voiceassist.config import with_overrides
+    from voiceassist.wake.offline import detectors_for, gated_segments
+
+    config = with_overrides(config, {key: getattr(args, dest, None) for dest, key in WAKE_FLAGS.items()})
+    detectors_for(config.wake)  # an unknown word or a bad model: one line, before the file is read
+    open_audio(args.file).close()
+    duration, segments, detections = gated_segments(args.file, config.vad, config.wake, config.audio.block_ms)
+    if args.json:
+        wakes = [{"time": d.t, "word": d.word, "probability": d.probability} for d in detections]
+        print(
+            json.dumps({"file": args.file, "duration_s": round(duration, 3), "segments": segments, "detections": wakes})
+        )
+        return 0
+    from voiceassist.textsafe import safe_display
+
+    turns = len({s["turn"] for s in segments})
+    print(f"{safe_display(args.file)}: {duration:.2f} s, {len(detections)} wake word(s), {turns} turn(s)")
+    if segments:
+        print(f"{'#':>3}  {'wake':>8}  {'start':>8}  {'end':>8}  {'length':>7}  {'turn':>4}  via")
+    for i, s in enumerate(segments, start=1):
+        wake = f"{s['wake']:>8.2f}" if s["wake"] is not None else f"{'-':>8}"
+        print(
+            f"{i:>3}  {wake}  {s['start']:>8.2f}  {s['end']:>8.2f}  {s['duration']:>6.2f}s  {s['turn']:>4}  {s['via']}"
+        )
     return 0

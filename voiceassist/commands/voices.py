@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    load_config(args)  # a bad configuration is reported even here
+    config = load_config(args)  # a bad configuration is reported even here
+    from voiceassist.speech.language import voice_for
+    from voiceassist.speech.speaker import _codes
     from voiceassist.speech.synth_client import SynthWorker
 
     worker = SynthWorker()
@@ -32,4 +34,10 @@ def run(args: argparse.Namespace) -> int:
     for v in voices:
         print(f"{v.id:<{width_id}}  {v.name:<{width_name}}  {', '.join(v.languages)}")
     print(f'{len(voices)} voices ({engine}); choose one with tts.voice = "ID" or a part of its name')
+    # What tts.voice = "auto" reads each expected language with (tts.languages, tts.auto_voices).
+    picks = []
+    for code in _codes(config.tts.languages):
+        found = voice_for(code, voices, _codes(config.tts.auto_voices))
+        picks.append(f"{code} → {found[0] if found else 'the default voice (none installed)'}")
+    print(f'tts.voice = "auto" reads: {", ".join(picks)}')
     return 0

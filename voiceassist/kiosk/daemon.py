@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from voiceassist.config import Config
 from voiceassist.errors import VoiceAssistError
-from voiceassist.events import AssistantState, ErrorEvent, Event, Level, ReplyDone, Status, UtteranceEvent
+from voiceassist.events import AssistantState, ErrorEvent, Event, Level, ReplyDone, Status, UtteranceEvent, Wake
 from voiceassist.kiosk.jsonlog import JsonLines, JsonLogHandler
 from voiceassist.kiosk.status import StatusFile, status_path
 from voiceassist.kiosk.systemd import Heartbeat, Notifier, watchdog_interval_s
@@ -90,6 +90,7 @@ class Kiosk:
         self._dead: list[str] = []
         self._greetings = 0  # greeting turn numbers are -1, -2, ... so the Speaker never confuses them
         self._conv_turns = 0
+        self._wakes = 0  # wake words heard (for the status file)
         self._last_activity = time.monotonic()
         self._limit_reset = threading.Event()  # set by TurnLimit (model worker), handled by the loop
         self._loop_beat = time.monotonic()
@@ -121,6 +122,7 @@ class Kiosk:
             raise
         finally:
             self.status.update(state=AssistantState.STOPPED, detail="")
+            self.status.close()  # the status file's lock: another kiosk may use it now
             root.removeHandler(handler)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -146,6 +148,11 @@ class Kiosk:
         if self.status.write_error:
             log.warning("%s; `voiceassist status` will not see this kiosk", self.status.write_error)
         self._open_store()
+        if cfg.wake.word:  # a bad wake word or model: one line now, not after the model has loaded
+            from voiceassist.wake import check_config
+
+            check_config(cfg)
+            self.status.update(wake={"word": cfg.wake.word, "detections": 0, "last": None})
         source = self._open_source()
         self._state(AssistantState.LOADING, cfg.server.url or cfg.model.name)
         backend = wrap_from_env(open_backend(cfg))
@@ -184,6 +191,9 @@ class Kiosk:
             watchdog_interval_s() or HEALTH_EVERY_S,
             self._on_dead,
         )
+        # The loop's beat counts from now: a model load longer than the 30 s loop check (35 s seen on a loaded
+        # 2-core machine) made the first heartbeat take the loop for dead and the kiosk exit 1 (#16).
+        self._loop_beat = time.monotonic()
         heartbeat.start()
         self._greet()
         try:
@@ -268,6 +278,11 @@ class Kiosk:
             self._last_activity = now
             if ev.n_tokens or not ev.interrupted:  # a failed turn closes its line with an empty reply_done
                 self.status.count("turns")
+        elif isinstance(ev, Wake):
+            self._last_activity = now
+            self._wakes += 1
+            last = {"word": ev.word, "probability": ev.probability, "action": ev.action, "unix": time.time()}
+            self.status.update(wake={"word": self.config.wake.word, "detections": self._wakes, "last": last})
         elif isinstance(ev, ErrorEvent):
             self.status.error(ev.message, ev.source)
             if ev.source == "tts":
@@ -319,7 +334,8 @@ class Kiosk:
             self._limit_reset.clear()
             self._reset_done(f"max_turns ({self.config.kiosk.max_turns})")
         idle_s = self.config.kiosk.idle_reset_s
-        quiet = not app.busy and app.state in (AssistantState.LISTENING, AssistantState.DEVICE_LOST) and not app.pending
+        idle = (AssistantState.LISTENING, AssistantState.WAITING_FOR_WAKE, AssistantState.DEVICE_LOST)
+        quiet = not app.busy and app.state in idle and not app.pending
         if idle_s and self._conv_turns and quiet and time.monotonic() - self._last_activity >= idle_s:
             app.reset()
             self._reset_done(f"idle ({idle_s:g} s without speech)")
@@ -363,6 +379,10 @@ class Kiosk:
         except VoiceAssistError as err:
             self.status.error(f"configuration not reloaded: {err}", "config")
             log.error("configuration not reloaded, still running with the previous one: %s", err)
+        except Exception as err:  # #16: whatever a bad file makes the loader raise, SIGHUP never kills the kiosk
+            msg = f"{type(err).__name__}: {' '.join(str(err).split())}"
+            self.status.error(f"configuration not reloaded: {msg}", "config")
+            log.error("configuration not reloaded (%s), still running with the previous one", msg)
         else:
             self.config = new
             self.lines.redact = not (new.kiosk.store_transcripts or self.args.log_text)
@@ -437,8 +457,10 @@ class Kiosk:
             "blocks": getattr(stats, "blocks", 0),
             "dropped_blocks": getattr(stats, "dropped_blocks", 0),
             "overflows": getattr(stats, "overflows", 0),
+            "stalls": getattr(stats, "stalls", 0),  # #16: freezes of this process, the device kept
             "threads": threading.active_count(),
             "echo": app.echo_state(),  # the echo canceller's delay / ERLE / convergence (#12); None without one
+            "storage_failed_turns": getattr(self._recorder, "failed_turns", 0),  # #16: best-effort storage
         }
 
     def _on_dead(self, names: list[str]) -> None:

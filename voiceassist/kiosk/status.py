@@ -8,6 +8,7 @@ so it stays right between updates.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from voiceassist.config import KioskConfig
+from voiceassist.errors import ConfigError
 
 STATUS_NAME = "status.json"
 # Where a system service (scripts/voiceassist.service, RuntimeDirectory=voiceassist) keeps it.
@@ -89,6 +91,8 @@ class StatusFile:
         self.path = path
         self._lock = threading.RLock()  # re-entrant: a signal handler may log mid-write
         self.write_error: str = ""  # the last failure to write, "" when fine (reported once by the daemon)
+        self._owner_fd: int | None = None
+        self._owner_fd = _take_ownership(path)  # before the first write: never overwrite a running kiosk's file
         self._data: dict[str, Any] = {
             "state": "starting",
             "detail": "",
@@ -140,9 +144,22 @@ class StatusFile:
             self._data[key] = self._data.get(key, 0) + by
             self._write_locked()
 
-    def move(self, path: Path) -> None:
-        """Write to a new path from now on (configuration reload); the old file is removed."""
+    def close(self) -> None:
+        """Give up the status file (the kiosk stopped): another kiosk may take it from now on."""
         with self._lock:
+            if self._owner_fd is not None:
+                os.close(self._owner_fd)
+                self._owner_fd = None
+
+    def move(self, path: Path) -> None:
+        """Write to a new path from now on (configuration reload); the old file is removed. ConfigError when
+        another kiosk owns the new one (this one keeps its old file)."""
+        with self._lock:
+            if path != self.path:
+                fd = _take_ownership(path)
+                if self._owner_fd is not None:
+                    os.close(self._owner_fd)
+                self._owner_fd = fd
             old, self.path = self.path, path
             self._write_locked()
             if old != path:
@@ -158,6 +175,39 @@ class StatusFile:
             self.write_error = ""
         except OSError as err:
             self.write_error = f"cannot write the status file {self.path}: {err.strerror or err}"
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _take_ownership(path: Path) -> int | None:
+    """Lock ``.<name>.lock`` beside the status file for as long as this kiosk runs (an flock: the kernel drops
+    it when the process dies, however it dies) and write our pid in it. Two kiosks sharing one status file
+    would overwrite each other's state, and the first to stop would mark the file stopped while the other
+    serves (#16), so the second refuses to start. Returns the held fd; None when the folder cannot be
+    written (the status file cannot be written either, which the daemon reports); ConfigError when held."""
+    lock = _lock_path(path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        except OSError:
+            holder = "?"
+        os.close(fd)
+        raise ConfigError(
+            f"another kiosk (pid {holder}) is running with the status file {path}; stop it, or give this one "
+            "its own kiosk.status_file"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def describe(data: dict[str, Any], path: Path, now: float | None = None) -> list[str]:
@@ -193,6 +243,9 @@ def describe(data: dict[str, Any], path: Path, now: float | None = None) -> list
             f"health:     {health.get('rss_kb', 0) / 1024:.0f} MB resident, {health.get('events_queued', 0)} "
             f"events and {health.get('turns_queued', 0)} turns queued, {health.get('overflows', 0)} "
             f"overflows, {health.get('dropped_blocks', 0)} dropped blocks"
+            # #16: freezes of the process (the device kept) and turns storage could not keep
+            + (f", {health['stalls']} stalls" if health.get("stalls") else "")
+            + (f", {health['storage_failed_turns']} turns not stored" if health.get("storage_failed_turns") else "")
         )
     lines.append(f"status:     {path}")
     return lines

@@ -14,6 +14,7 @@ deleted, then the oldest files go until the total is under ``store_max_mb``. Onl
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -30,6 +31,55 @@ import numpy as np
 from voiceassist.config import KioskConfig
 from voiceassist.errors import ConfigError
 from voiceassist.events import SAMPLE_RATE
+
+
+class StorageError(Exception):
+    """Some of a turn could not be stored. ``failures``: (part, reason) pairs, part "audio", "transcript" or
+    "rotation"; ``written``: the files that were written all the same."""
+
+    def __init__(self, failures: list[tuple[str, str]], written: list[Path]) -> None:
+        super().__init__("; ".join(f"{part}: {reason}" for part, reason in failures))
+        self.failures = failures
+        self.written = written
+
+
+def _reason(err: BaseException) -> str:
+    """One line for a storage failure: the OS's words when there are some (e.g. "No space left on device")."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def _write_private(path: Path, data: bytes, append: bool = False) -> None:
+    """Write ``data`` to ``path``, created 0600 before any byte is written (a half-written file is never
+    readable by others). A failed write leaves nothing half-done: a new file is removed, an appended one cut
+    back to its size before (no half JSON line)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    existed = path.exists()
+    fd = os.open(path, flags, 0o600)
+    try:
+        size_before = os.fstat(fd).st_size if append else 0
+        os.fchmod(fd, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except BaseException:
+            if existed:
+                try:
+                    os.ftruncate(fd, size_before)
+                except OSError:
+                    pass
+            else:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+            raise
+    finally:
+        os.close(fd)
+
 
 # Names this module writes; rotation touches nothing else.
 _OURS = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}(\.jsonl|-t\d+-\d+\.wav)$")
@@ -87,8 +137,11 @@ class Store:
         error: str = "",
         figures: dict[str, Any] | None = None,
     ) -> list[Path]:
-        """Store one turn as configured; returns the files written. Raises OSError (the caller reports it)."""
+        """Store one turn as configured; returns the files written. Each part is tried on its own (a WAV that
+        does not fit must not cost the transcript line); when any failed, raises StorageError (the caller
+        reports it) after doing all it could."""
         written: list[Path] = []
+        failures: list[tuple[str, str]] = []
         with self._lock:
             conv = self.conversation
             wavs: list[str] = []
@@ -97,8 +150,15 @@ class Store:
 
                 for i, audio in enumerate(audios):
                     path = self.folder / f"{conv}-t{turn}-{i}.wav"
-                    sf.write(str(path), np.asarray(audio, dtype=np.float32), SAMPLE_RATE, subtype="PCM_16")
-                    os.chmod(path, 0o600)
+                    try:
+                        # Encoded in memory first (<= 30 s = 960 kB), so that the disk write is a plain
+                        # os.write with a real OSError (ENOSPC, EROFS), never a libsndfile "System error."
+                        buf = io.BytesIO()
+                        sf.write(buf, np.asarray(audio, dtype=np.float32), SAMPLE_RATE, subtype="PCM_16", format="WAV")
+                        _write_private(path, buf.getvalue())
+                    except Exception as err:
+                        failures.append(("audio", _reason(err)))
+                        continue
                     written.append(path)
                     wavs.append(path.name)
             if self.transcripts:
@@ -112,14 +172,22 @@ class Store:
                 }
                 if error:
                     record["error"] = error
+                if failures:
+                    record["storage_error"] = "; ".join(f"{p}: {r}" for p, r in failures)
                 if figures:
                     record.update(figures)
                 path = self.folder / f"{conv}.jsonl"
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                with os.fdopen(fd, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                written.append(path)
-        self.rotate()
+                try:
+                    _write_private(path, (json.dumps(record, ensure_ascii=False) + "\n").encode(), append=True)
+                    written.append(path)
+                except Exception as err:
+                    failures.append(("transcript", _reason(err)))
+        try:
+            self.rotate()
+        except Exception as err:
+            failures.append(("rotation", _reason(err)))
+        if failures:
+            raise StorageError(failures, written)
         return written
 
     def rotate(self, now: float | None = None) -> list[Path]:

@@ -22,10 +22,10 @@ import torch
 from voiceassist.events import SAMPLE_RATE
 from voiceassist.model.encoder import trimmed_frames
 
-# The processor's mel projection is one float64 matrix product over all frames. OpenBLAS's AVX-512 builds use a
-# separate "small matrix" kernel when rows x cols x depth is under ~1e6, whose rounding differs in the last bit
-# from the large kernel the processor's 3000 frames take; 128 frames (80 mels x 201 bins x 128 = 2.1e6) keep the
-# trimmed extraction on the large kernel, at the cost of 1.28 s of STFT (about 1 ms).
+# The processor's mel projection is one float64 matrix product over all frames. OpenBLAS takes another code path
+# for a small product than for the processor's 3000 frames, and on some CPUs (seen on an AVX2 AMD EPYC) that path
+# rounds the last bit differently. 128 frames (80 mels x 201 bins x 128, a product of 2.1e6) keep the trimmed
+# extraction on the large path (checked there on 1 to 80000 samples), at the cost of 1.28 s of STFT (~1 ms).
 MIN_FRAMES = 128
 
 

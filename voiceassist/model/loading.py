@@ -11,42 +11,148 @@ import importlib.util
 import json
 import os
 import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from voiceassist.config import Config, ModelConfig
-from voiceassist.errors import ModelError
+from voiceassist.errors import ModelError, ModelSettingError
+from voiceassist.model import memory
+from voiceassist.model.memory import MemoryNeed, MiB
 
-# Rough memory needs of Qwen2-Audio-7B-Instruct, for the out-of-memory message (weights + a working margin).
-NEED_BF16_GB = 17
-NEED_4BIT_GB = 6
+RANDOM_7B = "random-7b"
+# [model] compile = "auto" turns the static cache + compiled decode step on for CUDA only once it is measured
+# faster there (scripts/bench_gpu.py). No CUDA GPU has run it yet: off until one does.
+COMPILE_AUTO_ON_CUDA = False
+
 HUB_PROBE_TIMEOUT_S = 5.0  # how long to wait for the hub's host before saying it cannot be reached
 
 
-def load_session(config: Config) -> Any:
-    """Load the processor and model named by ``config.model`` and return a ready :class:`Session`."""
+@dataclass(frozen=True)
+class LoadPlan:
+    """What :func:`plan_load` decided before any weight is read."""
+
+    device: str  # cpu or cuda:N
+    dtype: Any  # torch dtype of the weights (the compute dtype when quantized)
+    context_limit: int  # tokens: the configured limit, or lower to fit the free memory
+    need: MemoryNeed
+    free_bytes: int
+    notes: tuple[str, ...] = ()  # one line each: what was chosen for the user and why
+
+
+def load_session(config: Config, on_note: Callable[[str], None] | None = None) -> Any:
+    """Load the processor and model named by ``config.model`` and return a ready :class:`Session`.
+
+    ``on_note`` gets each line about a choice made for the user (a context lowered to fit, bf16 emulated on this
+    CPU, the compiled decode falling back to eager); default: printed on stderr as ``voiceassist: note: ...``.
+    """
     from voiceassist.model.session import Session
 
+    note = on_note or _print_note
     mc = config.model
-    device = resolve_device(mc.device)
-    dtype = resolve_dtype(mc.dtype, device)
-    _check_quantization(mc, device)
-    _check_attention(mc, device)
     path, label = resolve_model_path(mc.name)
-    processor, model = _load(path, mc, device, dtype)
-    precision = {"8bit": "8-bit", "4bit": "4-bit"}.get(mc.quantization, _DTYPE_LABEL.get(str(dtype), str(dtype)))
-    return Session(
+    plan = plan_load(mc, path)
+    for line in plan.notes:
+        note(line)
+    processor, model = _load(path, mc, plan.device, plan.dtype, plan.need.total(plan.context_limit))
+    precision = {"8bit": "8-bit", "4bit": "4-bit"}.get(
+        mc.quantization, _DTYPE_LABEL.get(str(plan.dtype), str(plan.dtype))
+    )
+    lowered = f" · context {plan.context_limit}" if plan.context_limit < mc.context_limit else ""
+    session = Session(
         model,
         processor,
         generation=config.generation,
-        context_limit=mc.context_limit,
+        context_limit=plan.context_limit,
         trimmed_encoder=mc.trimmed_encoder,
-        description=f"{label} · {device} · {precision}",
+        description=f"{label} · {plan.device} · {precision}{lowered}",
+        compile=resolve_compile(mc.compile, plan.device),
+        on_note=note,
     )
+    return session
+
+
+def _print_note(line: str) -> None:
+    print(f"voiceassist: note: {line}", file=sys.stderr, flush=True)
 
 
 _DTYPE_LABEL = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+_DTYPE_NAME = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
+
+
+def model_config(name: str, path: str | None) -> Any:
+    """The model's config without its weights: the folder's config.json, or the shipped 7B shape."""
+    if name == RANDOM_7B or path is None:
+        return memory.shipped_7b_config()
+    return memory.config_from_folder(path)
+
+
+def plan_load(mc: ModelConfig, path: str | None) -> LoadPlan:
+    """Device, dtype and context limit for ``mc``, checked against the free memory of the chosen device before
+    any weight is read. Raises :class:`ModelSettingError` (one line, exit 2) for what this machine cannot run."""
+    device = resolve_device(mc.device)
+    _check_quantization(mc, device)
+    _check_attention(mc, device)
+    try:
+        cfg = model_config(mc.name, path)
+    except Exception as err:  # noqa: BLE001 - a config.json transformers cannot read: one line, not a traceback
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ModelError(
+            f"cannot read the model config in {path} ({first}); re-download the model, or use --model tiny"
+        ) from None
+    notes: list[str] = []
+    dtype = resolve_dtype(mc.dtype, device, mc.name, cfg, mc.context_limit, notes)
+    dname = _DTYPE_NAME[str(dtype)]
+    max_pos = getattr(cfg.get_text_config(), "max_position_embeddings", mc.context_limit)
+    context = min(mc.context_limit, max_pos)
+    need = memory.estimate(cfg, dname, mc.quantization, context)
+    free = memory.free_on(device)
+    fits = need.max_context(free)
+    if fits < context:
+        if fits >= min(memory.MIN_CONTEXT, context):
+            notes.append(
+                f"context limit lowered from {context} to {fits} tokens to fit the {memory.gb(free)} free on "
+                f"{device} (weights {memory.gb(need.weights_bytes)} + {need.kv_bytes_per_token / MiB:g} MiB of KV "
+                f"cache per token); for the full context, free memory"
+                + (" or use --quantization 4bit" if device.startswith("cuda") and mc.quantization != "4bit" else "")
+            )
+            context = fits
+        else:
+            raise ModelSettingError(_not_enough(mc, device, dname, need, context, free, cfg))
+    return LoadPlan(device, dtype, context, need, free, tuple(notes))
+
+
+def _not_enough(mc: ModelConfig, device: str, dname: str, need: MemoryNeed, context: int, free: int, cfg: Any) -> str:
+    """The one-line refusal: what is needed, what is free, and what would fit."""
+    what = f"{dname}" if mc.quantization == "none" else f"{mc.quantization} ({dname} compute)"
+    options: list[str] = []
+    on_gpu = device.startswith("cuda")
+    for q in ("4bit",) if on_gpu and mc.quantization != "4bit" else ():
+        n = memory.estimate(cfg, dname, q, context)
+        if n.max_context(free) >= min(memory.MIN_CONTEXT, context):
+            options.append(f"--quantization {q} (needs {memory.gb(n.total(context))})")
+    if need.max_context(free) > 0:
+        options.append(f"--context-limit {need.max_context(free)}")
+    ram = memory.ram_available()
+    if on_gpu:
+        n = memory.estimate(cfg, "bfloat16", "none", context)
+        if n.max_context(ram) >= min(memory.MIN_CONTEXT, context):
+            options.append(f"--device cpu (bf16 needs {memory.gb(n.total(context))}, {memory.gb(ram)} of RAM free)")
+    elif dname == "float32":
+        n = memory.estimate(cfg, "bfloat16", "none", context)
+        if n.max_context(free) >= min(memory.MIN_CONTEXT, context):
+            options.append(f"--dtype bfloat16 (needs {memory.gb(n.total(context))})")
+    if not options:
+        options.append("a GPU with more memory, or --server URL (a vLLM server)")
+    return (
+        f"not enough memory for {mc.name} in {what} on {device}: it needs {memory.gb(need.total(context))} "
+        f"({memory.gb(need.weights_bytes)} of weights + {memory.gb(need.kv_bytes_per_token * context)} of KV cache "
+        f"for {context} tokens + {memory.gb(need.working_bytes)} working), {memory.gb(free)} is free; "
+        f"what would fit: {', or '.join(options)}"
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -73,29 +179,88 @@ def resolve_device(device: str) -> str:
     raise ModelError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
 
 
-def resolve_dtype(dtype: str, device: str) -> Any:
-    """``auto`` → bfloat16 on a GPU that supports it (else float16), float32 on CPU."""
+def resolve_dtype(
+    dtype: str,
+    device: str,
+    name: str = "",
+    cfg: Any = None,
+    context: int = 8192,
+    notes: list[str] | None = None,
+) -> Any:
+    """The weights' dtype. ``auto``: on a GPU bfloat16 where the chosen GPU has it natively (compute capability
+    8.0+), else float16. On CPU: bfloat16 where the CPU has it natively (AVX512-BF16, AMX, Arm BF16); else float32
+    when that fits in free RAM (it is faster than emulated bf16), else bfloat16 (said in ``notes``). The tiny test
+    model is always float32 on CPU (exactness is what it is for). An explicit bfloat16 on a GPU without native
+    bf16 is refused (one line, exit 2)."""
     import torch
 
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    notes = notes if notes is not None else []
+    if device.startswith("cuda"):
+        native = memory.gpu_bf16_native(device)
+        if dtype == "auto":
+            return torch.bfloat16 if native else torch.float16
+        if dtype == "bfloat16" and not native:
+            raise ModelSettingError(
+                f"--dtype bfloat16: {device} ({memory.gpu_name(device)}) has no native bf16 (it needs compute "
+                "capability 8.0+, e.g. A100, L4, RTX 30xx); use --dtype float16 or auto"
+            )
+        return _torch_dtype(dtype)
+    if dtype != "auto":
+        return _torch_dtype(dtype)
+    if name == "tiny" or cfg is None:
         return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if memory.cpu_bf16_native():
+        return torch.bfloat16
+    f32 = memory.estimate(cfg, "float32", "none", context)
+    if f32.max_context(memory.ram_available()) >= min(memory.MIN_CONTEXT, context):
+        return torch.float32
+    notes.append(
+        f"loading in bfloat16: float32 would need {memory.gb(f32.total(context))} and this CPU has no native bf16 "
+        "(emulated: slower than float32, not exact; --dtype float32 for exactness where RAM allows)"
+    )
+    return torch.bfloat16
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_compile(setting: str, device: str) -> bool:
+    """``[model] compile``: on / off, or auto = on for CUDA, off on CPU (see config.py for why)."""
+    if setting == "auto":
+        return device.startswith("cuda") and COMPILE_AUTO_ON_CUDA
+    return setting == "on"
 
 
 def _check_quantization(mc: ModelConfig, device: str) -> None:
     if mc.quantization == "none":
         return
+    if not device.startswith("cuda"):
+        raise ModelSettingError(
+            f"--quantization {mc.quantization} runs on a CUDA GPU only (bitsandbytes), not on {device}; use "
+            "--quantization none on CPU (bfloat16 halves float32's memory), or --device cuda with "
+            "pip install 'voiceassist[quant]'"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError(
             f"--quantization {mc.quantization} needs bitsandbytes, which is not installed; "
             "pip install 'voiceassist[quant]' (or use --quantization none)"
         )
-    if not device.startswith("cuda"):
-        raise ModelError(
-            f"--quantization {mc.quantization} runs on a CUDA GPU only, not on {device}; use --quantization none on CPU"
-        )
+
+
+def quantization_config(quantization: str, dtype: Any) -> Any:
+    """The BitsAndBytesConfig for ``quantization`` (8bit, 4bit): NF4 with ``dtype`` compute for 4-bit; the
+    audio encoder, projector and LM head kept unquantized (:data:`memory.QUANT_SKIP_MODULES`)."""
+    from transformers import BitsAndBytesConfig
+
+    skip = list(memory.QUANT_SKIP_MODULES)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip
+    )
 
 
 def _check_attention(mc: ModelConfig, device: str) -> None:
@@ -110,8 +275,11 @@ def _check_attention(mc: ModelConfig, device: str) -> None:
         raise ModelError(f"--attn flash_attention_2 runs on a CUDA GPU only, not on {device}; use --attn sdpa")
 
 
-def resolve_model_path(name: str) -> tuple[str, str]:
-    """(a local folder to load from, a short label) for ``tiny``, a folder, or a hub id (cached or reachable)."""
+def resolve_model_path(name: str) -> tuple[str | None, str]:
+    """(a local folder to load from, a short label) for ``tiny``, a folder, or a hub id (cached or reachable);
+    (None, label) for ``random-7b``, which has no folder."""
+    if name == RANDOM_7B:
+        return None, "random-weight Qwen2-Audio-7B shape"
     if name == "tiny":
         from voiceassist.model.tiny import tiny_model_dir
 
@@ -196,7 +364,7 @@ def _hub_reachable(endpoint: str) -> bool:
         return False
 
 
-def _load(path: str, mc: ModelConfig, device: str, dtype: Any) -> tuple[Any, Any]:
+def _load(path: str | None, mc: ModelConfig, device: str, dtype: Any, need: int = 0) -> tuple[Any, Any]:
     import torch
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
     from transformers.utils import logging as hf_logging
@@ -204,25 +372,34 @@ def _load(path: str, mc: ModelConfig, device: str, dtype: Any) -> tuple[Any, Any
     hf_logging.disable_progress_bar()  # no "Loading weights" bar over the TUI or the JSON output
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": mc.attn_implementation}
     if mc.quantization != "none":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True)
-            if mc.quantization == "8bit"
-            else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-        )
-    if device.startswith("cuda") and importlib.util.find_spec("accelerate") is not None:
-        kwargs["device_map"] = {"": device}  # load straight onto the GPU, no CPU copy of 17 GB
+        kwargs["quantization_config"] = quantization_config(mc.quantization, dtype)
+    if device.startswith("cuda"):
+        if importlib.util.find_spec("accelerate") is None:
+            raise ModelError(
+                "loading onto a GPU needs accelerate (device_map), which is not installed; "
+                "pip install 'voiceassist[model]'"
+            )
+        kwargs["device_map"] = {"": device}  # straight onto the GPU, no CPU copy of 17 GB
     try:
-        processor = AutoProcessor.from_pretrained(path)
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
-        if "device_map" not in kwargs:
-            model = model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() too narrowly
+        if path is None:  # random-7b: built in memory, nothing read or written
+            from voiceassist.model.random7b import build_random_7b
+            from voiceassist.model.tiny import build_tiny_processor
+
+            processor = build_tiny_processor()
+            model = build_random_7b(processor, device, dtype, mc.quantization)
+            model.config._attn_implementation = mc.attn_implementation
+        else:
+            processor = AutoProcessor.from_pretrained(path)
+            model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
+            if "device_map" not in kwargs and device != "cpu":
+                model = model.to(device)  # type: ignore[arg-type]
     except torch.cuda.OutOfMemoryError:
-        raise ModelError(_oom_message(device)) from None
+        raise ModelError(_oom_message(device, need)) from None
+    except ModelError:
+        raise
     except Exception as err:  # noqa: BLE001 - safetensors, OSError, ValueError...: all mean "cannot load"
         if "out of memory" in str(err).lower():
-            raise ModelError(_oom_message(device)) from None
+            raise ModelError(_oom_message(device, need)) from None
         first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
         raise ModelError(
             f"cannot load the model from {path} ({first}); check the folder is a complete "
@@ -234,8 +411,8 @@ def _load(path: str, mc: ModelConfig, device: str, dtype: Any) -> tuple[Any, Any
     return processor, model
 
 
-def _oom_message(device: str) -> str:
+def _oom_message(device: str, need: int) -> str:
     return (
-        f"out of memory loading the model on {device}: Qwen2-Audio-7B needs about {NEED_BF16_GB} GB in bf16 "
-        f"or about {NEED_4BIT_GB} GB with --quantization 4bit; free GPU memory or use --quantization 4bit"
+        f"out of memory loading the model on {device} (it needs {memory.gb(need)}; something else took memory "
+        "that was free when checked); free memory, use --quantization 4bit on a GPU, or see `voiceassist doctor`"
     )

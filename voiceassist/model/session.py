@@ -33,7 +33,7 @@ from voiceassist.config import GenerationConfig
 from voiceassist.errors import BackendError
 from voiceassist.model import encoder, features
 from voiceassist.model.chunking import SAMPLE_RATE, split_long_audio
-from voiceassist.model.decoding import IncrementalDetokenizer, Sampler
+from voiceassist.model.decoding import IncrementalDetokenizer, Sampler, resolve_sampling, sampling_defaults
 from voiceassist.model.kvcache import KVCache
 from voiceassist.model.prompt import PromptBuilder, UserMessage
 
@@ -68,15 +68,26 @@ class _Snapshot:
 
 @dataclass
 class _Prefilled:
-    """A turn added and prefilled, its reply not yet decoded (normal path, or a pending speculation)."""
+    """A turn added and prefilled, its reply decoded so far (normal path, or a pending speculation, whose
+    reply may already be partly decoded by :meth:`Session.speculate_reply`; :meth:`Session.reply` goes on
+    from exactly this state, so the reply is the one a non-speculative run gives)."""
 
     turn: UserTurn
     audios: list[np.ndarray]
-    logits: torch.Tensor  # for the reply's first token
+    logits: torch.Tensor  # for the reply's next token
     prompt_ids: list[int]
     dropped: int
     max_new: int
     snap: _Snapshot
+    detok: IncrementalDetokenizer | None = None  # None until the first token
+    reply: list[int] = field(default_factory=list)  # reply ids sampled so far (without the closing token)
+    pieces: list[str] = field(default_factory=list)  # text handed out so far, in order
+    kept_logits: list[torch.Tensor] = field(default_factory=list)  # masked logits per step (keep_logits)
+    done: bool = False  # the closing token was sampled, or max_new reached
+    decode_s: float = 0.0  # wall time between consecutive sampled tokens, summed, s
+    steps_timed: int = 0  # how many of those gaps decode_s holds
+    seen: torch.Tensor | None = None  # [vocab] ids the repetition penalty applies to (None: no penalty)
+    seen_ready: bool = False  # ``seen`` was computed (at the first decoded token)
 
 
 class Session:
@@ -108,6 +119,9 @@ class Session:
         context_limit: int = 8192,
         trimmed_encoder: bool = True,
         description: str = "",
+        shipped_sampling: dict[str, Any] | None = None,
+        compile: bool = False,
+        on_note: Callable[[str], None] | None = None,
     ) -> None:
         self.model = model
         self.processor = processor
@@ -127,14 +141,23 @@ class Session:
         self.description = description or f"{type(model).__name__} · {self.device} · {str(self.dtype)[6:]}"
         tok = self.tokenizer.convert_tokens_to_ids
         self._end_ids = {tok(t) for t in END_TOKENS}
+        # Sampling as the model ships it (generation_config.json), the configured values over it.
+        shipped = sampling_defaults(model) if shipped_sampling is None else shipped_sampling
+        self.sampling = resolve_sampling(self.generation, shipped)
+        self._vocab = int(self._embed.weight.shape[0])
         self._sampler = Sampler(
-            self.generation.temperature,
-            self.generation.top_p,
+            self.sampling,
             self.generation.seed,
             [tok(t) for t in STRUCTURAL_TOKENS],
             self.device,
+            vocab_limit=len(self.tokenizer),  # the embedding may be padded beyond the tokenizer (7B: 156032)
         )
-        self._kv = KVCache(model, self._builder.audio_token_id)
+        self._kv = KVCache(
+            model,
+            self._builder.audio_token_id,
+            static_len=self.context_limit if compile else None,
+            on_note=on_note,
+        )
         self._lock = threading.RLock()
         self._turns: list[TurnRecord] = []
         self._dropped_total = 0
@@ -181,6 +204,12 @@ class Session:
     def speculating(self) -> bool:
         """A speculative prefill is waiting for its turn."""
         return self._spec is not None
+
+    @property
+    def speculation_complete(self) -> bool:
+        """The pending speculation's reply is decoded to its end (:meth:`speculate_reply` reached it)."""
+        spec = self._spec
+        return spec is not None and spec.done
 
     # ---- the Backend protocol -----------------------------------------------------------------------------
 
@@ -241,6 +270,48 @@ class Session:
             self._spec = prefilled
             return True
 
+    def speculate_reply(
+        self,
+        enough: Callable[[str], bool],
+        cancel: threading.Event | None = None,
+        until: threading.Event | None = None,
+    ) -> str | None:
+        """Decode the pending speculation's reply ahead of time (during the hang-over), until ``enough(text)``
+        says the text so far suffices (e.g. its first sentence is complete), the reply ends, or ``until`` is set
+        (the real turn is waiting: what is decoded stays). Returns the reply text decoded so far (the whole
+        speculative text, not only this call's), or None when there is no speculation.
+
+        ``cancel`` (speech resumed) rolls everything back — the turn, the cache, the sampler's state and
+        random generator — within one token, as :meth:`cancel_speculation`. A failure rolls back as well and
+        returns None (the real turn will report it). The next :meth:`reply` with the same turn hands the text
+        out at once and goes on decoding from the same state: its reply equals a non-speculative run's.
+        """
+        with self._lock:
+            spec = self._spec
+            if spec is None:
+                return None
+            cancel = cancel or threading.Event()
+            until = until or threading.Event()
+            try:
+                t_prev: float | None = None
+                while not spec.done and not enough("".join(spec.pieces)):
+                    if cancel.is_set():
+                        self.cancel_speculation()
+                        return None
+                    if until.is_set():
+                        break
+                    t_prev = self._decode_one(spec, spec.pieces.append, t_prev)
+                if spec.done and spec.detok is not None:
+                    piece = spec.detok.flush()  # the reply's end: its held-back text too (reply() adds nothing)
+                    if piece:
+                        spec.pieces.append(piece)
+            except BaseException as err:
+                self.cancel_speculation()
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    raise
+                return None
+            return "".join(spec.pieces)
+
     def cancel_speculation(self) -> None:
         """Roll a pending speculative prefill back (speech resumed); nothing if there is none."""
         with self._lock:
@@ -294,52 +365,87 @@ class Session:
         return _Prefilled(turn, audios, logits, prompt_ids, dropped, max_new, snap)
 
     def _decode(self, p: _Prefilled, on_text: Callable[[str], None], cancel: threading.Event, t0: float) -> ReplyResult:
-        logits = p.logits
-        detok = IncrementalDetokenizer(self.tokenizer)
-        self.last_logits = []
-        reply: list[int] = []
         interrupted = False
         t_first: float | None = None
-        t_last = t0
-        while True:
+        if p.detok is not None:  # decoded ahead by speculate_reply: its text is the reply's start, at once
+            t_first = time.perf_counter()
+            self.last_cpu_ttft_s = time.thread_time() - self._cpu0
+            for piece in p.pieces:
+                on_text(piece)
+
+        def emit(piece: str) -> None:
+            p.pieces.append(piece)
+            on_text(piece)
+
+        t_prev: float | None = None
+        while not p.done:
             if cancel.is_set():
                 interrupted = True
                 break
-            if self.keep_logits:
-                self.last_logits.append(self._sampler.mask(logits).cpu())
-            token = self._sampler(logits)
-            t_last = time.perf_counter()
+            t_prev = self._decode_one(p, emit, t_prev)
             if t_first is None:
-                t_first = t_last
+                t_first = t_prev
                 self.last_cpu_ttft_s = time.thread_time() - self._cpu0
-            if token in self._end_ids:
-                break
-            reply.append(token)
-            piece = detok.feed(token)
-            if piece:
-                on_text(piece)
-            if len(reply) >= p.max_new:
-                break  # the last token is not fed: the next turn's prefill feeds it
-            logits = self._kv.step(token)
+        detok = p.detok or IncrementalDetokenizer(self.tokenizer)
         piece = detok.flush()
         if piece:
-            on_text(piece)
+            emit(piece)
+        self.last_logits = p.kept_logits
+        reply = p.reply
         self._turns[-1] = dataclasses.replace(
             self._turns[-1], reply_ids=tuple(reply), reply_text=detok.emitted, interrupted=interrupted
         )
         t_first = t_first if t_first is not None else time.perf_counter()
-        decode_s = t_last - t_first
         return ReplyResult(
             text=detok.emitted,
             n_tokens=len(reply),
             ttft_s=t_first - t0,
-            tok_per_s=(len(reply) - 1) / decode_s if len(reply) > 1 and decode_s > 0 else 0.0,
+            tok_per_s=p.steps_timed / p.decode_s if p.steps_timed and p.decode_s > 0 else 0.0,
             context_tokens=self.context_tokens,
             interrupted=interrupted,
             prompt_ids=tuple(p.prompt_ids),
             reply_ids=tuple(reply),
             dropped_turns=p.dropped,
         )
+
+    def _seen_ids(self) -> torch.Tensor | None:
+        """A [vocab] mask of the ids held (prompt and replies of every kept turn), or None without a penalty."""
+        if self.sampling.repetition_penalty == 1.0:
+            return None
+        seen = torch.zeros(self._vocab, dtype=torch.bool, device=self.device)
+        ids = [i for t in self._turns for i in (*t.prompt_ids, *t.reply_ids)]
+        if ids:
+            seen[torch.tensor(ids, dtype=torch.long, device=self.device)] = True
+        return seen
+
+    def _decode_one(self, p: _Prefilled, emit: Callable[[str], None], t_prev: float | None) -> float:
+        """Sample the reply's next token from ``p.logits``, hand out its text, feed it; returns when it was
+        sampled (``t_prev``: the previous token's, in this same run of steps, for the decode speed)."""
+        if p.detok is None:
+            p.detok = IncrementalDetokenizer(self.tokenizer)
+        if not p.seen_ready:  # the repetition penalty's ids: the whole conversation, as generate sees it
+            p.seen, p.seen_ready = self._seen_ids(), True
+        if self.keep_logits:
+            p.kept_logits.append(self._sampler.mask(p.logits).cpu())
+        token = self._sampler(p.logits, p.seen)
+        if p.seen is not None:
+            p.seen[token] = True
+        t = time.perf_counter()
+        if t_prev is not None:
+            p.decode_s += t - t_prev
+            p.steps_timed += 1
+        if token in self._end_ids:
+            p.done = True
+            return t
+        p.reply.append(token)
+        piece = p.detok.feed(token)
+        if piece:
+            emit(piece)
+        if len(p.reply) >= p.max_new:
+            p.done = True  # the last token is not fed: the next turn's prefill feeds it
+            return t
+        p.logits = self._kv.step(token)
+        return t
 
     def _encode(self, audios: Sequence[np.ndarray], cancel: threading.Event | None = None) -> list[torch.Tensor] | None:
         """Each audio's embeddings [N_i, hidden] (N_i = the processor's <|AUDIO|> count), encoded once; None
@@ -365,8 +471,13 @@ class Session:
         """
         counts = [e.shape[0] for e in embeds]
         prompt = self._builder.turn_ids(self.system_prompt, [t.message for t in self._turns], message, counts)
-        if self.context_tokens + len(prompt) + max_new <= self.context_limit:
+        # What the reply is sure to get; more only while the context has it (never at the history's cost).
+        reserve = max(1, min(max_new, int(self.context_limit * conversation.REPLY_SHARE)))
+        room = self.context_limit - self.context_tokens - len(prompt)
+        if room >= max_new:
             return prompt, 0, max_new
+        if room >= reserve:  # the history fits: keep all of it, the reply gets the room left
+            return prompt, 0, self._capped(max_new, room)
         # Drop whole turns, oldest first, until the rest fits the trim target. Sizes are estimated from the
         # current ids (re-rendering shifts only the system message and audio numbers: a few tokens), then the
         # kept turns are re-rendered exactly and the room left is checked exactly.
@@ -374,7 +485,7 @@ class Session:
         keep = list(self._turns)
         size = sum(len(t.prompt_ids) + len(t.reply_ids) for t in keep)
         dropped = 0
-        while keep and size + len(prompt) + max_new > target:
+        while keep and size + len(prompt) + reserve > target:
             gone = keep.pop(0)
             size -= len(gone.prompt_ids) + len(gone.reply_ids)
             dropped += 1
@@ -388,11 +499,35 @@ class Session:
         prompt = self._builder.turn_ids(self.system_prompt, [t.message for t in self._turns], message, counts)
         room = self.context_limit - self.context_tokens - len(prompt)
         if room < 1:
+            positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+            # #16: "raise --context-limit" is no advice when the limit is already the model's whole context.
+            advice = (
+                f"send shorter audio (the model's whole context is {self.context_limit} tokens)"
+                if positions is not None and self.context_limit >= positions
+                else "send shorter audio or raise --context-limit"
+            )
             raise BackendError(
                 f"this turn needs {len(prompt)} tokens, more than the context limit of "
-                f"{self.context_limit} allows; send shorter audio or raise --context-limit"
+                f"{self.context_limit} allows; {advice}"
             )
-        return prompt, dropped, min(max_new, room)
+        return prompt, dropped, self._capped(max_new, room) if room < max_new else max_new
+
+    def _capped(self, max_new: int, room: int) -> int:
+        """``room`` (< max_new): the reply's cap this turn; said once per session (a log warning: the plain
+        and kiosk front ends show it, the TUI's stderr capture too). getattr: kept out of __init__ (#14 edits it)."""
+        if not getattr(self, "_cap_warned", False):
+            self._cap_warned = True
+            import logging
+
+            logging.getLogger("voiceassist.model").warning(
+                "max_new_tokens %d does not fit the context now: this reply may have up to %d tokens (context "
+                "limit %d, %d in use); earlier turns are kept",
+                max_new,
+                room,
+                self.context_limit,
+                self.context_limit - room,
+            )
+        return room
 
     def _renumbered(self, turns: list[TurnRecord]) -> list[TurnRecord]:
         """``turns`` as the first turns of a conversation: prompts re-rendered (audio numbers, system prompt)."""

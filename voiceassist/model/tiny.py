@@ -84,21 +84,11 @@ def _train_tokenizer():
     return tok
 
 
-def build_tiny_model(dir: Path) -> Path:
-    """Write the tiny Qwen2-Audio (config, seeded random weights, tokenizer, feature extractor, chat template)
-    to ``dir`` (created if needed) and return it. Takes a few seconds; a few MB on disk."""
-    import torch
-    from transformers import (
-        GenerationConfig,
-        PreTrainedTokenizerFast,
-        Qwen2AudioConfig,
-        Qwen2AudioForConditionalGeneration,
-        Qwen2AudioProcessor,
-        WhisperFeatureExtractor,
-    )
+def build_tiny_processor():
+    """The tiny model's processor, in memory: its trained tokenizer, the real feature extractor settings and the
+    real chat template. Deterministic (the same tokenizer every build); takes about a second."""
+    from transformers import PreTrainedTokenizerFast, Qwen2AudioProcessor, WhisperFeatureExtractor
 
-    dir = Path(dir)
-    dir.mkdir(parents=True, exist_ok=True)
     raw = _train_tokenizer()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw,
@@ -108,7 +98,6 @@ def build_tiny_model(dir: Path) -> Path:
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    ids: dict[str, Any] = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}  # one int id each
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
         sampling_rate=SAMPLE_RATE,
@@ -118,9 +107,33 @@ def build_tiny_model(dir: Path) -> Path:
         padding_value=0.0,
         return_attention_mask=True,
     )
-    processor = Qwen2AudioProcessor(
-        feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    return Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def generation_config_for(tokenizer):
+    """The tiny model's generation config (greedy; its end tokens)."""
+    from transformers import GenerationConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return GenerationConfig(
+        eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        do_sample=False,
     )
+
+
+def build_tiny_model(dir: Path) -> Path:
+    """Write the tiny Qwen2-Audio (config, seeded random weights, tokenizer, feature extractor, chat template)
+    to ``dir`` (created if needed) and return it. Takes a few seconds; a few MB on disk."""
+    import torch
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    dir = Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    processor = build_tiny_processor()
+    tokenizer, feature_extractor = processor.tokenizer, processor.feature_extractor
+    ids: dict[str, Any] = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}  # one int id each
 
     config = Qwen2AudioConfig(  # type: ignore[call-arg]  # initializer_range: through PretrainedConfig's kwargs
         audio_config={
@@ -155,12 +168,7 @@ def build_tiny_model(dir: Path) -> Path:
     )
     torch.manual_seed(SEED)
     model = Qwen2AudioForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=[ids["<|endoftext|>"], ids["<|im_end|>"]],
-        pad_token_id=ids["<|endoftext|>"],
-        bos_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-    )
+    model.generation_config = generation_config_for(tokenizer)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar on the user's terminal

@@ -36,6 +36,7 @@ from voiceassist.events import (
     SpeechResumed,
     SpeechStarted,
     Utterance,
+    Wake,
     now,
 )
 from voiceassist.pipeline.duplex import EchoSensing
@@ -43,6 +44,7 @@ from voiceassist.pipeline.frontend import EchoPolicy, PassAllGate, ProcessorChai
 from voiceassist.pipeline.messages import (
     CaptureControl,
     CaptureReport,
+    InterruptReason,
     Mode,
     ReplyEnded,
     SetMode,
@@ -53,9 +55,12 @@ from voiceassist.pipeline.messages import (
     StatusReport,
     StopSpeaking,
     TurnRequest,
+    WakeKey,
 )
 from voiceassist.pipeline.queues import POLL_S, TurnQueue
 from voiceassist.vad import Segmenter, VadState, VoiceDetector
+from voiceassist.wake.gate import GateMessage, SpeechDiscarded, StateChanged, StopReply, WakeState, WakeTurn
+from voiceassist.wake.live import WakeListener
 
 LEVEL_EVERY_S = 0.05  # at most one Level event per this much capture time, s
 DIGITAL_SILENCE = 1.0 / 32768  # peak below one 16-bit step: the input is digitally silent
@@ -87,6 +92,8 @@ class CaptureStage:
         processors: ProcessorChain | None = None,
         gate: TurnGate | None = None,
         detector: Callable[[], VoiceDetector] | None = None,
+        wake: WakeListener | None = None,
+        cancel_reply: Callable[[InterruptReason], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -104,6 +111,10 @@ class CaptureStage:
         self.processors = processors or ProcessorChain()
         self.gate: TurnGate = gate or PassAllGate()
         self._detector = detector  # a fresh VAD engine for each new segmenter (None: webrtcvad)
+        # The wake word (issue 13): its detector is the last of `processors` (it hears every block the echo
+        # canceller cleaned); its gate sits between the segmenter and the echo policy. None: no wake word.
+        self.wake = wake
+        self._cancel_reply = cancel_reply  # ModelStage.cancel: a wake word stops a reply that is not yet heard
         self._fast = source.realtime is False
         # A file cannot hear the assistant speak: the dead-microphone warning is for devices.
         self._is_mic = source.is_device
@@ -155,6 +166,8 @@ class CaptureStage:
                 self._ptt_step()
                 if block is not None:
                     self._on_block(block)
+                elif self.wake is not None:
+                    self._wake_messages(self._wake_detections(self.clock()))  # no audio: windows still close
             except Exception as err:  # noqa: BLE001 - a bug on one block must not end listening
                 message = f"audio processing failed: {one_line(err)}"
                 if message != last_error:  # once, not once per block
@@ -177,9 +190,20 @@ class CaptureStage:
                     self._speculate = on and self._speculation is not None
                 case ReplyEnded():
                     self.gate.on_reply_ended(msg)
+                    if self.wake is not None:
+                        self._wake_messages(self.wake.reply_ended(msg.t))
+                case WakeKey(t=t):
+                    if self.wake is not None:
+                        msgs = self.wake.press(t)
+                        self._wake_messages(msgs, key=True)
+                        playback = self._echo.playback
+                        in_progress = self._turns.pending() or (playback.output_on() and playback.speaking())
+                        if in_progress and not any(isinstance(m, StopReply) for m in msgs):
+                            self._stop_reply("ptt")  # a typed turn's reply: the gate did not know of it
 
     def _report(self, t: float | None = None, detail: str = "", force: bool = False) -> None:
-        msg: StatusReport = CaptureReport(self._device_lost, self._hearing, self._recording_s)
+        waiting = self.wake is not None and self.wake.state is WakeState.WAITING
+        msg: StatusReport = CaptureReport(self._device_lost, self._hearing, self._recording_s, waiting)
         self._report_to(msg, t=t, detail=detail, force=force)
 
     def _error(self, message: str, t: float | None = None, source: str = "audio", dropped: bool = False) -> None:
@@ -200,6 +224,7 @@ class CaptureStage:
         self._level(block, dur)
         block = self.processors.process(block)
         echo_active = self._echo_sensing(block.t)
+        wake_msgs = self._wake_detections(t_end)
         if self._muted:
             self._seg = None
             self._hearing = False
@@ -210,6 +235,7 @@ class CaptureStage:
             if self._rec is not None:
                 self._record(block, t_end)
             return
+        self._wake_messages(wake_msgs)
         self._handsfree(block, t_end, echo_active)
 
     def _echo_sensing(self, t: float) -> bool:
@@ -267,8 +293,24 @@ class CaptureStage:
         self._seg.set_echo_active(echo_active)
         echo = self._echo.audible(block.t)
         got_utterance = False
-        for ev in self._seg.feed(block):
+        events: list = self._seg.feed(block)
+        if self.wake is not None:
+            events = self._wake_messages(self.wake.route(events))
+        for ev in events:
             match ev:
+                case WakeTurn(utterance=utt, via=via):
+                    got_utterance = True
+                    # The wake word in the utterance makes it a turn even over the assistant's voice (half
+                    # duplex: the wake word is the way to interrupt), as a barge-in does.
+                    self._barged = self._barged or via == "wake"
+                    self._on_utterance(utt, t_end)
+                case SpeechDiscarded():
+                    got_utterance = True  # the wake word alone: no turn, back to listening
+                    self._speech_start_t = None
+                    self._hearing = False
+                    self._utt_echo = self._barged = False
+                    self._drop_speculation()
+                    self._report(t_end)
                 case Utterance():
                     got_utterance = True
                     self._on_utterance(ev, t_end)
@@ -289,6 +331,7 @@ class CaptureStage:
             self._utt_echo = True  # playback started during the speech: it may contain the assistant's voice
         if (
             self._utt_echo
+            and self.wake is None  # with a wake word, only the wake word (or the key) interrupts
             and not self._barged
             and state is VadState.SPEAKING
             and self._speech_start_t is not None
@@ -360,6 +403,43 @@ class CaptureStage:
         playback = self._echo.playback
         while not self._stop.is_set() and now() < spoken_by and playback.output_on() and playback.speaking():
             self._stop.wait(0.005)
+
+    # ---- the wake word (issue 13; voiceassist.wake.live) -----------------------------------------------------
+    def _wake_detections(self, t_end: float) -> list[GateMessage]:
+        """The detections of this block (the detector heard it in the processor chain) through the gate, each
+        also a Wake event; muted or in push-to-talk mode they are dropped unheard."""
+        if self.wake is None:
+            return []
+        found, msgs = self.wake.detections(t_end, hear=not self._muted and self._mode == "handsfree")
+        for d in found:
+            stop = any(isinstance(m, StopReply) and m.detection is d for m in msgs)
+            self._emit(Wake(d.word, d.probability, "stop" if stop else "listen", t=d.t))
+        return msgs
+
+    def _wake_messages(self, msgs: list[GateMessage], key: bool = False) -> list:
+        """Act on the gate's own messages (stop, state changes); return the speech events for the segmenter
+        path (SpeechStarted / SpeechPaused / SpeechResumed / WakeTurn / SpeechDiscarded), in order."""
+        speech: list = []
+        for m in msgs:
+            match m:
+                case StopReply():
+                    self._stop_reply("ptt" if key else "wake")
+                case StateChanged(t=t, reason=reason):
+                    self._report(t, detail="wake word" if reason == "wake" and not key else "", force=False)
+                case _:
+                    speech.append(m)
+        return speech
+
+    def _stop_reply(self, reason: InterruptReason) -> None:
+        """Stop the reply in progress: cut back to what was heard if it is being spoken (as a barge-in), else
+        cancel its generation and keep what was shown."""
+        playback = self._echo.playback
+        if playback.output_on() and playback.speaking():
+            self._speech(StopSpeaking(reason))
+            return
+        self._speech(StopSpeaking(reason, truncate=False))
+        if self._cancel_reply is not None:
+            self._cancel_reply(reason)
 
     # ---- speculative prefill: the model stage does it when the backend offers it ----------------------------
     def _ask_speculation(self, utt: Utterance, t_end: float) -> None:
@@ -434,13 +514,22 @@ class CaptureStage:
     def _end_of_input(self) -> None:
         self._read_control()
         if self._seg is not None and self._mode == "handsfree" and not self._muted:
-            for ev in self._seg.flush():
-                if isinstance(ev, Utterance):
+            events: list = self._seg.flush()
+            if self.wake is not None:
+                events = self._wake_messages(self.wake.route(events))
+            for ev in events:
+                if isinstance(ev, WakeTurn):
+                    self._barged = self._barged or ev.via == "wake"
+                    self._on_utterance(ev.utterance, self._last_end_t)
+                elif isinstance(ev, Utterance):
                     self._on_utterance(ev, self._last_end_t)
         if self._rec is not None:
             blocks, self._rec, self._recording_s = self._rec, None, None
             self._finish_recording(blocks)
         self._hearing = False
+        if self.wake is not None:
+            # No more input: no window can be used, and nothing will tick this clock any more.
+            self._wake_messages(self.wake.gate.stopped(self._last_end_t))
         self.input_ended.set()
         self._report(self._last_end_t, detail="end of input", force=True)
         self._on_input_ended()

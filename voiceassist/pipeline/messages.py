@@ -50,7 +50,15 @@ class TruncateReply:
     reason: InterruptReason
 
 
-ModelControl = ResetConversation | TruncateReply
+@dataclass(frozen=True)
+class SetSpeculativeSentence:
+    """Decode and synthesise the reply's first sentence during the hang-over, or not (from the next speculation
+    on; ``tts.speculative_first_sentence`` at start)."""
+
+    on: bool
+
+
+ModelControl = ResetConversation | TruncateReply | SetSpeculativeSentence
 
 
 class SpeculationRequest:
@@ -114,7 +122,14 @@ class SetSpeculation:
     on: bool
 
 
-CaptureControl = SetMode | SetMuted | SetSpeculation | ReplyEnded
+@dataclass(frozen=True)
+class WakeKey:
+    """The push-to-talk key in hands-free mode with a wake word: it stands in for the wake word (stop, listen)."""
+
+    t: float  # capture clock, s
+
+
+CaptureControl = SetMode | SetMuted | SetSpeculation | ReplyEnded | WakeKey
 
 
 # ---- the speech stage's inbox (model stage, capture stage, App → speech stage; handled on the sender's thread)
@@ -159,7 +174,22 @@ class SetSpeechOutput:
     on: bool
 
 
-SpeechMessage = BeginReply | SpeakText | EndOfReply | StopSpeaking | SetSpeechOutput
+@dataclass(frozen=True)
+class PrepareSentence:
+    """The speculative first sentence of the reply to come (model stage, during the hang-over): synthesise it
+    now and hold it without playing. There is no commit message: the committed reply's first SpeakText pieces
+    complete the same sentence, and the speaker plays the held sound instead of synthesising (it checks the
+    text is exactly the same, so a different reply can never play it)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class DiscardPrepared:
+    """The speculation was rolled back (speech resumed): drop the held sentence."""
+
+
+SpeechMessage = BeginReply | SpeakText | EndOfReply | StopSpeaking | SetSpeechOutput | PrepareSentence | DiscardPrepared
 
 
 # ---- reports to the status board (every stage → StatusBoard) -------------------------------------------------
@@ -170,6 +200,7 @@ class CaptureReport:
     device_lost: bool = False
     hearing: bool = False
     recording_s: float | None = None  # push-to-talk recording in progress: its length so far, s
+    waiting_for_wake: bool = False  # a wake word is set and the gate waits for it (speech alone is no turn)
 
 
 @dataclass(frozen=True)

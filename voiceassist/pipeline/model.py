@@ -21,10 +21,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voiceassist.audio.cutting import level_profile, split_chunks
-from voiceassist.backend import Backend, ReplyResult, Speculating, UserTurn
+from voiceassist.backend import Backend, ReplyResult, Speculating, SpeculatingReply, UserTurn
 from voiceassist.config import Config
 from voiceassist.errors import BackendError, VoiceAssistError, one_line
 from voiceassist.events import (
@@ -41,12 +41,15 @@ from voiceassist.events import (
 from voiceassist.pipeline.messages import (
     BeginReply,
     CaptureControl,
+    DiscardPrepared,
     EndOfReply,
     InterruptReason,
     ModelControl,
     ModelReport,
+    PrepareSentence,
     ReplyEnded,
     ResetConversation,
+    SetSpeculativeSentence,
     SpeakText,
     SpeculationRequest,
     SpeechMessage,
@@ -56,10 +59,20 @@ from voiceassist.pipeline.messages import (
 from voiceassist.pipeline.queues import TurnQueue
 from voiceassist.replytext import StreamStripper
 from voiceassist.retry import backoff_pause
+from voiceassist.speech.sentences import first_sentence
+
+if TYPE_CHECKING:
+    from voiceassist.pipeline.speech import SpokenReplies
 
 IDLE_POLL_S = 0.01  # s between looks at the control queue and speculation requests while idle
 RETRY_FIRST_S = 1.0  # first pause before a failed (retryable) turn is sent again, s; doubles each retry
 RETRY_MAX_S = 30.0  # longest pause between two sends of a failed turn, s
+# After a reply ends, ReplyDone waits this long at most for the speech stage's report of the reply's first sound
+# (voice_latency_s). Usually the sound came long before; a short reply ends before its one sentence is
+# synthesised (~20-60 ms with espeak). One event with every figure beats a later correction event for whoever
+# logs turns (kiosk log, --events); the bound keeps a stuck speech engine from holding up the next turn (the
+# figure is then null).
+VOICE_WAIT_S = 2.0
 
 
 @dataclass
@@ -90,10 +103,14 @@ class ModelStage:
         clock: Callable[[], float],
         stop: threading.Event,
         on_idle: Callable[[], None],
+        reply_speculator: SpeculatingReply | None = None,
+        spoken: SpokenReplies | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
         self._speculator = speculator  # the backend's speculative prefill (None: not offered)
+        self._reply_speculator = reply_speculator  # ... and its speculative first sentence (None: not offered)
+        self._spoken = spoken  # the speech stage's read-only view: is speech on, when did a reply sound
         self.control = control  # App, speech stage → here
         self._turns = turns
         self._speculation = speculation
@@ -110,6 +127,8 @@ class ModelStage:
         self._history: list[dict[str, Any]] = []
         self._history_lock = threading.Lock()  # history() is read from the UI thread
         self.speculations_started = 0  # speculative prefills begun (a figure for tests)
+        self.first_sentences_prepared = 0  # speculative first sentences sent to the speech stage (tests, benchmarks)
+        self._first_sentence_on = config.tts.speculative_first_sentence  # SetSpeculativeSentence changes it
         self.retry_first_s = RETRY_FIRST_S
         self.retry_max_s = RETRY_MAX_S
 
@@ -184,6 +203,8 @@ class ModelStage:
                     self._report(detail="new conversation", force=True)
                 case TruncateReply():
                     self._truncate(msg)
+                case SetSpeculativeSentence(on=on):
+                    self._first_sentence_on = on
 
     def _truncate(self, msg: TruncateReply) -> None:
         """Barge-in / ptt over playback: the history keeps only what was heard, marked as interrupted."""
@@ -211,9 +232,44 @@ class ModelStage:
             return
         self.speculations_started += 1
         try:
-            self._speculator.speculate(UserTurn(audios=tuple(spec.utterance.chunks)), spec.cancel)
+            if self._speculator.speculate(UserTurn(audios=tuple(spec.utterance.chunks)), spec.cancel):
+                self._speculate_first_sentence(spec.cancel)
         except Exception as err:  # noqa: BLE001 - a failed speculation costs nothing but the time
             self._error(f"speculative prefill failed: {one_line(err)}", "model")
+
+    def _speculate_first_sentence(self, cancel: threading.Event) -> None:
+        """After the speculative prefill, still inside the hang-over (issue 15): decode the reply up to its first
+        sentence and have the speech stage synthesise it without playing (PrepareSentence). When the turn
+        comes, the backend hands that text out at once and the held sound plays. Speech resuming (``cancel``)
+        rolls the decode back in the backend (ids, cache, sampler state) and the held sound is discarded. The
+        real turn arriving stops the decode where it is: nothing is lost, the reply goes on from there."""
+        ahead = self._reply_speculator
+        if (
+            ahead is None
+            or not self._first_sentence_on
+            or self._spoken is None
+            or not self._spoken.output_on()
+            or cancel.is_set()
+        ):
+            return
+
+        def speakable_start(text: str, final: bool) -> str | None:
+            stripper = StreamStripper()  # what the speech stage will be fed: display-safe text, as in _attempt
+            clean = stripper.feed(text) + (stripper.finish() if final else "")
+            return first_sentence(clean, final)
+
+        def enough(text: str) -> bool:
+            return self._turns.waiting() > 0 or self._stop.is_set() or speakable_start(text, False) is not None
+
+        text = ahead.speculate_reply(enough, cancel)
+        if text is None or cancel.is_set():
+            return  # rolled back (speech resumed), or it failed: the real turn does the work
+        sentence = speakable_start(text, ahead.speculation_complete)
+        if sentence:
+            self.first_sentences_prepared += 1
+            self._speech(PrepareSentence(sentence))
+            if cancel.is_set():  # speech resumed meanwhile: the backend rolls back at the next call; drop the sound
+                self._speech(DiscardPrepared())
 
     # ---- one turn -----------------------------------------------------------------------------------------------
     def _read_file(self, turn: TurnRequest, number: int) -> tuple[tuple[Any, ...], bool] | None:
@@ -337,7 +393,10 @@ class ModelStage:
             # Before ReplyDone: whoever sees the reply done must find its last words already queued (the
             # speaker "speaking"), not a gap in which the echo window looks closed.
             self._speech(EndOfReply(number))
-        self._finish_reply(number, result, reply.reason, stripper.text, first, picked, turn, entry)
+        voice_t = None
+        if self._spoken is not None:
+            voice_t = self._spoken.first_sound(number, 0.0 if result.interrupted else VOICE_WAIT_S, self._stop)
+        self._finish_reply(number, result, reply.reason, stripper.text, first, picked, turn, entry, voice_t)
 
     def _attempt(
         self,
@@ -388,12 +447,15 @@ class ModelStage:
         picked: float,
         turn: TurnRequest,
         entry: dict[str, Any],
+        voice_t: float | None = None,
     ) -> None:
         if not first:  # an empty reply: still one reply_start, so every turn's events have the same shape
             self._reply_start(number, turn, now(), picked, first)
         skew = turn.skew
         ttft = first[0] - picked
         latency = None if turn.speech_end_t is None else first[0] + skew - turn.speech_end_t
+        # voice_t is on the monotonic clock like now(); + skew puts it on the capture clock (fast files).
+        voice = None if turn.speech_end_t is None or voice_t is None else voice_t + skew - turn.speech_end_t
         speculator = self._speculator
         with self._history_lock:
             entry.update(
@@ -403,6 +465,7 @@ class ModelStage:
                 tok_per_s=round(result.tok_per_s, 2),
                 ttft_s=round(ttft, 4),
                 latency_s=None if latency is None else round(latency, 4),
+                voice_latency_s=None if voice is None else round(voice, 4),
                 context_tokens=result.context_tokens,
                 speculated=bool(speculator is not None and speculator.last_speculated),
             )
@@ -422,6 +485,7 @@ class ModelStage:
                 latency,
                 result.context_tokens,
                 bool(result.interrupted),
+                voice_latency_s=voice,
                 t=t_done,
             )
         )

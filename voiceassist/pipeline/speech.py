@@ -19,9 +19,11 @@ from voiceassist.errors import one_line, quietly
 from voiceassist.events import ErrorEvent, Event
 from voiceassist.pipeline.messages import (
     BeginReply,
+    DiscardPrepared,
     EndOfReply,
     InterruptReason,
     ModelControl,
+    PrepareSentence,
     SetSpeechOutput,
     SpeakText,
     SpeechMessage,
@@ -50,6 +52,16 @@ class Speaker(Protocol):
     def quiet_since(self) -> float | None: ...
     def echo_overlaps(self, start_t: float, end_t: float) -> bool: ...
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SpokenReplies(Protocol):
+    """The model stage's read-only view of the speech stage (like the capture stage's PlaybackTimeline)."""
+
+    def output_on(self) -> bool: ...  # replies are spoken now (a speculative first sentence is worth it)
+
+    # capture-clock time the reply's first sample reached the device; None if it is not (or not yet) spoken
+    def first_sound(self, turn: int, timeout: float, cancel: threading.Event | None = None) -> float | None: ...
 
 
 class SpeechStage:
@@ -112,6 +124,14 @@ class SpeechStage:
                     self._stop_speaking(reason, truncate)
                 case SetSpeechOutput(on=on):
                     self._set_output(on)
+                case PrepareSentence(text=text):
+                    prepare = getattr(sp, "prepare", None)  # the real Speaker; a stand-in may not
+                    if sp is not None and self._on and callable(prepare):
+                        quietly(lambda: prepare(text))
+                case DiscardPrepared():
+                    discard = getattr(sp, "discard_prepared", None)
+                    if callable(discard):
+                        quietly(discard)
 
     def _stop_speaking(self, reason: InterruptReason, truncate: bool) -> None:
         sp = self._speaker
@@ -174,6 +194,21 @@ class SpeechStage:
             return sp.quiet_since()
         except Exception:  # noqa: BLE001
             return None
+
+    # ---- SpokenReplies (the model stage's view) -------------------------------------------------------------
+    def first_sound(self, turn: int, timeout: float, cancel: threading.Event | None = None) -> float | None:
+        """When ``turn``'s first sample reached the output device (PortAudio DAC time, capture clock), waiting
+        up to ``timeout`` s for it (see ``Speaker.first_sound``); None at once when that reply is not spoken.
+        Called on the model thread, without the stage's lock (the speaker is thread-safe)."""
+        sp = self._speaker
+        first = getattr(sp, "first_sound", None)
+        if sp is None or not callable(first) or self._reply_turn != turn:
+            return None
+        try:
+            t = first(turn, timeout, cancel)
+        except Exception:  # noqa: BLE001 - a broken speaker: the reply simply has no voice figure
+            return None
+        return None if t is None else float(t)
 
     def echo_overlaps(self, start_t: float, end_t: float) -> bool:
         sp = self._speaker

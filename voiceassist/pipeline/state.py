@@ -27,6 +27,7 @@ class StateFlags:
     busy: bool = False  # ModelReport: a turn is being answered
     pending: int = 0  # the turn queue: turns submitted and not yet finished
     speaking: bool = False  # the speech stage: output on and playing
+    waiting_for_wake: bool = False  # CaptureReport: a wake word is set and none was heard (issue 13)
 
 
 def ladder(flags: StateFlags) -> tuple[AssistantState, str]:
@@ -43,6 +44,8 @@ def ladder(flags: StateFlags) -> tuple[AssistantState, str]:
         return AssistantState.THINKING, ""  # also a turn handed over and not yet taken (behind a speculation)
     if flags.speaking:
         return AssistantState.SPEAKING, ""
+    if flags.waiting_for_wake:
+        return AssistantState.WAITING_FOR_WAKE, ""
     return AssistantState.LISTENING, ""
 
 
@@ -93,8 +96,10 @@ class StatusBoard:
         """Record a stage's report (None: just look again at the probes) and emit Status if the state changed."""
         with self._lock:
             match report:
-                case CaptureReport(device_lost=lost, hearing=hearing, recording_s=rec):
-                    self._flags = dataclasses.replace(self._flags, device_lost=lost, hearing=hearing, recording_s=rec)
+                case CaptureReport(device_lost=lost, hearing=hearing, recording_s=rec, waiting_for_wake=waiting):
+                    self._flags = dataclasses.replace(
+                        self._flags, device_lost=lost, hearing=hearing, recording_s=rec, waiting_for_wake=waiting
+                    )
                 case ModelReport(busy=busy):
                     self._flags = dataclasses.replace(self._flags, busy=busy)
                 case SettingsReport(muted=muted):

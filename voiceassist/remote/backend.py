@@ -25,15 +25,25 @@ from urllib.parse import urlsplit
 
 from voiceassist.backend import ReplyResult, UserTurn
 from voiceassist.config import Config
-from voiceassist.conversation import TRIM_TARGET, system_prompt
+from voiceassist.conversation import REPLY_SHARE, TRIM_TARGET, system_prompt
 from voiceassist.errors import BackendError
 from voiceassist.remote import wire
-from voiceassist.remote.client import Broken, Rejected, Retryable, ServerClient, StreamResult
+from voiceassist.remote.client import (
+    POLL_S,
+    WAIT_NOTICE_EVERY_S,
+    WAIT_NOTICE_S,
+    Broken,
+    Cancelled,
+    Rejected,
+    Retryable,
+    ServerClient,
+    StreamResult,
+)
 from voiceassist.retry import backoff_pause
 
 BACKOFF_FIRST_S = 0.5  # first pause before retrying a transient failure, s; doubles each retry
 BACKOFF_MAX_S = 10.0  # longest pause between retries, s
-REPLY_SHARE = 4  # at most 1/REPLY_SHARE of the context is kept free for the reply (max_new_tokens if smaller)
+SPECULATION_FIRST_BYTE_S = 2.0  # a speculative prefill gives up when the server has not begun to answer, s
 MIN_RATE_SPAN_S = 0.01  # first → last token span below which the decode rate is not measurable, s
 ASSISTANT_PROMPT_TOKENS = 3  # "<|im_start|>assistant\n" after the last user message
 
@@ -79,12 +89,20 @@ class RemoteBackend:
         self._system_tokens = (
             wire.estimate_text_tokens(self._system) + wire.MESSAGE_OVERHEAD_TOKENS if self._system else 0
         )
+        from voiceassist.model.budget import check_system_prompt
+
+        # #16: refused at start, not after each turn's request (an estimate: the thin client has no tokenizer).
+        check_system_prompt(
+            self._system_tokens, min(self._budget, self._server.context_limit), self._gen.max_new_tokens, approx=True
+        )
         self._turns: list[RemoteTurn] = []
         self._model: str | None = config.server.model or None
         self._checked_model = False
         self._server_max_len: int | None = None  # the served model's max_model_len, from /v1/models
         self._audio_limit: int | None = None  # audios per prompt, learnt from a "At most N audio(s)" answer
         self._host = urlsplit(self._client.base).netloc
+        self._spec_thread: threading.Thread | None = None  # the speculative request in flight (#16)
+        self._spec_cancel: threading.Event | None = None
 
     # ---- the Backend protocol ------------------------------------------------------------------------------
 
@@ -104,15 +122,21 @@ class RemoteBackend:
         if not turn.audios and not turn.text.strip():
             raise BackendError("nothing to send: the turn has neither audio nor text")
         new = self._new_turn(turn)
+        if self.wait_speculation(cancel):  # Ctrl-C while the speculative request still ran: the turn is kept
+            return self._commit(new, StreamResult(interrupted=True), 0, t0)
         attempt = 0
         min_drop = 0  # turns dropped at least, raised when the server says the prompt is still too long
         while True:
             if cancel.is_set():
                 return self._commit(new, StreamResult(interrupted=True), 0, t0)
             try:
-                self._ensure_model()
+                self._ensure_model(cancel)
                 drop = self._turns_to_drop(new, min_drop)
-                result = self._client.stream_chat(self._body(self._turns[drop:], new), on_text, cancel)
+                result = self._client.stream_chat(
+                    self._body(self._turns[drop:], new), on_text, cancel, on_wait=self._waiting
+                )
+            except Cancelled:
+                return self._commit(new, StreamResult(interrupted=True), 0, t0)
             except Retryable as err:
                 attempt += 1
                 if attempt > self._server.retries:
@@ -147,14 +171,53 @@ class RemoteBackend:
         """
         if not turn.audios and not turn.text.strip():
             return
+        self.wait_speculation(cancel)  # one at a time (the app cancels a stale one before asking again)
+        if not self._checked_model:
+            return  # learning the model can take up to first_byte_timeout_s: the first turn does it
         try:
-            self._ensure_model()
             new = self._new_turn(turn)
             drop = self._turns_to_drop(new)
             body = dict(self._body(self._turns[drop:], new), max_tokens=1)
-            self._client.stream_chat(body, lambda _piece: None, cancel)
-        except (Retryable, Rejected, Broken, BackendError):
-            pass  # the real turn will meet (and report) the same problem
+        except BackendError:
+            return  # the real turn will meet (and report) the same problem
+        # The request runs on its own thread (#16): the worker is free at once, so the turn that follows is
+        # shown and taken at once; reply() then waits for this request (the cache warm-up it paid for) with
+        # a status line and Ctrl-C, and a server that has not begun to answer within a short deadline is
+        # given up. Only this thread and reply() use the speculation fields, one after the other.
+        first_byte = min(SPECULATION_FIRST_BYTE_S, self._client.first_byte_timeout_s)
+
+        def run() -> None:
+            try:
+                self._client.stream_chat(body, lambda _piece: None, cancel, first_byte_s=first_byte)
+            except (Retryable, Rejected, Broken, Cancelled):
+                pass
+            except Exception:  # noqa: BLE001 — a speculation must never fail anything
+                pass
+
+        th = threading.Thread(target=run, name="vllm-speculate", daemon=True)
+        self._spec_thread, self._spec_cancel = th, cancel
+        th.start()
+
+    def wait_speculation(self, cancel: threading.Event | None = None) -> bool:
+        """Wait for the speculative request in flight, if any (reply() does, so the real request finds the
+        prefix cached). Says "waiting for the server" after WAIT_NOTICE_S; ``cancel`` stops the wait and the
+        speculation. True when the wait ended by ``cancel``."""
+        th = self._spec_thread
+        if th is None:
+            return False
+        t0 = time.monotonic()
+        notice = t0 + WAIT_NOTICE_S
+        while th.is_alive():
+            th.join(POLL_S)
+            if cancel is not None and cancel.is_set():
+                if self._spec_cancel is not None:
+                    self._spec_cancel.set()
+                return True
+            if time.monotonic() >= notice:
+                self._waiting(time.monotonic() - t0)
+                notice = time.monotonic() + WAIT_NOTICE_EVERY_S
+        self._spec_thread = self._spec_cancel = None
+        return False
 
     def truncate_last_reply(self, spoken_text: str) -> None:
         """Cut the last reply back to ``spoken_text`` (a prefix of it), marked as interrupted (barge-in)."""
@@ -218,12 +281,12 @@ class RemoteBackend:
             reply_tokens=0,
         )
 
-    def _ensure_model(self) -> None:
+    def _ensure_model(self, cancel: threading.Event | None = None) -> None:
         """Learn the model name (when not configured) and its context length from ``GET /v1/models``."""
         if self._checked_model:
             return
         try:
-            models = self._client.models()
+            models = self._client.models(cancel)
         except Rejected as err:
             if err.kind == "auth":
                 raise
@@ -255,7 +318,7 @@ class RemoteBackend:
     def _turns_to_drop(self, new: RemoteTurn, at_least: int = 0) -> int:
         """How many of the oldest turns to leave out so the request fits the context and the audio limit."""
         limit = self._context_limit()
-        budget = limit - min(self._gen.max_new_tokens, limit // REPLY_SHARE)
+        budget = limit - min(self._gen.max_new_tokens, int(limit * REPLY_SHARE))
         need = self._system_tokens + new.user_tokens + ASSISTANT_PROMPT_TOKENS
         if need > budget:
             raise BackendError(
@@ -297,7 +360,6 @@ class RemoteBackend:
     def _body(self, turns: list[RemoteTurn], new: RemoteTurn) -> dict[str, Any]:
         assert self._model is not None
         gen = self._gen
-        greedy = gen.temperature == 0 or gen.top_p == 0
         body: dict[str, Any] = {
             "model": self._model,
             "messages": self._messages(turns, new),
@@ -305,8 +367,7 @@ class RemoteBackend:
             "stream_options": {"include_usage": True},
             # vLLM stops at the end of its context by itself; never ask for more than it could ever give.
             "max_tokens": min(gen.max_new_tokens, max(1, self._context_limit() - 1)),
-            "temperature": 0.0 if greedy else gen.temperature,
-            "top_p": 1.0 if greedy else gen.top_p,
+            **wire.sampling_fields(gen),
         }
         if gen.seed >= 0:
             body["seed"] = gen.seed
@@ -348,6 +409,12 @@ class RemoteBackend:
             context_tokens=context,
             interrupted=result.interrupted,
             dropped_turns=drop,
+        )
+
+    def _waiting(self, seconds: float) -> None:
+        """stream_chat's notice: no reply text yet ``seconds`` after sending (#16: never a silent wait)."""
+        self._status(
+            f"waiting for the server at {self._host} ({seconds:.0f} s); Ctrl-C stops waiting, the turn is kept"
         )
 
     def _status(self, line: str) -> None:

@@ -30,11 +30,16 @@ from voiceassist.errors import ConfigError
 from voiceassist.remote import wire
 
 POLL_S = 0.02  # how often the caller looks at its cancel event while waiting for the next event, s
-CONNECT_TIMEOUT_S = 10.0  # upper bound for opening a connection (server.timeout_s when smaller), s
+WAIT_NOTICE_S = 2.0  # no reply text this long after sending: the caller is told it is waiting (on_wait), s
+WAIT_NOTICE_EVERY_S = 5.0  # ... and again this often while the wait goes on, s
 
 
 class Retryable(Exception):
     """A transient failure; ``str()`` is one line for the status bar."""
+
+
+class Cancelled(Exception):
+    """The caller's cancel event ended a request that has no partial result (the model list)."""
 
 
 class Broken(Exception):
@@ -100,9 +105,13 @@ class ServerClient:
         self.root = self.base[: -len("/v1")]
         self.key_env = server.api_key_env
         self.api_key = ""  # read again before each request: a rotated key needs no restart
-        # Read timeout = longest silence between two events of a stream (or before the answer), s.
-        timeout = httpx.Timeout(server.timeout_s, connect=min(CONNECT_TIMEOUT_S, server.timeout_s))
+        # Read timeout = longest silence between two events of a stream, s. Connecting and the wait for the
+        # answer to begin (the response headers: vLLM sends them as soon as it accepted the request) have
+        # their own, short deadlines (#16): a server that accepts and never answers fails in seconds.
         self.timeout_s = server.timeout_s
+        self.connect_timeout_s = min(server.connect_timeout_s, server.timeout_s)
+        self.first_byte_timeout_s = min(server.first_byte_timeout_s, server.timeout_s)
+        timeout = httpx.Timeout(server.timeout_s, connect=self.connect_timeout_s)
         self._http = httpx.Client(timeout=timeout, transport=transport)
 
     def close(self) -> None:
@@ -114,14 +123,37 @@ class ServerClient:
 
     # ---- requests ------------------------------------------------------------------------------------------
 
-    def models(self) -> list[dict[str, Any]]:
-        """The server's model list (``GET /v1/models``): dicts with ``id`` and, from vLLM, ``max_model_len``."""
-        try:
-            resp = self._http.get(self.base + "/models", headers=self._headers())
-        except httpx.TimeoutException:
-            raise Retryable(self._timeout_line()) from None
-        except httpx.TransportError as err:
+    def models(self, cancel: threading.Event | None = None) -> list[dict[str, Any]]:
+        """The server's model list (``GET /v1/models``): dicts with ``id`` and, from vLLM, ``max_model_len``.
+
+        Bounded by the first-byte deadline and, with ``cancel``, cancellable within POLL_S (raises Cancelled):
+        it runs on a helper thread, as the first request of a turn must not hold Ctrl-C off (#16)."""
+        timeout = httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s, read=self.first_byte_timeout_s)
+        box: dict[str, Any] = {}
+        headers = self._headers()
+
+        def get() -> None:
+            try:
+                box["resp"] = self._http.get(self.base + "/models", headers=headers, timeout=timeout)
+            except Exception as err:  # noqa: BLE001 — handed to the caller's thread
+                box["err"] = err
+
+        th = threading.Thread(target=get, name="vllm-models", daemon=True)
+        th.start()
+        while th.is_alive():
+            th.join(POLL_S)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+        err = box.get("err")
+        if isinstance(err, httpx.ConnectTimeout):
             raise Retryable(self._unreachable_line(err)) from None
+        if isinstance(err, httpx.TimeoutException):
+            raise Retryable(self._no_answer_line(self.first_byte_timeout_s)) from None
+        if isinstance(err, httpx.TransportError):
+            raise Retryable(self._unreachable_line(err)) from None
+        if err is not None:
+            raise err
+        resp = box["resp"]
         if resp.status_code != 200:
             raise self._status_error(resp.status_code, _json_or_text(resp))
         data = _json_or_text(resp)
@@ -134,21 +166,37 @@ class ServerClient:
         return [m for m in models if isinstance(m, dict) and "id" in m]
 
     def stream_chat(
-        self, body: dict[str, Any], on_text: Callable[[str], None], cancel: threading.Event
+        self,
+        body: dict[str, Any],
+        on_text: Callable[[str], None],
+        cancel: threading.Event,
+        on_wait: Callable[[float], None] | None = None,
+        first_byte_s: float | None = None,
     ) -> StreamResult:
         """POST a streamed chat completion; call ``on_text`` with each piece of text as it arrives.
 
         ``cancel`` is honoured within ~POLL_S in every phase (connecting, waiting for the first token,
         streaming): the connection is shut down, which makes vLLM abort the request, and the result comes
         back with ``interrupted=True``. Raises Retryable / Rejected / Broken.
+
+        ``on_wait(seconds)``: called (on this thread) WAIT_NOTICE_S after sending while no reply text came,
+        then every WAIT_NOTICE_EVERY_S. ``first_byte_s``: the deadline for the answer to begin (default
+        server.first_byte_timeout_s); past it, Retryable.
         """
+        first_byte = self.first_byte_timeout_s if first_byte_s is None else first_byte_s
+        t_sent = time.monotonic()
+        next_notice = t_sent + WAIT_NOTICE_S
+        answered = threading.Event()  # set by the reader when the response headers came
         # Producer: the reader thread (one item per SSE event, then one terminal item); consumer: this
         # method. Bounded so a stalled caller cannot make it grow; the reader gives up when ``abandon`` is set.
         events: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=256)
         abandon = threading.Event()
         holder: dict[str, httpx.Response] = {}
         reader = threading.Thread(
-            target=self._read_stream, args=(body, events, abandon, holder), name="vllm-stream", daemon=True
+            target=self._read_stream,
+            args=(body, events, abandon, holder, answered, first_byte),
+            name="vllm-stream",
+            daemon=True,
         )
         reader.start()
         result = StreamResult()
@@ -161,6 +209,16 @@ class ServerClient:
                 try:
                     kind, item = events.get(timeout=POLL_S)
                 except queue.Empty:
+                    t = time.monotonic()
+                    if not answered.is_set() and t - t_sent > first_byte:
+                        # Checked here too: the reader may sit in connect() or a read that ignores us.
+                        raise Retryable(self._no_answer_line(first_byte)) from None
+                    if on_wait is not None and not result.text and t >= next_notice:
+                        next_notice = t + WAIT_NOTICE_EVERY_S
+                        try:
+                            on_wait(t - t_sent)
+                        except Exception:  # noqa: BLE001 — a broken notice must not break the request
+                            pass
                     continue
                 if kind == "chunk":
                     chunk: wire.Chunk = item
@@ -196,6 +254,8 @@ class ServerClient:
                     line = f"the connection to {self.base} closed before the reply was complete"
                     raise Broken(line) if result.text else Retryable(line)
                 elif kind == "timeout":
+                    if not answered.is_set():
+                        raise Retryable(self._no_answer_line(first_byte))
                     raise (Broken if result.text else Retryable)(self._timeout_line())
                 elif kind == "transport":
                     if result.text:
@@ -216,6 +276,8 @@ class ServerClient:
         events: queue.Queue[tuple[str, Any]],
         abandon: threading.Event,
         holder: dict[str, httpx.Response],
+        answered: threading.Event,
+        first_byte_s: float,
     ) -> None:
         def put(kind: str, item: Any = None) -> bool:
             while not abandon.is_set():
@@ -226,9 +288,19 @@ class ServerClient:
                     continue
             return False
 
+        # The read timeout while waiting for the response headers is the first-byte deadline; once they came,
+        # it becomes timeout_s for the body. httpcore reads request.extensions["timeout"] when it starts on the
+        # headers and again when it starts on the body, so changing the dict in between takes effect.
+        timeout = httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s, read=first_byte_s)
         try:
-            with self._http.stream("POST", self.base + "/chat/completions", json=body, headers=self._headers()) as resp:
+            with self._http.stream(
+                "POST", self.base + "/chat/completions", json=body, headers=self._headers(), timeout=timeout
+            ) as resp:
+                answered.set()
                 holder["resp"] = resp
+                per_request = resp.request.extensions.get("timeout")
+                if isinstance(per_request, dict):
+                    per_request["read"] = self.timeout_s
                 if abandon.is_set():
                     return
                 if resp.status_code != 200:
@@ -243,6 +315,8 @@ class ServerClient:
                         return
                     # After [DONE] the loop reads on to the end of the body, so the connection can be reused.
                 put("end")
+        except httpx.ConnectTimeout as err:  # nothing accepted the connection: unreachable, not slow
+            put("transport", err)
         except httpx.TimeoutException as err:
             put("timeout", err)
         except (httpx.TransportError, httpx.StreamError, OSError) as err:
@@ -257,6 +331,14 @@ class ServerClient:
         return (
             f"cannot reach the server at {self.base} ({_reason(err)}); "
             "check server.url (--server) and that the server is running"
+        )
+
+    def _no_answer_line(self, first_byte_s: float) -> str:
+        if first_byte_s >= self.timeout_s:  # the first-byte deadline was capped by timeout_s: name that one
+            return self._timeout_line()
+        return (
+            f"the server at {self.base} accepted the request but did not begin to answer within "
+            f"{first_byte_s:g} s (server.first_byte_timeout_s); it may be stuck or overloaded"
         )
 
     def _timeout_line(self) -> str:

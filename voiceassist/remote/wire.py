@@ -65,6 +65,28 @@ def user_message(b64_wavs: tuple[str, ...] | list[str], text: str) -> dict[str, 
     return {"role": "user", "content": parts}
 
 
+def sampling_fields(gen: Any) -> dict[str, Any]:
+    """The request's sampling fields for a [generation] config: what is set is sent (vLLM's OpenAI API takes
+    temperature, top_p, top_k and repetition_penalty); what is left "as the model ships" (negative, or a penalty
+    ≤ 0) is left out, and vLLM applies the model's generation_config.json (its default ``--generation-config
+    auto``), as the local session does. Greedy (temperature or top_p 0) is temperature 0."""
+    if gen.temperature == 0 or gen.top_p == 0:
+        out: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0}
+    else:
+        out = {}
+        if gen.temperature > 0:
+            out["temperature"] = gen.temperature
+        if gen.top_p > 0:
+            out["top_p"] = gen.top_p
+    top_k = getattr(gen, "top_k", -1)
+    if top_k >= 0:
+        out["top_k"] = top_k if top_k > 0 else -1  # vLLM: -1 = off (0 is refused)
+    penalty = getattr(gen, "repetition_penalty", -1.0)
+    if penalty > 0:
+        out["repetition_penalty"] = penalty
+    return out
+
+
 def estimate_text_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 

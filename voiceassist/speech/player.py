@@ -291,6 +291,11 @@ class Player:
         with self._lock:
             return self._first_heard.get(turn)
 
+    def sound_pending(self, turn: int) -> bool:
+        """Samples of ``turn`` are queued and not yet handed to the device (its first sound may be to come)."""
+        with self._lock:
+            return any(s.turn == turn and len(s.samples) for s in self._segs[self._idx :])
+
     def first_delivered(self, turn: int) -> float | None:
         """Capture-clock time the first sample of ``turn`` was handed to the device (before its latency)."""
         with self._lock:

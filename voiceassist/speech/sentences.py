@@ -178,6 +178,15 @@ def _next_word_start(buf: str, k: int) -> str | None:
     return buf[k] if k < len(buf) else None
 
 
+def first_sentence(text: str, final: bool = False) -> str | None:
+    """The first sentence :class:`SentenceSplitter` cuts from ``text`` (a reply's start), None while it is not
+    complete yet; ``final``: ``text`` is the whole reply (its end ends the sentence). Fed the same reply as it
+    streams, a Speaker's splitter cuts exactly this sentence first."""
+    splitter = SentenceSplitter()
+    out = splitter.feed(text) + (splitter.flush() if final else [])
+    return out[0] if out else None
+
+
 # ---- making a sentence speakable ---------------------------------------------------------------------------
 
 _MARKUP = re.compile(r"```[a-zA-Z0-9_+-]*|[*_#`~|>]+|\[(?P<label>[^\]]*)\]\([^)]*\)")

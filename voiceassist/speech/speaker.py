@@ -33,15 +33,17 @@ import numpy as np
 
 from voiceassist.config import TtsConfig
 from voiceassist.errors import DeviceError, SpeechError
+from voiceassist.speech.language import VoiceChoice, VoicePicker
 from voiceassist.speech.player import Player, Segment
 from voiceassist.speech.sentences import SentenceSplitter, speakable
-from voiceassist.speech.synth_client import SENTENCE_TIMEOUT_S, EngineUnavailable, SynthWorker
+from voiceassist.speech.synth_client import SENTENCE_TIMEOUT_S, EngineUnavailable, SynthWorker, VoiceMissing
 
 IDLE_CLOSE_S = 60.0  # release the output device after this long with nothing to say
 MAX_AHEAD_S = 30.0  # synthesis waits while this much audio is already queued (bounds memory)
 RETRY_BROKEN_S = 30.0  # after "no speech engine at all", try again this much later
 RETRY_DEVICE_S = 1.0  # after an output device failure, try to open it again this much later, s
 HOUSEKEEPING_S = 0.25  # how often the speech thread checks the worker and the device
+FIRST_SOUND_POLL_S = 0.005  # first_sound() looks this often; the figure itself is the callback's DAC time
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,20 @@ class _Job:
     epoch: int  # Speaker._epoch when queued; stale after stop()
     turn: int
     text: str  # exact slice of the reply
+    # "say": synthesise and play; "prepare": synthesise and hold (a speculative first sentence, see prepare());
+    # "discard": drop what is held. Only "say" jobs count as pending speech.
+    kind: str = "say"
+
+
+@dataclass
+class _Prepared:
+    """A sentence synthesised ahead of its reply (speech thread only)."""
+
+    epoch: int  # stop() drops it: a later epoch never uses it
+    text: str
+    samples: np.ndarray  # at the player's rate
+    choice: VoiceChoice
+    prior: str | None  # the voice picker's running language before it: restored if the sentence is dropped
 
 
 class Speaker:
@@ -62,7 +78,10 @@ class Speaker:
         *,
         sentence_timeout_s: float = SENTENCE_TIMEOUT_S,
         on_error: Callable[[str], None] | None = None,
+        detect_languages: bool = False,
     ) -> None:
+        """``detect_languages``: record each sentence's language also when an explicit voice reads it
+        (``voiceassist say --json``); with ``tts.voice = "auto"`` it is always detected."""
         self.tts = tts
         # producer: the speech thread (and feed() when overloaded); consumer: the App / UI status bar.
         self.errors: queue.Queue[str] = queue.Queue(maxsize=32)
@@ -70,7 +89,19 @@ class Speaker:
         # producer: feed()/end_reply() (the model worker thread); consumer: the speech thread. None = quit.
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=1024)
         self._player = Player(output_device if output_device != "" else None)
-        self._worker = SynthWorker(tts.voice, tts.rate, tts.volume, sentence_timeout_s)
+        auto = tts.voice.strip().lower() == "auto"
+        self._worker = SynthWorker("" if auto else tts.voice, tts.rate, tts.volume, sentence_timeout_s)
+        # The language → voice policy (speech thread only); None: the configured voice, nothing detected.
+        self._picker: VoicePicker | None = None
+        if auto or detect_languages:
+            self._picker = VoicePicker(auto, _codes(tts.languages), _codes(tts.auto_voices), report=self._note)
+        self._picker_starts = 0  # the worker start the picker's voice list comes from
+        self._choices: dict[int, list[tuple[str, VoiceChoice]]] = {}  # turn → (sentence, its voice), recent turns
+        # Messages about the choice of voice (also on `errors`): speech goes on, with the default voice.
+        self.notes: set[str] = set()
+        self._prepared: _Prepared | None = None  # see prepare(); speech thread only
+        self.prepared_count = 0  # sentences synthesised ahead (prepare) / played from that (tests, benchmarks)
+        self.prepared_used = 0
         self._lock = threading.Lock()  # guards everything below; taken before the player's lock, never after
         self._turn: int | None = None
         self._splitter = SentenceSplitter()
@@ -100,6 +131,20 @@ class Speaker:
                 return
             for sentence in self._splitter.feed(text):
                 self._put_locked(turn, sentence)
+
+    def prepare(self, sentence: str) -> None:
+        """Synthesise ``sentence`` now and hold it without playing (the speculative first sentence of a reply
+        not yet given): if the next sentence fed is exactly ``sentence``, it plays at once instead of being
+        synthesised then. Anything else fed first, :meth:`discard_prepared` or :meth:`stop` drops it (and the
+        voice picker's running language is put back). Not "speaking": the microphone is not muted for it."""
+        with self._lock:
+            if not self._closed.is_set():
+                self._put_control(_Job(self._epoch, -1, sentence, "prepare"))
+
+    def discard_prepared(self) -> None:
+        """Drop a sentence held by :meth:`prepare` (the speculation was rolled back: speech resumed)."""
+        with self._lock:
+            self._put_control(_Job(self._epoch, -1, "", "discard"))
 
     def end_reply(self, turn: int) -> None:
         """The reply is complete: speak its last partial sentence too."""
@@ -183,6 +228,29 @@ class Speaker:
         """Capture-clock time the first sample of ``turn`` was heard (None before)."""
         return self._player.first_heard(turn)
 
+    def first_sound(self, turn: int, timeout: float, cancel: threading.Event | None = None) -> float | None:
+        """Capture-clock time the first sample of ``turn`` reaches the listener (PortAudio's DAC time of the
+        block that carries it), waiting up to ``timeout`` s for it; None at once when no sound of ``turn`` is to
+        come (stopped, nothing speakable, synthesis failed, no device), or at the timeout or ``cancel``.
+
+        Known as soon as the callback hands that block to the device (the DAC time is then ~one device latency
+        ahead), so the wait is the first sentence's synthesis at most, not its playback."""
+        deadline = time.monotonic() + timeout
+        while True:
+            t = self._player.first_heard(turn)
+            if t is not None:
+                return t
+            with self._lock:
+                gone = turn in self._stopped or self._closed.is_set()
+                pending = self._pending > 0
+            if gone or not (pending or self._player.sound_pending(turn)):
+                # The callback sets first_heard as it takes the samples (one lock): it may have done so since
+                # the first look above, so look once more.
+                return self._player.first_heard(turn)
+            if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+                return None
+            time.sleep(FIRST_SOUND_POLL_S)
+
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """Wait until the worker runs and the output device is pulling audio (for tests and benchmarks)."""
         deadline = time.monotonic() + timeout
@@ -196,6 +264,11 @@ class Speaker:
             time.sleep(0.01)
         return False
 
+    def voice_choices(self, turn: int) -> list[tuple[str, VoiceChoice]]:
+        """The sentences of ``turn`` synthesised so far, each with the voice (and language) that read it."""
+        with self._lock:
+            return list(self._choices.get(turn, ()))
+
     @property
     def worker_pid(self) -> int | None:
         """The synthesis worker's process id (None while it is not running)."""
@@ -205,6 +278,11 @@ class Speaker:
     def engine(self) -> str:
         """The engine in use, e.g. "pyttsx3/espeak" ("" before the worker has started)."""
         return self._worker.engine
+
+    @property
+    def default_voice(self) -> str:
+        """The engine's default voice id ("" when it does not say or has not started)."""
+        return self._worker.default_voice
 
     @property
     def voice_error(self) -> str:
@@ -230,6 +308,12 @@ class Speaker:
         except queue.Full:
             self._report("speech output is falling behind the reply; a sentence was skipped")
 
+    def _put_control(self, job: _Job) -> None:
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            pass  # a prepared sentence is an optimisation: without it the sentence is synthesised when fed
+
     def _report(self, message: str) -> None:
         """One line for the status bar, once (until speech has worked again)."""
         if self._closed.is_set():
@@ -248,6 +332,15 @@ class Speaker:
     def _run(self) -> None:
         self._start_worker()
         self._open_device()
+        if self._picker is not None:
+            try:
+                self._picker.detector.load()  # ~0.6 s once, here rather than at the first sentence
+            except Exception:  # noqa: BLE001  (the picker reports it at the first sentence and uses the default voice)
+                pass
+            try:
+                self._refresh_voices()  # ~10-20 ms, also not at the first sentence
+            except SpeechError:
+                pass  # the first sentence tries again (and reports)
         self._ready.set()
         next_check = 0.0
         while True:
@@ -261,12 +354,17 @@ class Speaker:
             if job is None or self._closed.is_set():
                 return
             try:
-                self._speak(job)
+                if job.kind == "prepare":
+                    self._prepare(job)
+                elif job.kind == "discard":
+                    self._discard()
+                else:
+                    self._speak(job)
             except Exception as err:  # noqa: BLE001  (the speech thread must survive anything)
                 self._report(f"speech output failed: {err}; replies continue in text")
             finally:
                 with self._lock:
-                    if job.epoch == self._epoch:
+                    if job.epoch == self._epoch and job.kind == "say":
                         self._pending -= 1
 
     def _start_worker(self) -> bool:
@@ -296,6 +394,37 @@ class Speaker:
             self._report(f"speech output: {err}; replies continue in text")
             return False
 
+    @property
+    def _auto_voice(self) -> bool:
+        return self._picker is not None and self._picker.auto
+
+    def _pick(self, text: str) -> VoiceChoice:
+        """The voice for one sentence (the configured one when there is no picker)."""
+        if self._picker is None:
+            return VoiceChoice(self._worker.voice_id, "", None)
+        self._refresh_voices()
+        return self._picker.pick(text)
+
+    def _refresh_voices(self, force: bool = False) -> None:
+        """The picker's voice list is the running worker's (a new worker may offer other voices). Raises
+        SpeechError; a worker that hangs while listing is killed after the sentence deadline, not 20 s."""
+        assert self._picker is not None
+        self._worker.start()
+        if force or self._worker.starts != self._picker_starts:
+            voices = self._worker.voices(timeout=self._worker.sentence_timeout_s)
+            self._picker.set_voices(voices, self._worker.default_voice, self._worker.voice_id)
+            self._picker_starts = self._worker.starts
+
+    def _note(self, message: str) -> None:
+        self.notes.add(message)
+        self._report(message)
+
+    def _record(self, turn: int, sentence: str, choice: VoiceChoice) -> None:
+        with self._lock:
+            self._choices.setdefault(turn, []).append((sentence, choice))
+            for old in sorted(self._choices)[:-16]:  # the last few turns only
+                del self._choices[old]
+
     def _housekeeping(self) -> None:
         """Every HOUSEKEEPING_S: replace a dead worker early, notice a lost or stuck output device (drop what
         it would have played, so the App is not left waiting for "speaking" to end), release an idle one."""
@@ -308,18 +437,69 @@ class Speaker:
             self._device_broken_until = time.monotonic() + RETRY_DEVICE_S
         self._player.close_if_idle(IDLE_CLOSE_S)
 
+    def _prepare(self, job: _Job) -> None:
+        self._discard()
+        if job.epoch != self._epoch:
+            return
+        prior = self._picker.prior if self._picker is not None else None
+        samples, choice = self._synthesize(job.text)
+        if choice is not None and job.epoch == self._epoch:
+            self._prepared = _Prepared(job.epoch, job.text, samples, choice, prior)
+            self.prepared_count += 1
+
+    def _discard(self) -> None:
+        held, self._prepared = self._prepared, None
+        if held is not None and self._picker is not None:
+            self._picker.prior = held.prior
+
     def _speak(self, job: _Job) -> None:
         while self._player.queued_seconds() > MAX_AHEAD_S and job.epoch == self._epoch:
             time.sleep(0.05)
         if job.epoch != self._epoch:
+            self._discard()
             return
+        held, self._prepared = self._prepared, None
+        choice: VoiceChoice | None
+        if held is not None and held.text == job.text and held.epoch == job.epoch:
+            samples, choice = held.samples, held.choice  # synthesised during the hang-over: play it now
+            self.prepared_used += 1
+        else:
+            if held is not None and self._picker is not None:
+                self._picker.prior = held.prior  # that speculation did not come true
+            samples, choice = self._synthesize(job.text)
+        if choice is not None:
+            self._record(job.turn, job.text, choice)
+        with self._lock:
+            if job.epoch == self._epoch and not self._closed.is_set():
+                # A skipped sentence is queued empty: it counts as passed when reached, so the spoken text
+                # stays a prefix of the reply.
+                self._player.enqueue(Segment.make(job.turn, job.text, samples))
+
+    def _synthesize(self, sentence: str) -> tuple[np.ndarray, VoiceChoice | None]:
+        """``sentence`` as samples at the player's rate, and the voice that read it; empty samples and None when
+        there is nothing to say or speech failed (reported)."""
         samples = np.zeros(0, dtype=np.float32)
-        text = speakable(job.text)
+        choice: VoiceChoice | None = None
+        text = speakable(sentence)
         device_ok = self._open_device()
         if text and device_ok and time.monotonic() >= self._engine_broken_until:
             try:
-                samples, rate = self._worker.synthesize(text)
+                choice = self._pick(text)
+                try:
+                    samples, rate = self._worker.synthesize(text, choice.voice if self._auto_voice else None)
+                except VoiceMissing as err:
+                    # Uninstalled while we run: the list we chose from is stale; ask the worker again (~10 ms).
+                    assert self._picker is not None
+                    self._refresh_voices(force=True)
+                    self._picker.voice_missing(err.voice, choice.language)
+                    choice = self._picker.pick(text)
+                    try:
+                        samples, rate = self._worker.synthesize(text, choice.voice)
+                    except VoiceMissing:  # gone too: the default voice cannot be
+                        choice = VoiceChoice("", "", choice.language, "voices missing")
+                        samples, rate = self._worker.synthesize(text, "")
             except SpeechError as err:
+                choice = None
                 if isinstance(err, EngineUnavailable):
                     self._engine_broken_until = time.monotonic() + RETRY_BROKEN_S
                 self._report(f"{err}; replies continue in text")
@@ -329,8 +509,9 @@ class Speaker:
                     import soxr
 
                     samples = soxr.resample(samples, rate, self._player.rate).astype(np.float32)
-        with self._lock:
-            if job.epoch == self._epoch and not self._closed.is_set():
-                # A skipped sentence is queued empty: it counts as passed when reached, so the spoken text
-                # stays a prefix of the reply.
-                self._player.enqueue(Segment.make(job.turn, job.text, samples))
+        return samples, choice
+
+
+def _codes(text: str) -> tuple[str, ...]:
+    """ "zh, en,yue" → ("zh", "en", "yue")."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -53,6 +53,8 @@ class SynthWorker:
         self.voice_id = ""  # the voice `voice` resolved to ("" = the engine's default)
         self.restarts = 0  # how many times a crashed or hung worker was replaced
         self.voice_error = ""  # set when the configured voice was not found (the default voice is used)
+        self.default_voice = ""  # the engine's default voice id, when it says ("" = unknown)
+        self.starts = 0  # how many worker processes have started (a new one may offer other voices)
         self._proc: subprocess.Popen[bytes] | None = None
         self._buf = b""
         self._lock = threading.Lock()  # one request at a time
@@ -113,6 +115,8 @@ class SynthWorker:
             self._reap()
             raise EngineUnavailable(f"speech output is unavailable: {reply.get('error')}")
         self.voice_id = str(reply.get("voice", ""))
+        self.default_voice = str(reply.get("default_voice", ""))
+        self.starts += 1
 
     def kill(self) -> None:
         """Kill the worker now (by its pid); the next request starts a new one."""
@@ -146,16 +150,21 @@ class SynthWorker:
 
     # ---- requests ------------------------------------------------------------------------------------------
 
-    def synthesize(self, text: str) -> tuple[np.ndarray, int]:
-        """``text`` as mono float32 samples and their rate. Raises SpeechError (crash twice, hang, engine)."""
+    def synthesize(self, text: str, voice: str | None = None) -> tuple[np.ndarray, int]:
+        """``text`` as mono float32 samples and their rate, read by ``voice`` (an exact id; "" = the engine's
+        default voice; None = the configured one, or whichever the last request set). Raises VoiceMissing
+        (that voice is no longer installed), SpeechError (crash twice, hang, engine)."""
         timeout = self.sentence_timeout_s + SENTENCE_TIMEOUT_PER_CHAR_S * len(text)
+        request: dict[str, Any] = {"cmd": "synth", "text": text}
+        if voice is not None:
+            request["voice"] = voice
         with self._lock:
             self._n += 1
             path = self._tmp / f"s{self._n}.wav"
             for attempt in (1, 2):
                 self._ensure_started()
                 try:
-                    reply = self._request({"cmd": "synth", "text": text, "path": str(path)}, timeout)
+                    reply = self._request(dict(request, path=str(path)), timeout)
                 except _WorkerDied as err:
                     self._reap()
                     self.restarts += 1
@@ -168,17 +177,20 @@ class SynthWorker:
                     raise SpeechError(
                         f"the speech engine hung (no sound after {timeout:.1f} s); it was restarted"
                     ) from None
+                if reply.get("missing_voice"):
+                    raise VoiceMissing(str(reply["missing_voice"]), str(reply.get("error")))
                 if not reply.get("ok"):
                     raise SpeechError(f"the speech engine failed: {reply.get('error')}")
                 return _read_sound(path)
         raise AssertionError("unreachable")
 
-    def voices(self) -> list[Voice]:
-        """The voices the engine offers. Raises SpeechError."""
+    def voices(self, timeout: float = START_TIMEOUT_S) -> list[Voice]:
+        """The voices the engine offers (a worker that does not answer within ``timeout`` s is killed). Raises
+        SpeechError."""
         with self._lock:
             self._ensure_started()
             try:
-                reply = self._request({"cmd": "voices"}, START_TIMEOUT_S)
+                reply = self._request({"cmd": "voices"}, timeout)
             except (_WorkerDied, _WorkerHung) as err:
                 self._reap()
                 raise SpeechError(f"the speech engine failed while listing voices ({err})") from None
@@ -229,6 +241,14 @@ class SynthWorker:
 
 class EngineUnavailable(SpeechError):
     """No speech engine can start at all (rather than one sentence failing)."""
+
+
+class VoiceMissing(SpeechError):
+    """The voice asked for is no longer installed (the sentence was not spoken)."""
+
+    def __init__(self, voice: str, message: str) -> None:
+        super().__init__(message)
+        self.voice = voice
 
 
 class _WorkerDied(Exception):

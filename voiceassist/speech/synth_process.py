@@ -6,8 +6,11 @@ imports so that it starts fast and a hang or crash in the speech engine cannot t
 
 Protocol: one JSON object per line. The worker first writes ``{"ready": true, "engine": NAME}`` (or
 ``{"ready": false, "error": MESSAGE}`` and exits), then answers each request on stdin with one line:
-- ``{"cmd": "config", "voice": V, "rate": WPM, "volume": 0..1}`` → ``{"ok": true, "voice": RESOLVED_ID}``
-- ``{"cmd": "synth", "text": T, "path": P}`` → ``{"ok": true, "path": P}`` (P now holds the sound file)
+- ``{"cmd": "config", "voice": V, "rate": WPM, "volume": 0..1}`` → ``{"ok": true, "voice": RESOLVED_ID,
+  "default_voice": ID}`` (the engine's own default voice, "" when it does not say)
+- ``{"cmd": "synth", "text": T, "path": P[, "voice": ID]}`` → ``{"ok": true, "path": P}`` (P now holds the sound
+  file); with ``voice``, that exact voice id reads it ("" = the default voice) and stays set for later requests.
+  A voice no longer installed is refused with ``{"ok": false, "error": ..., "missing_voice": ID}``
 - ``{"cmd": "voices"}`` → ``{"ok": true, "voices": [{"id", "name", "languages"}, ...]}``
 and ``{"ok": false, "error": MESSAGE}`` when a request fails. When the engine fails to write a finished
 sound file (pyttsx3: twice), the worker exits (status 3) without answering: the assistant restarts it, as after
@@ -37,6 +40,7 @@ class Pyttsx3Engine:
         self.engine = pyttsx3.init()
         self.driver = type(self.engine.proxy._driver).__module__.rsplit(".", 1)[-1]
         self.name = f"pyttsx3/{self.driver}"
+        self.default_voice = str(self.engine.getProperty("voice") or "")
 
     def voices(self) -> list[dict[str, Any]]:
         out = []
@@ -50,6 +54,14 @@ class Pyttsx3Engine:
             self.engine.setProperty("voice", voice_id)
         self.engine.setProperty("rate", rate)
         self.engine.setProperty("volume", volume)
+
+    def set_voice(self, voice_id: str) -> None:
+        self.engine.setProperty("voice", voice_id or self.default_voice)
+
+    def has_voice(self, voice_id: str) -> bool:
+        # espeak's SetVoiceByName accepts a voice whose file is gone (and speaks with another): ask the list,
+        # which espeak builds from the files (~10 ms; only at a change of voice).
+        return any(str(v.id) == voice_id for v in self.engine.getProperty("voices"))
 
     def synth(self, text: str, path: str) -> None:
         self._synth_once(text, path)
@@ -138,8 +150,16 @@ class EspeakCliEngine:
                 )
         return out
 
+    default_voice = ""  # espeak-ng's own default ("en")
+
     def configure(self, voice_id: str | None, rate: int, volume: float) -> None:
         self.voice, self.rate, self.volume = voice_id or "", rate, volume
+
+    def set_voice(self, voice_id: str) -> None:
+        self.voice = voice_id
+
+    def has_voice(self, voice_id: str) -> bool:
+        return True  # espeak-ng itself fails on a voice that is not installed
 
     def synth(self, text: str, path: str) -> None:
         args = [self.exe, "-s", str(self.rate), "-a", str(round(self.volume * 100)), "-w", path, "--stdin"]
@@ -195,11 +215,19 @@ def main() -> int:
         return 1
     send({"ready": True, "engine": engine.name})
     voices: list[dict[str, Any]] | None = None
+    current = ""  # the voice set now ("" = the default voice)
     for line in sys.stdin:
         try:
             req = json.loads(line)
             cmd = req.get("cmd")
             if cmd == "synth":
+                wanted = req.get("voice")
+                if wanted is not None and wanted != current:
+                    if wanted and not engine.has_voice(wanted):
+                        send({"ok": False, "error": f"voice {wanted} is no longer installed", "missing_voice": wanted})
+                        continue
+                    engine.set_voice(wanted)
+                    current = wanted
                 engine.synth(req["text"], req["path"])
                 if wav_state(req["path"]) == "partial":
                     # Still no sound (Pyttsx3Engine has already asked twice): this engine instance is in a bad
@@ -217,7 +245,8 @@ def main() -> int:
                     voices = voices if voices is not None else engine.voices()
                     voice_id = resolve_voice(voices, req["voice"])
                 engine.configure(voice_id, int(req.get("rate", 175)), float(req.get("volume", 1.0)))
-                send({"ok": True, "voice": voice_id or ""})
+                current = voice_id or ""
+                send({"ok": True, "voice": current, "default_voice": engine.default_voice})
             elif cmd == "voices":
                 voices = voices if voices is not None else engine.voices()
                 send({"ok": True, "voices": voices})

@@ -252,6 +252,9 @@ class Tui:
     def _placeholder(self) -> str:
         if self.status.mode == "ptt":
             return f"press {self.config.ui.ptt_key} to talk (hold it, or press again to stop), or type"
+        if self.config.wake.word:
+            word = self.config.wake.word.replace("_", " ")
+            return f"say the wake word ({word}) then speak ({self.config.ui.ptt_key} stops a reply), or type"
         return "speak, or type a message · /help"
 
     def _hint_line(self) -> list[tuple[str, str]]:
@@ -279,6 +282,16 @@ class Tui:
                 f"[ui] ptt_key = {self.config.ui.ptt_key!r} is not a key name; use e.g. space,"
                 " f5 or c-t (prompt_toolkit key names)"
             ) from None
+
+        # Hands-free with a wake word: the key on an empty line stops a reply and stands in for the wake word.
+        wake_key = Condition(lambda: self.status.mode != "ptt" and bool(self.config.wake.word))
+        try:
+
+            @kb.add(self.config.ui.ptt_key, filter=empty & wake_key & ~has_completions)
+            def _wake_key(event: Any) -> None:
+                self.app.ptt_press()
+        except ValueError:
+            pass  # a bad key name was reported above
 
         @kb.add("c-c")
         def _ctrl_c(event: Any) -> None:

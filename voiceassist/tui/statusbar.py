@@ -20,6 +20,7 @@ METER_LO_DB, METER_HI_DB = -60.0, 0.0  # dBFS range of the live input meter
 STATE_LABELS = {
     "starting": "starting",
     AssistantState.LISTENING: "listening",
+    AssistantState.WAITING_FOR_WAKE: "waiting for wake word",
     AssistantState.HEARING: "hearing speech",
     AssistantState.RECORDING: "recording",
     AssistantState.THINKING: "thinking",
@@ -55,6 +56,7 @@ class StatusModel:
     device: str = ""
     tiny: bool = False
     latency_ms: float | None = None  # end of speech → first token, last turn
+    voice_ms: float | None = None  # end of speech → first sound of the reply, last spoken turn
     ttft_ms: float | None = None  # turn submitted → first token (typed turns have no speech end)
     tok_per_s: float | None = None
     context_tokens: int = 0
@@ -79,7 +81,12 @@ class StatusModel:
                 self.hint = self.detail
             if event.state == AssistantState.MUTED:
                 self.muted = True
-            elif event.state in (AssistantState.LISTENING, AssistantState.HEARING, AssistantState.RECORDING):
+            elif event.state in (
+                AssistantState.LISTENING,
+                AssistantState.WAITING_FOR_WAKE,
+                AssistantState.HEARING,
+                AssistantState.RECORDING,
+            ):
                 self.muted = False
         elif isinstance(event, ev.UtteranceEvent):
             self.busy = True
@@ -88,12 +95,14 @@ class StatusModel:
             self.latency_ms = None if event.latency_s is None else event.latency_s * 1000
             self.ttft_ms = event.ttft_s * 1000
             self.tok_per_s = None
+            self.voice_ms = None
         elif isinstance(event, ev.ReplyDone):
             self.busy = False
             self.tok_per_s = event.tok_per_s
             self.context_tokens = event.context_tokens or self.context_tokens
             if event.latency_s is not None:
                 self.latency_ms = event.latency_s * 1000
+            self.voice_ms = None if event.voice_latency_s is None else event.voice_latency_s * 1000
         else:
             return False
         return True
@@ -140,6 +149,8 @@ class StatusModel:
             figures.append(f"latency {self.latency_ms:.0f} ms" if compact < 2 else f"{self.latency_ms:.0f} ms")
         elif self.ttft_ms is not None:
             figures.append(f"first token {self.ttft_ms:.0f} ms" if compact < 2 else f"{self.ttft_ms:.0f} ms")
+        if self.voice_ms is not None and compact < 2:
+            figures.append(f"voice {self.voice_ms:.0f} ms")
         if self.tok_per_s:
             figures.append(f"{self.tok_per_s:.1f} tok/s" if compact < 2 else f"{self.tok_per_s:.0f} tok/s")
         if figures:

@@ -197,6 +197,7 @@ class ReplyEntry:
     ttft_s: float | None = None
     tok_per_s: float | None = None
     n_tokens: int = 0
+    voice_latency_s: float | None = None  # end of speech → first sound of the reply
     _wrap: _StreamWrap | None = field(default=None, repr=False, compare=False)
 
     def render(self, width: int) -> list[Fragments]:
@@ -221,6 +222,8 @@ class ReplyEntry:
                 figures.append(f"{self.latency_s * 1000:.0f} ms after speech")
             elif self.ttft_s is not None:
                 figures.append(f"first token {self.ttft_s * 1000:.0f} ms")
+            if self.voice_latency_s is not None:
+                figures.append(f"spoken {self.voice_latency_s * 1000:.0f} ms after speech")
             figures.append(f"{self.n_tokens} tokens")
             if self.tok_per_s:
                 figures.append(f"{self.tok_per_s:.1f} tok/s")
@@ -367,6 +370,7 @@ class Conversation:
             r.ttft_s = event.ttft_s
             if event.latency_s is not None:
                 r.latency_s = event.latency_s
+            r.voice_latency_s = event.voice_latency_s
             if event.interrupted and not r.interrupted:
                 r.interrupted = "cancel"
         elif isinstance(event, ev.Interrupted):

@@ -1,0 +1,200 @@
+"""The wake word through the whole App, on real PulseAudio devices, with espeak-ng speech as the visitor.
+
+Real parts: PortAudio capture from a null sink's monitor (the "room"), the real pymicro-wakeword detector in the
+capture stage's processor chain, the segmenter, the wake gate, the tiny random-weight Qwen2-Audio (its replies
+are noise text), and for the stop test the real Speaker playing into a second sink (a headset: the microphone
+does not hear it, so only the visitor's wake word can be what stopped it).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from support.speech import silence, speech_16k
+
+from voiceassist.app import App
+from voiceassist.audio.sources import MicrophoneSource
+from voiceassist.config import Config, with_overrides
+from voiceassist.events import AssistantState
+from voiceassist.openers import open_backend
+
+pytest.importorskip("pymicro_wakeword")
+pytestmark = [pytest.mark.pulse, pytest.mark.slow]
+SR = 16000
+
+
+def config(**overrides) -> Config:
+    values = {
+        "model.name": "tiny",
+        "generation.temperature": 0.0,
+        "generation.max_new_tokens": 8,
+        "wake.word": "okay_nabu",
+        "wake.listen_s": 4.0,
+        "wake.follow_up_s": 3.0,
+    }
+    values.update(overrides)
+    return with_overrides(Config(), values)
+
+
+@pytest.fixture(scope="module")
+def session():
+    return open_backend(config())
+
+
+def wav(tmp_path, name: str, *parts) -> str:
+    """espeak-ng phrases (str, en-us) and silences (float, s) into one file."""
+    audio = [silence(0.2)]
+    for p in parts:
+        audio.append(silence(p) if isinstance(p, float) else speech_16k(p, tmp_path, voice="en-us", speed=160))
+    audio.append(silence(0.3))
+    path = tmp_path / f"{name}.wav"
+    sf.write(path, np.concatenate(audio), SR)
+    return str(path)
+
+
+def collect(app: App, seconds: float, until=None) -> list:
+    got: list = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (until and until(got)):
+        try:
+            ev = app.events.get(timeout=0.02)
+        except queue.Empty:
+            continue
+        if ev.kind != "level":
+            got.append(ev)
+    return got
+
+
+def show(evs: list) -> list:
+    """What happened, for a failing assertion's message."""
+    return [
+        (round(e.t, 2), e.kind, getattr(e, "turn", ""), str(getattr(e, "state", "")), getattr(e, "word", ""))
+        for e in evs
+        if e.kind != "token"
+    ]
+
+
+def done(turn: int):
+    return lambda evs: any(e.kind == "reply_done" and e.turn == turn for e in evs)
+
+
+def test_kiosk_answers_only_after_the_wake_word_then_a_follow_up_then_waits_again(pulse, session, tmp_path):
+    cfg = config()
+    session.reset()
+    session.generation = cfg.generation
+    passer_by = wav(tmp_path, "passer", "Could you tell me where the conference room is?")
+    question_s = len(speech_16k("Where is the nearest train station?", tmp_path)) / SR
+    addressed = wav(tmp_path, "wake", "Okay Nabu", 1.2, "Where is the nearest train station?")
+    follow_up = wav(tmp_path, "follow", "And when does it close?")
+    later = wav(tmp_path, "later", "Let's grab a coffee after the meeting.")
+    app = App(cfg, MicrophoneSource(None), session)
+    evs: list = []
+    app.start()
+    try:
+        evs += collect(app, 1.0)
+        pulse.play(passer_by)
+        evs += collect(app, 1.5)  # its hang-over passes: it was not a turn
+        assert not any(e.kind == "utterance" for e in evs), show(evs)
+        pulse.play(addressed)
+        evs += collect(app, 60, done(1))
+        t_reply1 = time.monotonic()
+        pulse.play(follow_up)  # within follow_up_s of the reply: no wake word needed
+        evs += collect(app, 60, done(2))
+        # The window after reply 2 closes (3 s); then speech alone is no turn again.
+        evs += collect(app, cfg.wake.follow_up_s + 1.0)
+        pulse.play(later)
+        evs += collect(app, 2.5)
+    finally:
+        app.stop()
+    turns = [e for e in evs if e.kind == "utterance"]
+    assert [e.turn for e in turns] == [1, 2], show(evs)
+    assert time.monotonic() - t_reply1 > 0  # (ordering sanity for the message below)
+    # Turn 1 is the question alone: pre-roll (0.3 s) + question + tail (0.2 s), not the wake word before it.
+    assert len(turns[0].durations) == 1 and turns[0].durations[0] < question_s + 0.8, (turns[0].durations, question_s)
+    wakes = [e for e in evs if e.kind == "wake"]
+    assert (
+        len(wakes) == 1
+        and wakes[0].word == "okay_nabu"
+        and wakes[0].probability > 0.85
+        and wakes[0].action == ("listen")
+    ), show(evs)
+    assert set(wakes[0].to_json()) == {"type", "t", "word", "probability", "action"}
+    states = [e.state for e in evs if e.kind == "status"]
+    # Waiting at first, listening after the wake word (and after the reply), waiting again at the end.
+    assert states[0] == AssistantState.WAITING_FOR_WAKE, states
+    first_listen = states.index(AssistantState.LISTENING)
+    assert AssistantState.WAITING_FOR_WAKE in states[:first_listen]
+    assert states[-1] == AssistantState.WAITING_FOR_WAKE, states
+    wake_status = next(e for e in evs if e.kind == "status" and e.state == AssistantState.LISTENING)
+    assert wake_status.t >= wakes[0].t - 0.05  # the listening state came with the wake word, not before
+
+
+def test_the_wake_word_over_the_reply_stops_it_and_so_does_the_key(pulse, session, tmp_path, monkeypatch):
+    from voiceassist.speech import Speaker
+
+    pulse.load_sink("va_out")
+    monkeypatch.setenv("PULSE_SINK", "va_out")  # the Speaker plays into the "headset": the microphone is deaf to it
+    cfg = config(
+        **{
+            "tts.enabled": True,
+            "tts.rate": 110,
+            "generation.max_new_tokens": 400,
+            "wake.listen_s": 2.0,
+            "wake.follow_up_s": 0.0,
+        }
+    )
+    session.reset()
+    session.generation = cfg.generation
+    speaker = Speaker(cfg.tts, cfg.audio.output_device)
+    assert speaker.wait_ready(15), "the speech worker or the output device did not come up"
+    app = App(cfg, MicrophoneSource(None), session, speaker=speaker)
+    ask = wav(tmp_path, "ask", "Okay Nabu, tell me a long story.")
+    stop = wav(tmp_path, "stop", "Okay Nabu")
+    evs: list = []
+
+    def speaking_for(turn: int, seconds: float) -> None:
+        nonlocal evs
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            speaker.first_heard(turn) is not None
+            and speaker.speaking()
+            and time.monotonic() - speaker.first_heard(turn) > seconds
+        ):
+            evs += collect(app, 0.05)
+        assert speaker.speaking(), f"reply {turn} was not being spoken: {show(evs)}"
+
+    app.start()
+    try:
+        evs += collect(app, 0.8)
+        pulse.play(ask)  # the wake word and the question in one breath: turn 1, spoken at length
+        speaking_for(1, 1.0)
+        played_at = time.monotonic()
+        pulse.play(stop, wait=False)
+        evs += collect(app, 20, lambda e: any(x.kind == "interrupted" for x in e))
+        stopped_at = time.monotonic()
+        quiet_by = stopped_at + 2.0
+        while time.monotonic() < quiet_by and speaker.speaking():
+            evs += collect(app, 0.05)
+        still_speaking = speaker.speaking()
+        evs += collect(app, cfg.wake.listen_s + 1.5)  # the wake word alone: nothing follows it
+        # The key (hands-free with a wake word) stops a reply too: a typed question, then the key over it.
+        app.submit_text("Tell me another long story.")
+        speaking_for(2, 0.5)
+        app.ptt_press()
+        app.ptt_release()
+        evs += collect(app, 20, lambda e: sum(x.kind == "interrupted" for x in e) >= 2)
+    finally:
+        app.stop()
+    inter = [e for e in evs if e.kind == "interrupted"]
+    assert [(e.turn, e.reason) for e in inter] == [(1, "wake"), (2, "ptt")], show(evs)
+    assert inter[0].t >= played_at + 0.3  # the visitor's wake word did it, not anything before
+    assert not still_speaking, "playback went on after the wake word"
+    wakes = [e for e in evs if e.kind == "wake"]
+    assert [w.action for w in wakes] == ["listen", "stop"], show(evs)
+    # The stop was only a stop: no turn came of the wake word alone; the typed question was turn 2.
+    assert [e.turn for e in evs if e.kind == "utterance"] == [1, 2], show(evs)
+    assert app.history()[0]["interrupted"]
