@@ -38,9 +38,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from voiceassist.errors import ConfigError
-from voiceassist.events import AudioBlock
+from voiceassist.events import SAMPLE_RATE, AudioBlock
 
-RATE = 16000  # Hz: everything here runs at the capture chain's rate
+RATE = SAMPLE_RATE  # Hz: everything here runs at the capture chain's rate
 FRAME = RATE // 100  # 160 samples: WebRTC's audio processing works in 10 ms frames
 LEAD_MS = 20  # the reference is handed this far ahead of its echo (AEC3 needs it ahead; see the docstring)
 HISTORY_S = 4.0  # s of far end kept (longer than any output latency + room delay we align)

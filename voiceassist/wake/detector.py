@@ -27,9 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from voiceassist.errors import ConfigError, ModelError
-from voiceassist.events import AudioBlock
+from voiceassist.events import SAMPLE_RATE, AudioBlock  # both engines take 16 kHz 16-bit mono
 
-SAMPLE_RATE = 16000  # Hz: both engines take 16 kHz 16-bit mono
 BUILTIN_WORDS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")  # shipped in both wheels
 ENGINES = ("micro", "open")
 MICRO_HOP = 160  # samples per microWakeWord feature frame (10 ms); a probability every `stride` frames (30 ms)

@@ -35,10 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voiceassist.events import SpeechPaused, SpeechResumed, SpeechStarted, Utterance
+from voiceassist.events import SAMPLE_RATE, SpeechPaused, SpeechResumed, SpeechStarted, Utterance
 from voiceassist.wake.detector import Detection
 
-SAMPLE_RATE = 16000  # Hz, the segmenter's audio
 WAKE_LAG_S = 0.5  # a detection comes this long after its word's end at most (measured 0.13-0.27 s for micro), s
 CUT_SEARCH_S = 0.4  # the wake word's end is looked for in this stretch before the detection, s
 CUT_FRAME_S = 0.02  # frame of the quietest-point search, s
