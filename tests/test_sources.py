@@ -226,6 +226,35 @@ def test_losing_the_device_raises_device_error_and_the_source_reopens(pulse):
         mic.close()
 
 
+def test_the_first_start_waits_longer_for_a_first_callback_than_a_reopening(pulse, monkeypatch):
+    """On a loaded machine the first stream's first callback can come late (a kiosk then exited 4 at start):
+    the first start of a source waits 1×, 2×, 4× FIRST_CALLBACK_S over its attempts, a reopening after a loss
+    1× each (a device that comes back is used soon). Real streams whose callbacks are all held back stand for
+    the late ones, so only the schedule is measured (lower bounds exact, upper bounds loose)."""
+    from voiceassist.audio import sources
+
+    def held_back(indata, frames, time_info, status) -> None:
+        return None
+
+    mic = MicrophoneSource(None)
+    mic.start()  # a real start: it has delivered audio, so its next start is a reopening
+    monkeypatch.setattr(sources, "FIRST_CALLBACK_S", 0.2)
+    mic.close()
+    mic._callback = held_back  # type: ignore[method-assign]
+    fresh = MicrophoneSource(None)
+    fresh._callback = held_back  # type: ignore[method-assign]
+    took = {}
+    for name, source in (("reopening", mic), ("first start", fresh)):
+        began = now()
+        try:
+            with pytest.raises(DeviceError, match="opened but delivers no audio .tried 3 times"):
+                source.start()
+        finally:
+            source.close()
+        took[name] = now() - began
+    assert 0.6 <= took["reopening"] < 1.4 and 1.4 <= took["first start"] < 2.6, took
+
+
 @pytest.mark.pulse
 def test_overflowing_queue_drops_the_oldest_blocks_and_counts_them(pulse, caplog):
     """Blocks nobody reads in time are dropped oldest first and counted; an input overflow PortAudio flags

@@ -162,12 +162,19 @@ class MicrophoneSource:
         self.name = info["name"]
         self.rate = float(info["default_samplerate"])
         self.channels = max(1, min(int(info["max_input_channels"]), MAX_CHANNELS))
-        for _ in range(START_ATTEMPTS):
+        # The first start of this source (a kiosk booting, often on a loaded machine: 13 on 2 cores was seen
+        # to leave the first stream without a callback for > 1 s three times, exit 4) waits 1, 2, then 4 s;
+        # a reopening after a device loss keeps to 1 s per attempt, so a device that comes back is used soon.
+        first = self.stats.blocks == 0
+        waited = 0.0
+        for attempt in range(START_ATTEMPTS):
             self._open(info)
             # For ~1.5 s after a PulseAudio server starts, a new stream through ALSA's pulse plugin gets no
             # callback at all, and it stays dead; a stream opened later works. Wait for audio before calling
             # the device started, and reopen if none comes.
-            deadline = now() + FIRST_CALLBACK_S
+            wait = FIRST_CALLBACK_S * (2**attempt if first else 1)
+            waited += wait
+            deadline = now() + wait
             while self.stats.blocks == self._blocks_at_open and now() < deadline:
                 time.sleep(0.01)
             if self.stats.blocks > self._blocks_at_open:
@@ -175,7 +182,7 @@ class MicrophoneSource:
             self.close()
         raise DeviceError(
             f"input device {info['index']} {self.name!r} opened but delivers no audio "
-            f"(tried {START_ATTEMPTS} times); check it in `voiceassist devices` or pick another "
+            f"(tried {START_ATTEMPTS} times, {waited:.0f} s in all); check it in `voiceassist devices` or pick another "
             "with --input-device / [audio] input_device"
         )
 
