@@ -268,10 +268,12 @@ class Fd2Pipe:
             sys.stderr.flush()
         except (OSError, ValueError, AttributeError):
             pass
-        self.sync()
-        os.dup2(self._restore, 2)  # our pipe's writer in fd 2 closes: the reader sees the end
-        os.close(self._restore)
-        self._restore = None
+        try:
+            self.sync()
+        finally:  # also on a Ctrl-C during the wait: fd 2 must come back
+            os.dup2(self._restore, 2)  # our pipe's writer in fd 2 closes: the reader sees the end
+            os.close(self._restore)
+            self._restore = None
         if self._thread is not None:
             self._thread.join(timeout=0.2)  # a child process may still hold the pipe: do not wait for it
 
@@ -342,8 +344,10 @@ class QuietDecoders(Fd2Pipe):
         try:
             host, self._host = self._host, None
             if host is not None:
-                host.sync()  # every line written during the call was judged while quiet
-                host.quiet -= 1
+                try:
+                    host.sync()  # every line written during the call was judged while quiet
+                finally:
+                    host.quiet -= 1
             else:
                 self._end()
         finally:
