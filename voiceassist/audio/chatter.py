@@ -103,7 +103,9 @@ class Fd2Pipe:
     The one implementation behind ``--plain``'s filter, the full-screen UI's capture and the quiet windows
     around decoders. Nothing written is lost and lines keep their order: at the end a marker line is written
     through the pipe and awaited (everything before it has been handled) before fd 2 is restored, and the
-    reader goes on for whatever still holds the pipe (a child process started meanwhile). An earlier version
+    reader goes on for whatever still holds the pipe (a child process started meanwhile). (A quiet window with
+    no filter around it has a pipe of its own, so another thread's line written just as it closes can come
+    out a little late: never lost, never cut.) An earlier version
     pointed fd 2 at /dev/null around decoder calls: fd 2 is process-wide, so the lines other threads printed
     meanwhile vanished (#16: ``--plain``'s header and stdin notice, the moment ``--events`` failed)."""
 
@@ -119,10 +121,6 @@ class Fd2Pipe:
         self._marks: dict[int, threading.Event] = {}
         self._next_mark = 0
         self.quiet = 0  # quiet windows open on this filter: decoder lines are dropped while > 0
-
-    @property
-    def active(self) -> bool:
-        return self._restore is not None
 
     def __enter__(self) -> Fd2Pipe:
         with _FD2_LOCK:
