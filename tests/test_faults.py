@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -715,9 +716,10 @@ def test_audio_library_chatter_is_hidden_and_everything_else_shown(tmp_path):
     assert "Note: " not in r.stderr and "libmpg123" not in r.stderr, r.stderr[-2000:]
     # Inside the filter (no fd swap per decoder call): every line, whole and in order.
     assert [line for line in lines if line.startswith("inside")] == [f"inside {i}" for i in range(400)], lines
-    # Outside it, each call swaps fd 2 for its own pipe: every line arrives whole (in order within a call).
-    outside = sorted(line for line in lines[3:] if not line.startswith("inside"))
-    assert outside == sorted(f"outside {i}" for i in range(400)), lines[-20:]
+    # Outside it, each call swaps fd 2 for a pipe of its own: every line arrives (a line written just as a call
+    # ends can come out late, or its newline apart from it: fd 2 is shared by both threads).
+    outside = sorted(int(n) for n in re.findall(r"outside (\d+)", r.stderr))
+    assert outside == list(range(400)), r.stderr[-3000:]
 
 
 def test_piped_stdin_in_plain_mode_is_read_and_audio_library_chatter_is_hidden(pulse):

@@ -104,8 +104,9 @@ class Fd2Pipe:
     around decoders. Nothing written is lost and lines keep their order: at the end a marker line is written
     through the pipe and awaited (everything before it has been handled) before fd 2 is restored, and the
     reader goes on for whatever still holds the pipe (a child process started meanwhile). (A quiet window with
-    no filter around it has a pipe of its own, so another thread's line written just as it closes can come
-    out a little late: never lost, never cut.) An earlier version
+    no filter around it has a pipe of its own: another thread's line written just as it closes can come out
+    late, or apart from its newline; never lost. Inside ``--plain`` and the UI no window swaps fd 2.) An
+    earlier version
     pointed fd 2 at /dev/null around decoder calls: fd 2 is process-wide, so the lines other threads printed
     meanwhile vanished (#16: ``--plain``'s header and stdin notice, the moment ``--events`` failed)."""
 
