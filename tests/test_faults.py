@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -341,11 +342,12 @@ def test_events_on_a_full_disk_say_so_once_and_the_assistant_goes_on(tmp_path):
     errors = [line for line in r.stderr.splitlines() if "--events /dev/full" in line]
     assert errors and "events not written" in errors[-1], errors  # the reason for the exit code
     assert r.stdout.count(" tok/s") == 2, r.stdout[-2000:]  # both turns answered
-    if len(errors) != 2:
-        # Seen in the last full runs: the write failure is only noticed at the end (no line at the moment it
-        # failed). Not understood yet; the exit code and the final line are asserted above.
-        pytest.xfail(f"the failure was not said when it happened: {errors}")
-    assert "No space left on device" in errors[0] and "goes on" in errors[0]
+    # Said at the moment it failed, once (the line went missing when another thread pointed fd 2 at /dev/null
+    # around a file read at that moment), then the reason for the exit code with every event counted.
+    assert len(errors) == 2, errors
+    assert "No space left on device" in errors[0] and "goes on" in errors[0], errors
+    missed = int(errors[1].rsplit("(", 1)[1].split()[0])
+    assert missed >= 10, errors  # every event after the failure (statuses, tokens, replies), not just the first
 
 
 # ---- 6. a freeze is not a device loss -------------------------------------------------------------------------------
@@ -641,27 +643,65 @@ def test_nan_and_inf_input_are_silence_for_the_vad_without_warnings(tmp_path):
     assert seg.nonfinite_samples == 8000
 
 
+_CHATTER_CHILD = """
+import ctypes, ctypes.util, os, sys, threading
+import voiceassist.audio  # installs the ALSA handler
+from voiceassist.audio import chatter, files
+from voiceassist.errors import AudioFileError
+
+lib = ctypes.CDLL(ctypes.util.find_library("asound"))
+pcm = ctypes.c_void_p()
+rc = lib.snd_pcm_open(ctypes.byref(pcm), b"va_no_such_pcm", 0, 0)
+assert rc < 0 and chatter.alsa_messages >= 1, (rc, chatter.alsa_messages)
+with chatter.ChatterFilter():
+    os.write(2, b"first line of ours\\n")
+    os.write(2, b"Expression 'alsa_snd_pcm_poll_descriptors_revents( self->pcm )' "
+             b"failed in 'src/hostapi/alsa/pa_linux_alsa.c', line: 3665\\n")
+    os.write(2, b"ALSA lib pulse.c:242:(pulse_connect) PulseAudio: Unable to connect\\n")
+    os.write(2, b"second line of ours\\n")
+
+# Another thread decodes MP3s (a junk one makes mpg123 print its own "Note: ..." lines) while this one
+# prints: inside the filter (--plain) and outside it (e.g. `voiceassist segment`).
+stop = threading.Event()
+def decode():
+    while not stop.is_set():
+        for path in sys.argv[1:]:
+            try:
+                with files.open_audio(path) as f:
+                    for _ in files.read_blocks(f, path, frames=2000):
+                        pass
+            except AudioFileError:
+                pass
+t = threading.Thread(target=decode)
+with chatter.ChatterFilter():
+    t.start()
+    for i in range(400):
+        print(f"inside {i}", file=sys.stderr)
+stop.set()
+t.join()
+stop.clear()
+t = threading.Thread(target=decode)
+t.start()
+for i in range(400):
+    print(f"outside {i}", file=sys.stderr)
+stop.set()
+t.join()
+"""
+
+
 def test_audio_library_chatter_is_hidden_and_everything_else_shown(tmp_path):
     """A real libasound message (snd_pcm_open of a PCM that does not exist) and PortAudio-style lines on fd 2
-    are kept off stderr, said once as a count; other stderr lines pass through in order."""
+    are kept off stderr, said once as a count; other stderr lines pass through in order. Decoding MP3s in
+    another thread (mpg123 prints on its own on a junk file) hides the decoder's lines and loses none of the
+    printing thread's: the quiet window around a decoder call once pointed fd 2 at /dev/null for the whole
+    process (the cause of --plain's missing first lines and of the missing --events failure line)."""
     child = tmp_path / "child.py"
-    child.write_text(
-        "import ctypes, ctypes.util, os\n"
-        "import voiceassist.audio  # installs the ALSA handler\n"
-        "from voiceassist.audio import chatter\n"
-        "lib = ctypes.CDLL(ctypes.util.find_library('asound'))\n"
-        "pcm = ctypes.c_void_p()\n"
-        "rc = lib.snd_pcm_open(ctypes.byref(pcm), b'va_no_such_pcm', 0, 0)\n"
-        "assert rc < 0 and chatter.alsa_messages >= 1, (rc, chatter.alsa_messages)\n"
-        "with chatter.ChatterFilter():\n"
-        "    os.write(2, b'first line of ours\\n')\n"
-        "    os.write(2, b\"Expression 'alsa_snd_pcm_poll_descriptors_revents( self->pcm )' \"\n"
-        "             b\"failed in 'src/hostapi/alsa/pa_linux_alsa.c', line: 3665\\n\")\n"
-        "    os.write(2, b'ALSA lib pulse.c:242:(pulse_connect) PulseAudio: Unable to connect\\n')\n"
-        "    os.write(2, b'second line of ours\\n')\n"
-    )
+    child.write_text(_CHATTER_CHILD)
+    good, junk = tmp_path / "good.mp3", tmp_path / "junk.mp3"
+    sf.write(str(good), speech_16k("Where is the station?", tmp_path), 16000, format="MP3")
+    junk.write_bytes(np.random.default_rng(7).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     r = subprocess.run(
-        [sys.executable, str(child)],
+        [sys.executable, str(child), str(good), str(junk)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -670,19 +710,27 @@ def test_audio_library_chatter_is_hidden_and_everything_else_shown(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
-    assert "ALSA lib" not in r.stderr and "Expression" not in r.stderr, r.stderr
-    assert lines[:2] == ["first line of ours", "second line of ours"], lines
-    assert "2 message(s) of the audio libraries" in lines[2] and len(lines) == 3, lines
+    assert "ALSA lib" not in r.stderr and "Expression" not in r.stderr, r.stderr[-2000:]
+    assert lines[:2] == ["first line of ours", "second line of ours"], lines[:5]
+    assert "2 message(s) of the audio libraries" in lines[2], lines[:5]
+    assert "Note: " not in r.stderr and "libmpg123" not in r.stderr, r.stderr[-2000:]
+    # Inside the filter (no fd swap per decoder call): every line, whole and in order.
+    assert [line for line in lines if line.startswith("inside")] == [f"inside {i}" for i in range(400)], lines
+    # Outside it, each call swaps fd 2 for a pipe of its own: every line arrives (a line written just as a call
+    # ends can come out late, or its newline apart from it: fd 2 is shared by both threads).
+    outside = sorted(int(n) for n in re.findall(r"outside (\d+)", r.stderr))
+    assert outside == list(range(400)), r.stderr[-3000:]
 
 
-def test_piped_stdin_in_plain_mode_is_read(tmp_path):
-    """``... | voiceassist --plain``: the typed line is a turn (it used to be ignored without a word); the
-    notice says stdin is read; /quit from the pipe ends the run."""
-    wav = tmp_path / "quiet.wav"
-    sf.write(str(wav), silence(2.0), 16000)
+def test_piped_stdin_in_plain_mode_is_read_and_audio_library_chatter_is_hidden(pulse):
+    """``... | voiceassist --plain`` on a real PortAudio input (the private PulseAudio server's monitor): the typed
+    line is a turn (it used to be ignored without a word) and the notice says stdin is read. Then the server
+    is killed under the open stream: PortAudio prints its ``Expression '...' failed`` lines straight to fd 2;
+    they are hidden and counted, while every line of ours arrives, in order, and /quit from the pipe ends it."""
+    import signal
+
     p = subprocess.Popen(
-        [sys.executable, "-m", "voiceassist", "--model", "tiny", "--from-file", str(wav), "--fast", "--stay"]
-        + ["--plain", "--max-new-tokens", "4", "--events", "-"],
+        [sys.executable, "-m", "voiceassist", "--model", "tiny", "--plain", "--max-new-tokens", "4", "--events", "-"],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -695,9 +743,15 @@ def test_piped_stdin_in_plain_mode_is_read(tmp_path):
         p.stdin.flush()
         records = []
         for line in p.stdout:
-            rec = json.loads(line)
-            records.append(rec)
-            if rec["type"] == "reply_done":
+            records.append(json.loads(line))
+            if records[-1]["type"] == "reply_done":
+                break
+        assert pulse.pid is not None
+        os.kill(pulse.pid, signal.SIGKILL)  # the device goes away under the open stream
+        pulse.pid = None
+        for line in p.stdout:
+            records.append(json.loads(line))
+            if records[-1]["type"] == "error":
                 break
         p.stdin.write("/quit\n")
         p.stdin.close()
@@ -708,12 +762,15 @@ def test_piped_stdin_in_plain_mode_is_read(tmp_path):
             p.kill()
     utt = [r for r in records if r["type"] == "utterance"]
     assert utt and utt[0]["text"] == "What is two plus two?", records[-5:]
+    assert records[-1]["type"] == "error" and records[-1]["source"] == "audio", records[-5:]
     assert rc == 0, err[-2000:]
-    if "reading typed turns" not in err:
-        # Seen in full runs only, after the in-process NaN test: the child's first two stderr lines (the header
-        # and this notice) are missing while every later line is there. Not understood yet; the reading itself
-        # is asserted above.
-        pytest.xfail("the stdin notice was missing from stderr (order-dependent, under investigation)")
+    lines = [line for line in err.splitlines() if not line.startswith("voiceassist: loading")]
+    # The header and the notice come first, in order (they went missing when the file source's read pointed
+    # fd 2 at /dev/null at the moment they were printed); then our lines, the device loss among them.
+    assert lines[0].startswith("voiceassist · ") and "reading typed turns" in lines[1], err[-2000:]
+    assert any(line.startswith("error (audio): input device") for line in lines), err[-2000:]
+    assert "Expression '" not in err and "ALSA lib" not in err and "Warning" not in err, err[-2000:]
+    assert "message(s) of the audio libraries (ALSA/PortAudio) were hidden" in lines[-1], err[-2000:]
 
 
 def test_check_config_refuses_a_system_prompt_surely_too_long(tmp_path):

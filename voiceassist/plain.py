@@ -67,10 +67,10 @@ class EventsWriter:
             return
         line = json.dumps(event.to_json(), ensure_ascii=False)
         with self._lock:
-            if self._out.closed:
-                return
-            if self.failed:
+            if self.failed:  # before the closed check: a failed file is closed, and its events still count
                 self.missed += 1
+                return
+            if self._out.closed:
                 return
             try:
                 self._out.write(line + "\n")

@@ -13,48 +13,53 @@ the same audio. A FIFO nobody writes to is refused after FIFO_WAIT_S with that r
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import select
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from voiceassist.audio.chatter import QuietDecoders
 from voiceassist.audio.resample import TARGET_RATE, downmix
 from voiceassist.errors import AudioFileError
 
 READ_FRAMES = 65536  # frames per soundfile read when streaming a file (≈1.4 s at 48 kHz)
-_STDERR_LOCK = threading.Lock()
 STREAM_MAX_BYTES = 256 * 1024 * 1024  # a FIFO/pipe is held in memory: ~2 h of 16 kHz 16-bit mono, bytes
 FIFO_WAIT_S = 10.0  # how long a FIFO may have no writer before it is refused, s
 _STREAMS: dict[tuple[int, int], bytes] = {}  # (st_dev, st_ino) of a stream already read -> its bytes
 _STREAMS_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def _quiet_c_stderr() -> Iterator[None]:
-    """Silence libsndfile's MP3 decoder (mpg123), which writes "Note: ..." lines straight to fd 2 on damaged
-    files and would scribble over the terminal UI; our own one-line error says what is wrong instead."""
-    with _STDERR_LOCK:
-        try:
-            saved = os.dup(2)
-        except OSError:
-            yield
-            return
-        try:
-            with open(os.devnull, "wb") as null:
-                os.dup2(null.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+def _quiet_c_stderr() -> QuietDecoders:
+    """Keep libsndfile's MP3 decoder (mpg123) from writing "Note: ..." lines on damaged files (they would
+    scribble over the terminal UI; our own one-line error says what is wrong). Only the decoder's lines are
+    dropped: fd 2 is process-wide, and pointing it at /dev/null (as this once did) also swallowed the lines
+    other threads printed meanwhile (#16: ``--plain``'s first lines, the ``--events`` failure)."""
+    return QuietDecoders()
+
+
+# Headers of the formats whose libsndfile readers print nothing themselves (only data without one of these
+# reaches the MPEG probe, mpg123, which does): WAV, RF64/W64, FLAC, Ogg, AIFF.
+_SILENT_MAGIC = (b"RIFF", b"RF64", b"riff", b"fLaC", b"OggS", b"FORM")
+
+
+def _silent_format(source: str | io.BytesIO) -> bool:
+    """The data starts with a header of a format that is decoded without messages on fd 2."""
+    try:
+        if isinstance(source, io.BytesIO):
+            head = source.getbuffer()[:4].tobytes()
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(4)
+    except OSError:
+        return False
+    return head in _SILENT_MAGIC
 
 
 def _reason(err: Exception) -> str:
@@ -162,8 +167,11 @@ def open_audio(path: str | os.PathLike[str]) -> sf.SoundFile:
     if size == 0:
         raise AudioFileError(f"audio file {p} is empty (0 bytes); record or choose another file")
     try:
-        with _quiet_c_stderr():
+        if _silent_format(source):
             f = sf.SoundFile(source)
+        else:
+            with _quiet_c_stderr():
+                f = sf.SoundFile(source)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioFileError(
             f"{p} is not a readable audio file ({_reason(err)}); give a WAV, FLAC, OGG or MP3 file"
@@ -190,9 +198,13 @@ def _is_tty(p: Path) -> bool:
 
 def read_blocks(f: sf.SoundFile, name: str, frames: int = READ_FRAMES):
     """Yield float32 ``(frames, channels)`` blocks of an open file; corrupt data raises AudioFileError."""
+    quiet = f.format in ("MPEG", "MP3")  # only mpg123 prints on its own while reading (the other decoders are silent)
     while True:
         try:
-            with _quiet_c_stderr():
+            if quiet:
+                with _quiet_c_stderr():
+                    block = f.read(frames, dtype="float32", always_2d=True)
+            else:
                 block = f.read(frames, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
             raise AudioFileError(

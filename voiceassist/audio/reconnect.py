@@ -66,7 +66,9 @@ def open_stream_count() -> int:
     opened = sd._ffi.typeof("PaStream*")  # a stream whose Pa_OpenStream failed still holds a PaStream**
     n = 0
     for obj in gc.get_objects():
-        if isinstance(obj, sd._StreamBase):
+        # type(), not isinstance(): isinstance() also reads obj.__class__, and some objects warn when it is read
+        # (torch's deprecated torch.distributed.reduce_op printed a FutureWarning on a device loss).
+        if issubclass(type(obj), sd._StreamBase):
             try:
                 ptr = obj._ptr
                 n += ptr != sd._ffi.NULL and sd._ffi.typeof(ptr) is opened

@@ -47,6 +47,7 @@ CLOCK_RESYNC_S = 0.25  # s: a larger offset jump (lost audio) re-anchors the clo
 # the missing callbacks are then our stall, not the device's, and the device gets a fresh stall_s to deliver
 # again before it counts as lost (#16). The reader polls every <= 0.1 s, so 0.5 s is far outside its rhythm.
 FREEZE_GAP_S = 0.5
+OVERFLOW_LOG_S = 60.0  # input overflows after the first are logged at most this often (with the count), s
 
 
 class EndOfInput(Exception):
@@ -122,6 +123,8 @@ class MicrophoneSource:
         # The last callback had a usable ADC time (False: stamped one block before the callback). The echo
         # canceller reads it to say once that it falls back to estimating the delay.
         self.timing_reported = True
+        self._overflows_said = 0  # stats.overflows when the last overflow warning was logged
+        self._overflow_said_at = 0.0  # when it was, capture clock s
 
     # ---- the PortAudio thread: copy, stamp, enqueue; nothing else -----------------------------------------
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -159,12 +162,19 @@ class MicrophoneSource:
         self.name = info["name"]
         self.rate = float(info["default_samplerate"])
         self.channels = max(1, min(int(info["max_input_channels"]), MAX_CHANNELS))
-        for _ in range(START_ATTEMPTS):
+        # The first start of this source (a kiosk booting, often on a loaded machine: 13 on 2 cores was seen
+        # to leave the first stream without a callback for > 1 s three times, exit 4) waits 1, 2, then 4 s;
+        # a reopening after a device loss keeps to 1 s per attempt, so a device that comes back is used soon.
+        first = self.stats.blocks == 0
+        waited = 0.0
+        for attempt in range(START_ATTEMPTS):
             self._open(info)
             # For ~1.5 s after a PulseAudio server starts, a new stream through ALSA's pulse plugin gets no
             # callback at all, and it stays dead; a stream opened later works. Wait for audio before calling
             # the device started, and reopen if none comes.
-            deadline = now() + FIRST_CALLBACK_S
+            wait = FIRST_CALLBACK_S * (2**attempt if first else 1)
+            waited += wait
+            deadline = now() + wait
             while self.stats.blocks == self._blocks_at_open and now() < deadline:
                 time.sleep(0.01)
             if self.stats.blocks > self._blocks_at_open:
@@ -172,7 +182,7 @@ class MicrophoneSource:
             self.close()
         raise DeviceError(
             f"input device {info['index']} {self.name!r} opened but delivers no audio "
-            f"(tried {START_ATTEMPTS} times); check it in `voiceassist devices` or pick another "
+            f"(tried {START_ATTEMPTS} times, {waited:.0f} s in all); check it in `voiceassist devices` or pick another "
             "with --input-device / [audio] input_device"
         )
 
@@ -221,6 +231,22 @@ class MicrophoneSource:
             if gap > self.stall_s:  # long enough to have been taken for a lost device: say it
                 note_stall(self.stats, gap)
 
+    def _note_overflows(self) -> None:
+        """Say (from the reading thread: the callback only counts) when PortAudio flagged input overflows:
+        the first at once, later ones at most once per OVERFLOW_LOG_S, with the count so far."""
+        n = self.stats.overflows
+        if self._overflows_said and now() - self._overflow_said_at < OVERFLOW_LOG_S:
+            return
+        self._overflows_said, self._overflow_said_at = n, now()
+        import logging
+
+        logging.getLogger("voiceassist.audio").warning(
+            "input overflow on %r: the device dropped audio before it was read (%d overflows so far)",
+            self.name,
+            n,
+            extra={"fields": {"overflows": n}},
+        )
+
     def _check_alive(self) -> None:
         self._note_reader_gap()  # a freeze inside the queue wait shows up here first
         if self._lost is None and now() - self._last_callback > self.stall_s:
@@ -237,6 +263,8 @@ class MicrophoneSource:
         deadline = now() + timeout
         while True:
             self._note_reader_gap()
+            if self.stats.overflows != self._overflows_said:
+                self._note_overflows()
             try:
                 raw, t_raw, position = self._queue.get(timeout=max(0.0, min(deadline - now(), 0.1)))
             except queue.Empty:

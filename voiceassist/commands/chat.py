@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from typing import Any
@@ -75,20 +76,23 @@ def run(args: argparse.Namespace) -> int:
     app = App(config, source, backend, speaker=speaker, stay=args.stay)
     if writer is not None:
         app.sinks.append(writer)
-    try:
-        app.start()
-        if tui is not None:
-            rc = int(tui.run(app, config) or 0)
-        else:
-            human = sys.stderr if args.events == "-" else sys.stdout
-            # ALSA's own messages go to the debug log (audio.chatter.quiet_alsa). The fd-2 filter for PortAudio's
-            # lines (audio.chatter.ChatterFilter) is not used here: in full test runs our own first stderr lines
-            # went missing behind it (not understood yet).
-            rc = plain.run(app, human, read_stdin=plain.stdin_has_input())
-    finally:
-        app.stop()
-        if writer is not None:
-            writer.close()
+    # --plain: PortAudio's own lines ("Expression '...' failed", e.g. when a device goes away) are kept off the
+    # terminal by an fd-2 filter from the stream's open to its close; ALSA's go to the debug log
+    # (audio.chatter.quiet_alsa). The full-screen UI captures fd 2 itself.
+    from voiceassist.audio.chatter import ChatterFilter
+
+    with contextlib.nullcontext() if tui is not None else ChatterFilter():
+        try:
+            app.start()
+            if tui is not None:
+                rc = int(tui.run(app, config) or 0)
+            else:
+                human = sys.stderr if args.events == "-" else sys.stdout
+                rc = plain.run(app, human, read_stdin=plain.stdin_has_input())
+        finally:
+            app.stop()
+            if writer is not None:
+                writer.close()
     if writer is not None:
         writer.check()  # --events could not be written: the run went on, the exit code says it (8)
     return rc

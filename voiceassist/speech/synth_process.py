@@ -41,6 +41,15 @@ class Pyttsx3Engine:
         self.driver = type(self.engine.proxy._driver).__module__.rsplit(".", 1)[-1]
         self.name = f"pyttsx3/{self.driver}"
         self.default_voice = str(self.engine.getProperty("voice") or "")
+        if self.driver == "espeak":
+            # pyttsx3 2.99: each runAndWait() first runs the queued endLoop, i.e. driver.stop(), which calls
+            # espeak's Cancel whenever espeak says it is busy. On a loaded machine it can still be busy with
+            # the settings just queued (seen at a fresh worker's first sentence, 2 of 120 sentences under
+            # load) or the previous sentence's end. espeak-ng's Cancel drops the queued commands and resets
+            # the parameters to the saved ones (a worker speaking at 200 words/min, not its configured rate),
+            # and stop() also flags the new sentence to be cancelled (an empty file: the 44-byte glitch below).
+            # This worker never stops a sentence (a hung worker is killed), so stop() is a no-op.
+            self.engine.proxy._driver.stop = lambda: None
 
     def voices(self) -> list[dict[str, Any]]:
         out = []

@@ -166,10 +166,10 @@ def _checked_load(lib_path: Path, model_path: Path) -> None:
 
     from pymicro_wakeword.wakeword import TfLiteWakeWord  # the packages' ctypes bindings of the C API
 
-    from voiceassist.audio.files import _quiet_c_stderr  # the C library prints its own "ERROR: ..." on fd 2
+    from voiceassist.audio.chatter import QuietDecoders  # the C library prints its own "ERROR: ..." on fd 2
 
     lib = TfLiteWakeWord(lib_path).lib
-    with _quiet_c_stderr():
+    with QuietDecoders():
         model = lib.TfLiteModelCreateFromFile(str(model_path.resolve()).encode())
     if not model:
         raise ModelError(f"wake-word model {model_path} is damaged (TFLite cannot load it); use another file")
