@@ -115,8 +115,20 @@ class LinearEchoCanceller:
 
 class LinearWakeTap:
     """A front-end processor placed *before* the echo canceller: each microphone block goes on unchanged; a copy,
-    less the linear echo estimate (the same far end as the canceller's, read at the same lead), goes to the
-    listener's second detector (:meth:`WakeListener.hear_linear`)."""
+    less the linear echo estimate, goes to the listener's second detector (:meth:`WakeListener.hear_linear`).
+
+    Alignment. The filter covers echoes from 0 to FILTER_MS behind the reference it is handed, so the reference
+    must lead the echo by a little (LEAD_S). The canceller's delay measurement (GCC-PHAT, once a second while the
+    far end plays: ``EchoCanceller.state().delay_ms``, the echo behind the sound leaving the speaker) says where:
+    the reference heard at ``t + LEAD_S - delay`` goes with the microphone block at ``t``. Until there is one,
+    the canceller's own alignment (``reference_lead_s``). Measured on the test's PulseAudio room, the delay is
+    150-900 ms and moves when the player reopens its stream, beyond what AEC3 (250 ms) and this filter cover
+    unaligned; the canceller itself re-aligns only after 3 agreeing measurements, this branch after one (a
+    wrong move costs this branch alone a second, and the AEC3 branch still hears)."""
+
+    LEAD_S = 0.04  # the reference leads its echo by this much, s (slack for the measurement's jitter)
+    MOVE_S = 0.03  # re-align when the wanted lead moves by more than this, s (the filter absorbs less)
+    CHECK_S = 0.5  # s of audio between looks at the canceller's delay measurement
 
     def __init__(self, canceller: EchoCanceller, listener: WakeListener) -> None:
         assert canceller.reference is not None
@@ -125,6 +137,15 @@ class LinearWakeTap:
         self._linear = LinearEchoCanceller()
         self._carry = np.zeros(0, np.float32)  # < FRAME samples waiting for a whole frame
         self._carry_t = 0.0  # capture-clock time of the first carried sample, s
+        self._lead: float | None = None  # the reference is read at t + this, s (None: not yet decided)
+        self._since_check = float("inf")  # s of audio since the last look at the delay measurement
+        self.realigned = 0  # times the filter was re-aligned (restarted) because the echo's delay moved
+
+    def _wanted_lead(self) -> float:
+        delay_ms = self.canceller.state().delay_ms
+        if delay_ms is None:
+            return self.canceller.reference_lead_s
+        return self.LEAD_S - delay_ms / 1000
 
     def process(self, block: AudioBlock) -> AudioBlock:
         samples = np.asarray(block.samples, np.float32).reshape(-1)
@@ -137,10 +158,24 @@ class LinearWakeTap:
         if n:
             reference = self.canceller.reference
             assert reference is not None
-            far = reference.read(t + self.canceller.reference_lead_s, n)
+            self._since_check += n / SAMPLE_RATE
+            if self._since_check >= self.CHECK_S:
+                self._since_check = 0.0
+                want = self._wanted_lead()
+                if self._lead is None:
+                    self._lead = want
+                elif abs(want - self._lead) > self.MOVE_S:
+                    # The taps are for the old alignment; a fresh filter learns the new one sooner than they
+                    # unlearn it.
+                    self._lead = want
+                    self._linear.reset()
+                    self.realigned += 1
+            assert self._lead is not None
+            far = reference.read(t + self._lead, n)
             self.listener.hear_linear(AudioBlock(self._linear.process(data[:n], far), t))
         return block
 
     def reset(self) -> None:
         self._linear.reset()
         self._carry = np.zeros(0, np.float32)
+        self._lead, self._since_check = None, float("inf")
