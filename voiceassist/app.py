@@ -179,8 +179,6 @@ class App:
                 processors = ProcessorChain([self.echo_canceller])
                 if self.echo_canceller.reference is not None:
                     self.speech.attach_far_end(far_end)
-        for notice in notices:
-            self._stream_nowait(ErrorEvent(notice, "audio", t=self.clock()))
         # The wake word (issue 13): its detector runs last in the processor chain (after an echo canceller, so the
         # assistant's own voice cannot wake it); the capture stage puts its gate behind the segmenter.
         wake = None
@@ -190,7 +188,24 @@ class App:
 
             check_config(config)
             wake = WakeListener.from_config(config, playback=self.speech)
-            processors = ProcessorChain([*(processors.processors if processors else []), wake])
+            chain = [*(processors.processors if processors else []), wake]
+            ec = self.echo_canceller
+            if ec is not None and ec.reference is not None:
+                # AEC3's suppressor also takes down the user's voice over the reply: the wake word gets a second
+                # detector on the linear canceller's output (wake/linear.py, measured in bench_wake_echo.py).
+                from voiceassist.wake import linear
+
+                if linear.available():
+                    wake.add_linear_branch()
+                    chain.insert(chain.index(ec), linear.LinearWakeTap(ec, wake))
+                else:
+                    notices.append(
+                        "wake word: libspeexdsp is not installed, so the wake word is heard only through the echo "
+                        "canceller, which may miss it over a spoken reply (Debian: apt-get install libspeexdsp1)"
+                    )
+            processors = ProcessorChain(chain)
+        for notice in notices:
+            self._stream_nowait(ErrorEvent(notice, "audio", t=self.clock()))
         self._wake_on = wake is not None
         canceller = self.echo_canceller
         echo: EchoPolicy

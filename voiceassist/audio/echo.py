@@ -378,6 +378,12 @@ class EchoCanceller:
         )
 
     @property
+    def reference_lead_s(self) -> float:
+        """How far ahead of a microphone block's capture time its far end is read (the lead plus any
+        re-alignment), s: a second canceller on the same reference (the wake word's, ``wake.linear``) reads there."""
+        return self.lead_s + self._offset_s
+
+    @property
     def echo_active(self) -> bool:
         """The far end played within the last ECHO_HOLD_S: what comes out is the canceller's residual (the VAD
         judges it differently, see ``Segmenter.set_echo_active``)."""
@@ -429,7 +435,7 @@ class EchoCanceller:
                 "echo cancellation: an audio device reports no latency; the canceller estimates the echo delay "
                 "itself (it may take a few seconds longer to converge)"
             )
-        far = self.reference.read(t + self.lead_s + self._offset_s, len(near))
+        far = self.reference.read(t + self.reference_lead_s, len(near))
         out = self._apm.process(near, far)
         frames = len(near) // FRAME
         f2 = far.reshape(frames, FRAME)

@@ -196,9 +196,7 @@ class CaptureStage:
                     if self.wake is not None:
                         msgs = self.wake.press(t)
                         self._wake_messages(msgs, key=True)
-                        playback = self._echo.playback
-                        in_progress = self._turns.pending() or (playback.output_on() and playback.speaking())
-                        if in_progress and not any(isinstance(m, StopReply) for m in msgs):
+                        if self._reply_in_progress() and not any(isinstance(m, StopReply) for m in msgs):
                             self._stop_reply("ptt")  # a typed turn's reply: the gate did not know of it
 
     def _report(self, t: float | None = None, detail: str = "", force: bool = False) -> None:
@@ -413,8 +411,17 @@ class CaptureStage:
         found, msgs = self.wake.detections(t_end, hear=not self._muted and self._mode == "handsfree")
         for d in found:
             stop = any(isinstance(m, StopReply) and m.detection is d for m in msgs)
+            if not stop and self._reply_in_progress():
+                # A typed turn's reply: the gate did not know of it (as for the key, see WakeKey), still a stop.
+                msgs.insert(0, StopReply(d))
+                stop = True
             self._emit(Wake(d.word, d.probability, "stop" if stop else "listen", t=d.t))
         return msgs
+
+    def _reply_in_progress(self) -> bool:
+        """A turn is queued or being answered, or its reply is being spoken."""
+        playback = self._echo.playback
+        return bool(self._turns.pending()) or (playback.output_on() and playback.speaking())
 
     def _wake_messages(self, msgs: list[GateMessage], key: bool = False) -> list:
         """Act on the gate's own messages (stop, state changes); return the speech events for the segmenter

@@ -39,7 +39,14 @@ from voiceassist.events import SAMPLE_RATE, SpeechPaused, SpeechResumed, SpeechS
 from voiceassist.wake.detector import Detection
 
 WAKE_LAG_S = 0.5  # a detection comes this long after its word's end at most (measured 0.13-0.27 s for micro), s
-CUT_SEARCH_S = 0.4  # the wake word's end is looked for in this stretch before the detection, s
+# The detector fires a model-specific time after the wake word's end (median on the espeak clips of
+# scripts/bench_wake.py, micro engine: hey_mycroft 50 ms, okay_nabu 150, hey_jarvis 163, alexa 211); the end is
+# looked for from CUT_BEFORE_S before to CUT_AFTER_S after where that puts it (hey_mycroft often fires before the
+# end of its last syllable: a search ending at the detection found the gap inside "hey … mycroft" instead).
+DETECTION_LAG_S = {"hey_mycroft": 0.05, "okay_nabu": 0.15, "hey_jarvis": 0.16, "alexa": 0.21}
+DEFAULT_LAG_S = 0.15  # other models (custom files, the open engine), s
+CUT_BEFORE_S = 0.2  # s
+CUT_AFTER_S = 0.15  # s
 CUT_FRAME_S = 0.02  # frame of the quietest-point search, s
 KEEP_DETECTIONS_S = 120.0  # detections older than this (behind the newest audio) are forgotten, s
 
@@ -91,24 +98,26 @@ class WakeTurn:
 GateMessage = SpeechStarted | SpeechPaused | SpeechResumed | WakeTurn | SpeechDiscarded | StateChanged | StopReply
 
 
-def wake_end(utterance: Utterance, detection_t: float) -> float:
-    """Capture-clock time at which the wake word ends inside ``utterance``: the quietest ``CUT_FRAME_S`` frame of
-    the ``CUT_SEARCH_S`` before the detection (the gap before the question, or the wake word's last sample when
-    there is none), its end. The detector fires 0.1-0.3 s after the word's last sample, so the search stretch
-    holds it; a cut exactly at the detection would lose the question's first syllable."""
+def wake_end(utterance: Utterance, detection_t: float, lag_s: float = DEFAULT_LAG_S) -> float:
+    """Capture-clock time at which the wake word ends inside ``utterance``: the quietest ``CUT_FRAME_S`` frame
+    (the gap before the question, or the wake word's last sample when there is none), its end, searched around
+    where the detector's lag ``lag_s`` puts the end (``detection_t - lag_s``, from CUT_BEFORE_S before to
+    CUT_AFTER_S after). A cut exactly at the detection would lose the question's first syllable or keep the
+    wake word's last, depending on the model."""
     audio = np.concatenate(utterance.chunks) if utterance.chunks else np.zeros(0, np.float32)
     frame = round(CUT_FRAME_S * SAMPLE_RATE)  # samples
-    hi = min(len(audio), round((detection_t - utterance.start_t) * SAMPLE_RATE))
-    lo = max(0, hi - round(CUT_SEARCH_S * SAMPLE_RATE))
+    expected = round((detection_t - lag_s - utterance.start_t) * SAMPLE_RATE)  # samples into the utterance
+    hi = max(0, min(len(audio), expected + round(CUT_AFTER_S * SAMPLE_RATE)))
+    lo = max(0, expected - round(CUT_BEFORE_S * SAMPLE_RATE))
     if hi - lo < frame:
         return min(detection_t, utterance.start_t + hi / SAMPLE_RATE)
     n = (hi - lo) // frame
-    frames = audio[hi - n * frame : hi].astype(np.float64).reshape(n, frame)
+    frames = audio[lo : lo + n * frame].astype(np.float64).reshape(n, frame)
     energy = (frames**2).mean(axis=1)
     # The latest of the (near-)quietest frames: within 1 dB of the minimum counts as equally quiet, and the
     # later one leaves less of the wake word in the turn.
     quiet = np.nonzero(energy <= energy.min() * 1.26 + 1e-12)[0]
-    return utterance.start_t + (hi - n * frame + (int(quiet[-1]) + 1) * frame) / SAMPLE_RATE
+    return utterance.start_t + (lo + (int(quiet[-1]) + 1) * frame) / SAMPLE_RATE
 
 
 def cut_from(utterance: Utterance, t: float) -> Utterance:
@@ -163,7 +172,8 @@ class WakeGate:
         inside = [d for d in self._detections if utterance.start_t <= d.t <= utterance.end_t + WAKE_LAG_S]
         if inside:
             wake = inside[-1]  # the wake word said twice: the turn follows the last one
-            cut = min(wake_end(utterance, wake.t), utterance.end_t)
+            lag = DETECTION_LAG_S.get(wake.word, DEFAULT_LAG_S)
+            cut = min(wake_end(utterance, wake.t, lag), utterance.end_t)
             if utterance.end_t - cut >= self.min_turn_s:
                 return WakeTurn(cut_from(utterance, cut), wake, "wake")
             return None  # the wake word alone: its window is open, the next speech is the turn
