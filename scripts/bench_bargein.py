@@ -119,7 +119,7 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
             row["why"] = "no sound"
             break
         at = rng.uniform(2.0, 6.0)
-        run.pump(30, lambda: time.monotonic() >= first + at or not run.speaker.speaking())
+        run.pump(30, lambda f=first, a=at: time.monotonic() >= f + a or not run.speaker.speaking())
         if not run.speaker.speaking():
             row["why"] = f"reply ended before {at:.1f} s"
             run.app.submit_text("Tell me a long story.")
@@ -129,9 +129,9 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         row["false_before"] = len(run.of("interrupted", turn))
         path, dur = wavs[k % len(wavs)]
         onset = room.say(path)
-        run.pump(10, lambda: len(run.stops) > n_stops)
-        run.pump(30, lambda: bool(run.of("utterance", turn + 1)))
-        run.pump(2.0, lambda: bool(run.of("interrupted", turn)))
+        run.pump(10, lambda n0=n_stops: len(run.stops) > n0)
+        run.pump(30, lambda t=turn: bool(run.of("utterance", t + 1)))
+        run.pump(2.0, lambda t=turn: bool(run.of("interrupted", t)))
         if len(run.stops) == n_stops:
             row["why"] = f"no barge-in; state {run.app.echo_state()}"
         else:
@@ -154,9 +154,7 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         )
         row["utt"] = [round(d, 2) for u in utt for d in u.durations]
         limit = run.cfg.tts.barge_in_ms + 200
-        row["ok"] = bool(
-            row["kept"] and row.get("confirm_ms", 1e9) <= limit and row.get("stopped_ms", 1e9) <= 150
-        )
+        row["ok"] = bool(row["kept"] and row.get("confirm_ms", 1e9) <= limit and row.get("stopped_ms", 1e9) <= 150)
         print(f"barge {k + 1}/{n}: {row}", flush=True)
         turn += 1  # the user's words are the next turn; its reply is the next trial's
     return rows
@@ -183,10 +181,10 @@ def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, tu
             continue
         if row["backchannel"]:
             at = rng.uniform(1.5, 4.0)
-            run.pump(30, lambda: time.monotonic() >= first + at or not run.speaker.speaking())
+            run.pump(30, lambda f=first, a=at: time.monotonic() >= f + a or not run.speaker.speaking())
             row["bc_during_reply"] = run.speaker.speaking()
             room.say(bc[(k // 2) % len(bc)])
-        run.pump(120, lambda: not run.speaker.speaking() and bool(run.of("reply_done", turn)))
+        run.pump(120, lambda t=turn: not run.speaker.speaking() and bool(run.of("reply_done", t)))
         run.pump(1.5)  # the echo's tail and the segmenter's hang-over
         row["heard_s"] = round(run.speaker._player.last_audio_end() - first, 1)
         row["barge_ins"] = len(run.stops) - n_stops

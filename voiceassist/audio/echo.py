@@ -262,8 +262,11 @@ class DelayEstimator:
         self.delay_ms: float | None = None  # the last believable measurement
         self.measurements = 0
 
-    def push(self, near: np.ndarray, far: np.ndarray, far_active_frames: int) -> float | None:
-        """Add a stretch of both signals; returns a new measurement (ms) when one was made and believable."""
+    def push(
+        self, near: np.ndarray, far: np.ndarray, far_active_frames: int, every_s: float = XCORR_EVERY_S
+    ) -> float | None:
+        """Add a stretch of both signals; returns a new measurement (ms) when one was made and believable
+        (one each ``every_s`` of audio at most)."""
         n = len(self._near)
         for ring, x in ((self._near, near[-n:]), (self._far, far[-n:])):
             i = self._pos
@@ -273,7 +276,7 @@ class DelayEstimator:
         self._pos = (self._pos + min(len(near), n)) % n
         self._far_active += far_active_frames
         self._since += len(near)
-        if self._since < XCORR_EVERY_S * RATE:
+        if self._since < every_s * RATE:
             return None
         enough = self._far_active * FRAME >= 0.5 * self._since  # far end playing in half of the time since the last
         self._since, self._far_active = 0, 0
@@ -389,6 +392,8 @@ class EchoCanceller:
         self._settled_ms: float | None = None  # the delay the canceller works at (measured), ms
         self._moved: float | None = None  # a new delay seen once (a second agreeing one confirms the move), ms
         self._path_moves = 0
+        self._ref_moves = -1  # the reference's reanchors when last looked at (-1: not yet)
+        self._played = False  # the far end has played since the start (or the last reset)
         self._last_out = 0.0  # the last of them, ms
         self._notices: list[str] = []
         self._told_untimed = False
@@ -401,7 +406,7 @@ class EchoCanceller:
 
     def state(self) -> EchoState:
         erle = self._erle_db
-        if self.reference is None or erle is None:
+        if self.reference is None or (erle is None and not self._played):
             conv = Convergence.IDLE
         else:
             conv = Convergence.CONVERGED if self._converged else Convergence.CONVERGING
@@ -434,6 +439,7 @@ class EchoCanceller:
         self._apm = self._make()  # AudioProcessor.reset keeps AEC3's delay state; a fresh one forgets all
         self._forget_convergence()
         self._out_of_range = 0
+        self._played = False
         self._resets += 1
 
     def _forget_convergence(self) -> None:
@@ -482,6 +488,7 @@ class EchoCanceller:
         active = np.einsum("ij,ij->i", f2, f2) > FAR_ACTIVE_ENERGY  # per 10 ms frame (einsum: no temporaries)
         n_act = int(np.count_nonzero(active))
         if n_act:
+            self._played = True
             n2, o2 = near.reshape(frames, FRAME)[active], out.reshape(frames, FRAME)[active]
             p_in = float(np.einsum("ij,ij->", n2, n2)) / (n_act * FRAME)
             p_out = float(np.einsum("ij,ij->", o2, o2)) / (n_act * FRAME)
@@ -501,7 +508,17 @@ class EchoCanceller:
             self._since_far = (frames - 1 - int(np.flatnonzero(active)[-1])) * FRAME / RATE
         else:
             self._since_far += frames * FRAME / RATE
-        delay = self._estimator.push(near, far, n_act)
+        # The far end's timeline restarted (a stream reopened, or a jump of more than REANCHOR_S): the echo path
+        # AEC3 learned may have moved with it (measured: ERLE 60 → 5 dB after one), so not converged until it
+        # shows it is. (The small steps of output underruns keep the path: they are not counted.)
+        moves = getattr(self.reference, "reanchors", 0)
+        if moves != self._ref_moves:
+            if self._ref_moves >= 0 and moves > 1:
+                self._forget_convergence()
+            self._ref_moves = moves
+        # Measure the delay twice as often until converged: a path beyond AEC3's range is re-aligned sooner.
+        every = XCORR_EVERY_S if self._converged else XCORR_EVERY_S / 2
+        delay = self._estimator.push(near, far, n_act, every)
         if delay is not None:
             self._check_alignment(delay)
         return out
