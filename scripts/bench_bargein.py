@@ -117,11 +117,13 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         rows.append(row)
         if first is None:
             row["why"] = "no sound"
+            print(f"barge {k + 1}/{n}: {row}", flush=True)
             break
         at = rng.uniform(2.0, 6.0)
         run.pump(30, lambda f=first, a=at: time.monotonic() >= f + a or not run.speaker.speaking())
         if not run.speaker.speaking():
             row["why"] = f"reply ended before {at:.1f} s"
+            print(f"barge {k + 1}/{n}: {row}", flush=True)
             run.app.submit_text("Tell me a long story.")
             turn += 1
             continue
