@@ -80,6 +80,7 @@ class Run:
 
         capture._speech = speech
         self.events: list = []
+        self._spoke = 0.0  # when the speaker last said it was speaking (wall clock)
 
     def pump(self, seconds: float, until=None) -> None:
         deadline = time.monotonic() + seconds
@@ -91,9 +92,29 @@ class Run:
             if ev.kind not in ("level", "token"):
                 self.events.append(ev)
 
-    def wait_heard(self, turn: int, timeout: float = 60) -> float | None:
-        self.pump(timeout, lambda: self.speaker.first_heard(turn) is not None)
-        return self.speaker.first_heard(turn)
+    def wait_heard(self, after: int, timeout: float = 60) -> tuple[int, float | None]:
+        """The first reply turn after ``after`` that is heard, and when its first sample was (None: none)."""
+
+        def heard() -> bool:
+            turn = self.speaker._turn
+            return turn is not None and turn > after and self.speaker.first_heard(turn) is not None
+
+        self.pump(timeout, heard)
+        turn = self.speaker._turn
+        if turn is None or turn <= after:
+            return after + 1, None
+        return turn, self.speaker.first_heard(turn)
+
+    def ended(self, turn: int) -> bool:
+        """The reply of ``turn`` is over: generated, and nothing spoken for 0.5 s (between two sentences the
+        speaker may say it is not speaking for a moment)."""
+        now = time.monotonic()
+        if self.speaker.speaking():
+            self._spoke = now
+        return now - self._spoke > 0.5 and bool(self.of("reply_done", turn))
+
+    def converged(self) -> bool:
+        return (self.app.echo_state() or {}).get("convergence") == "converged"
 
     def of(self, kind: str, turn: int | None = None) -> list:
         return [e for e in self.events if e.kind == kind and (turn is None or getattr(e, "turn", None) == turn)]
@@ -110,22 +131,25 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         wavs.append((path, len(speech) / SR))
     rows = []
     run.app.submit_text("Tell me a long story.")
-    turn = 1
+    turn = 0
     for k in range(n):
-        first = run.wait_heard(turn)
+        turn, first = run.wait_heard(turn)
         row: dict = {"turn": turn, "ok": False}
         rows.append(row)
         if first is None:
             row["why"] = "no sound"
             print(f"barge {k + 1}/{n}: {row}", flush=True)
-            break
-        at = rng.uniform(2.0, 6.0)
-        run.pump(30, lambda f=first, a=at: time.monotonic() >= f + a or not run.speaker.speaking())
-        if not run.speaker.speaking():
-            row["why"] = f"reply ended before {at:.1f} s"
+            run.app.submit_text("Tell me a long story.")
+            continue
+        # The user talks once the canceller has converged (full duplex; before, the half-duplex gate holds and
+        # no barge-in is possible) and at least `at` s into the reply.
+        at = rng.uniform(1.5, 4.0)
+        run.pump(60, lambda f=first, a=at, t=turn: (time.monotonic() >= f + a and run.converged()) or run.ended(t))
+        row["after_s"] = round(time.monotonic() - first, 1)
+        if run.ended(turn):
+            row["why"] = f"reply ended ({row['after_s']} s) before the canceller converged: {run.app.echo_state()}"
             print(f"barge {k + 1}/{n}: {row}", flush=True)
             run.app.submit_text("Tell me a long story.")
-            turn += 1
             continue
         n_stops = len(run.stops)
         row["false_before"] = len(run.of("interrupted", turn))
@@ -158,11 +182,12 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         limit = run.cfg.tts.barge_in_ms + 200
         row["ok"] = bool(row["kept"] and row.get("confirm_ms", 1e9) <= limit and row.get("stopped_ms", 1e9) <= 150)
         print(f"barge {k + 1}/{n}: {row}", flush=True)
-        turn += 1  # the user's words are the next turn; its reply is the next trial's
+        # the user's words are turn + 1, and its reply (heard as turn + 1) the next trial's
     return rows
 
 
 def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, turn: int) -> list[dict]:
+    """``turn``: the last turn so far."""
     import soundfile as sf
 
     bc = []
@@ -173,20 +198,20 @@ def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, tu
     rows = []
     for k in range(n):
         n_stops = len(run.stops)
+        run.pump(60, lambda t=turn: t == 0 or run.ended(t))
         run.app.submit_text("Tell me a long story.")
-        first = run.wait_heard(turn)
-        row: dict = {"turn": turn, "backchannel": k % 2 == 1}
+        turn, first = run.wait_heard(turn)
+        row: dict = {"turn": turn, "backchannel": k % 2 == 1, "ok": False}
         if first is None:
             row["why"] = "no sound"
             rows.append(row)
-            turn += 1
             continue
         if row["backchannel"]:
             at = rng.uniform(1.5, 4.0)
-            run.pump(30, lambda f=first, a=at: time.monotonic() >= f + a or not run.speaker.speaking())
+            run.pump(30, lambda f=first, a=at, t=turn: time.monotonic() >= f + a or run.ended(t))
             row["bc_during_reply"] = run.speaker.speaking()
             room.say(bc[(k // 2) % len(bc)])
-        run.pump(120, lambda t=turn: not run.speaker.speaking() and bool(run.of("reply_done", t)))
+        run.pump(120, lambda t=turn: run.ended(t))
         run.pump(1.5)  # the echo's tail and the segmenter's hang-over
         row["heard_s"] = round(run.speaker._player.last_audio_end() - first, 1)
         row["barge_ins"] = len(run.stops) - n_stops
@@ -195,7 +220,6 @@ def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, tu
         row["ok"] = row["barge_ins"] == 0 and row["interrupted"] == 0 and row["turns"] == 0
         print(f"quiet {k + 1}/{n}: {row} state {run.app.echo_state()}", flush=True)
         rows.append(row)
-        turn += 1 + row["turns"]
     return rows
 
 
@@ -225,8 +249,7 @@ def main() -> int:
             run.app.start()
             try:
                 barge = barge_trials(run, room, args.barge, tmp, rng)
-                next_turn = max([r["turn"] for r in barge], default=0) + 2 if barge else 1
-                quiet = quiet_trials(run, room, args.quiet, tmp, rng, next_turn)
+                quiet = quiet_trials(run, room, args.quiet, tmp, rng, run.speaker._turn or 0)
             finally:
                 run.app.stop()
                 run.speaker.close()

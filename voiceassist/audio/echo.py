@@ -70,6 +70,9 @@ XCORR_S = 2.0  # s of audio per measurement
 XCORR_EVERY_S = 1.0  # s between measurements (only while the far end is playing)
 XCORR_MAX_MS = 1000.0  # largest delay searched, ms (either sign)
 XCORR_MIN_PEAK = 10.0  # peak / mean |correlation| needed to believe a measurement
+# The correlation runs at RATE / XCORR_DECIMATE (4 kHz: 0.25 ms resolution, speech's 0–2 kHz, where its phase is
+# most reliable): a 16k-point FFT instead of a 64k one, the wrapper's largest cost (measured 0.006 of a core).
+XCORR_DECIMATE = 4
 FAR_ACTIVE_DBFS = -50.0  # a far-end frame louder than this counts as playing
 FAR_ACTIVE_ENERGY = FRAME * 10 ** (FAR_ACTIVE_DBFS / 10)  # the same, as a 10 ms frame's sum of squares
 ECHO_HOLD_S = 0.5  # s after the far end last played that its echo (the room's reverberation) may still be heard
@@ -251,12 +254,12 @@ class DelayEstimator:
     reverberation; the phase transform whitens both, so the direct path stands out as a sharp peak."""
 
     def __init__(self) -> None:
-        n = round(XCORR_S * RATE)
+        n = round(XCORR_S * RATE) // XCORR_DECIMATE * XCORR_DECIMATE
         self._near = np.zeros(n, np.float32)  # rings of the last XCORR_S, written at _pos
         self._far = np.zeros(n, np.float32)
         self._pos = 0
-        self._fft = 1 << math.ceil(math.log2(2 * n))
-        self._max_lag = round(XCORR_MAX_MS * RATE / 1000)
+        self._fft = 1 << math.ceil(math.log2(2 * n // XCORR_DECIMATE))
+        self._max_lag = round(XCORR_MAX_MS * RATE / 1000 / XCORR_DECIMATE)
         self._since = 0  # samples since the last measurement
         self._far_active = 0  # far-end-active frames in the window
         self.delay_ms: float | None = None  # the last believable measurement
@@ -282,8 +285,10 @@ class DelayEstimator:
         self._since, self._far_active = 0, 0
         if not enough:
             return None
-        near_w = np.roll(self._near, -self._pos)  # oldest first
-        far_w = np.roll(self._far, -self._pos)
+        # Oldest first, decimated only now (once a measurement, not per block): averaging XCORR_DECIMATE samples
+        # is a crude low-pass, enough for the phase of speech's 0–2 kHz.
+        near_w = np.roll(self._near, -self._pos).reshape(-1, XCORR_DECIMATE).mean(axis=1)
+        far_w = np.roll(self._far, -self._pos).reshape(-1, XCORR_DECIMATE).mean(axis=1)
         spec = np.fft.rfft(near_w, self._fft) * np.conj(np.fft.rfft(far_w, self._fft))
         corr = np.fft.irfft(spec / (np.abs(spec) + EPS), self._fft)
         lags = np.concatenate((corr[-self._max_lag :], corr[: self._max_lag + 1]))  # lag −max … +max
@@ -291,7 +296,7 @@ class DelayEstimator:
         i = int(np.argmax(mag))
         if mag[i] < XCORR_MIN_PEAK * (float(mag.mean()) + EPS) or abs(i - self._max_lag) >= self._max_lag - 1:
             return None  # no clear peak, or one at the edge of the search (the true delay is not inside it)
-        self.delay_ms = (i - self._max_lag) * 1000 / RATE
+        self.delay_ms = (i - self._max_lag) * XCORR_DECIMATE * 1000 / RATE
         self.measurements += 1
         return self.delay_ms
 
