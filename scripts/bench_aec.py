@@ -17,7 +17,8 @@
 3. The callbacks: Player._callback with the far-end reference attached (a copy and an append more), and
    MicrophoneSource._callback, called directly on real blocks; target < 1 ms.
 
-Usage: flock /work/coord/heavy.lock .venv/bin/python scripts/bench_aec.py [--rooms 3] [--no-write]
+Usage: flock -s /work/coord/quiet.lock env PYTHONPATH=. .venv/bin/python scripts/bench_aec.py [--rooms 3] [--no-write]
+       flock -x /work/coord/quiet.lock env PYTHONPATH=. .venv/bin/python scripts/bench_aec.py --cost-only  (short)
 """
 
 from __future__ import annotations
@@ -289,7 +290,8 @@ def main() -> int:
     lines = [
         "## Echo cancellation",
         "",
-        f"`flock /work/coord/heavy.lock .venv/bin/python scripts/bench_aec.py` ({time.strftime('%Y-%m-%d')}, "
+        "`flock -s /work/coord/quiet.lock env PYTHONPATH=. .venv/bin/python scripts/bench_aec.py` "
+        f"({time.strftime('%Y-%m-%d')}, "
         "one run; the rooms side by side, ours then PulseAudio's in the same room). Real PortAudio devices on the "
         "private PulseAudio server; the room process between the assistant's sink and the microphone sink "
         "(tests/support/room.py: loudspeaker soft clipping, delay, RT60, the echo as loud as a user's speech); "
