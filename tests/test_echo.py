@@ -54,17 +54,20 @@ def run(
     they are heard, the mic's are processed once captured; ``skew``: error of the mic's stamps, s."""
     out = []
     ECHO_FLAGS.clear()
+    CONVERGENCE.clear()
     for i in range(0, len(mic), block):
         t = T0 + i / SR
         while ref is not None and pending and pending[0][2] < t + block / SR + 0.06:
             ref.write(*pending.pop(0))
         out.append(ec.process(AudioBlock(mic[i : i + block], t + skew)).samples)
         ECHO_FLAGS.append(ec.echo_active)
+        CONVERGENCE.append(ec.state().convergence)
     out.append(ec.flush().samples)
     return np.concatenate(out)
 
 
 ECHO_FLAGS: list[bool] = []  # EchoCanceller.echo_active after each block of the last run()
+CONVERGENCE: list[str] = []  # EchoCanceller.state().convergence after each block of the last run()
 
 
 def erle(mic: np.ndarray, out: np.ndarray, from_s: float) -> float:
@@ -72,7 +75,7 @@ def erle(mic: np.ndarray, out: np.ndarray, from_s: float) -> float:
     return 10 * np.log10(np.mean(a.astype(np.float64) ** 2) / (np.mean(b.astype(np.float64) ** 2) + 1e-12))
 
 
-@pytest.mark.parametrize("delay_ms", [20, 80, 150])
+@pytest.mark.parametrize("delay_ms", [20, 80, 150, 400])
 def test_echo_only_is_cancelled_by_30_db_after_convergence_and_the_delay_is_measured(delay_ms):
     far = reply()
     spec = RoomSpec(delay_ms=delay_ms, rt60_s=0.5)
@@ -88,6 +91,7 @@ def test_echo_only_is_cancelled_by_30_db_after_convergence_and_the_delay_is_meas
     assert got >= 30.0
     assert state.convergence == "converged" and state.timing == "device"
     assert state.delay_ms is not None and abs(state.delay_ms - delay_ms) <= 2.0
+    assert state.realigned == 0  # inside AEC3's range (500 ms measured): moving the reference would only hurt
 
 
 def segments(audio: np.ndarray, echo_flags: list[bool] | None = None) -> list[tuple[float, float]]:
@@ -125,6 +129,11 @@ def test_over_the_echo_only_the_users_speech_is_heard_and_it_survives_double_tal
     seg = slice(at, at + len(user))
     kept = rms(out[seg]) / rms(clean)
     assert 0.4 < kept < 1.5  # the user's level is kept (AEC3 backs off its suppression in double talk)
+    # Converged before the user speaks, and still for 1.5 s of double talk: it lowers ERLE (the user is in the
+    # output) without the canceller being worse, and full duplex must not fall back to half duplex before the
+    # barge-in (barge_in_ms = 500 ms) has stopped the reply.
+    k0, k1 = at // 320, at // 320 + round(1.5 * SR / 320)
+    assert CONVERGENCE[k0] == "converged" and set(CONVERGENCE[k0:k1]) == {"converged"}, CONVERGENCE[k0:k1]
 
 
 def test_a_device_without_latency_falls_back_to_the_cancellers_own_estimate_and_says_so_once():
@@ -198,6 +207,48 @@ def test_reference_is_resampled_and_aligned_to_the_sample_and_silence_around_it(
     expect = far[100 : int(0.9 * SR)]
     assert np.max(np.abs(body - expect)) < 0.01
     assert np.all(got[int(1.2 * SR) :] == 0.0)  # after the end
+
+
+def test_an_output_underrun_steps_the_reference_at_once_and_one_late_stamp_does_not():
+    ref = FarEndReference()
+    tt = np.arange(3 * SR) / SR
+    far = (0.3 * np.sin(2 * np.pi * (200 * tt + 300 * tt**2))).astype(np.float32)  # a sweep: no shift looks alike
+    items = feed_player(ref, far, T0)
+    k = len(items) // 2  # an underrun here: 30 ms of silence went out, everything after is heard 30 ms later
+    items = [
+        (b, r, t + (0.03 if i >= k else 0.0) + (0.015 if i == k // 2 else 0.0), tm)
+        for i, (b, r, t, tm) in enumerate(items)
+    ]
+    for item in items:  # block k // 2 carries one stamp 15 ms late (a jittery DAC time), not a real move
+        ref.write(*item)
+    split = k * 960 // 3  # the first 16 kHz sample of block k
+    before = ref.read(T0 + 0.2, int(0.5 * SR))
+    assert np.max(np.abs(before - far[int(0.2 * SR) : int(0.7 * SR)])) < 0.02  # the late stamp moved nothing
+    after = ref.read(T0 + split / SR + 0.03 + 0.1, SR // 2)  # from 0.1 s after the step
+    expect = far[split + SR // 10 : split + SR // 10 + SR // 2]
+    assert np.max(np.abs(after - expect)) < 0.02 and ref.jumps == 1 and ref.reanchors == 1
+
+
+def test_the_players_stamp_is_its_dac_time_however_late_the_callback_runs():
+    import time
+    from types import SimpleNamespace
+
+    from voiceassist.speech.player import Player
+
+    class Catch:
+        def write(self, samples, rate, t, timed=True):
+            self.t = t
+
+    player = Player(None)
+    player.rate, player.latency_s, player._stream = 48000, 0.04, object()
+    ref = Catch()
+    player.set_reference(ref)
+    wall = time.time()
+    # PortAudio read its (wall) clock 80 ms before this callback got to run; the block is heard 40 ms after that.
+    info = SimpleNamespace(currentTime=wall - 0.08, outputBufferDacTime=wall - 0.04)
+    mono = time.monotonic()
+    player._callback(np.zeros((960, 1), np.float32), 960, info, SimpleNamespace(output_underflow=False))
+    assert abs(ref.t - (mono - 0.04)) < 0.005, ref.t - mono  # not mono + 0.04, as `now + ahead` had it
 
 
 def test_the_writer_never_blocks_and_loses_nothing_while_the_reader_reads():

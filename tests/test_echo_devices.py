@@ -105,7 +105,7 @@ def test_the_room_echo_as_loud_as_the_user_is_cancelled(pulse):
         room.close()
     state = ec.state()
     # From 12 s: the room's path plus the servers' buffers is ~280 ms, beyond what AEC3 tracks, so the reference
-    # is re-aligned first (3 agreeing measurements, 1 s apart), then AEC3 converges again.
+    # is re-aligned first (2 agreeing measurements, 0.5 s apart), then AEC3 converges again.
     got = erle_db(raw, out, 12.0)
     print(f"room ERLE {got:.1f} dB; state {state}")
     assert np.sqrt(np.mean(raw[6 * SR :] ** 2)) > 0.02

@@ -15,9 +15,12 @@ ms of the acoustic path). AEC3 cannot cancel an echo that reaches the microphone
 the reference handed with the block at ``t`` is the one heard at ``t + LEAD_MS`` and AEC3's own delay estimator
 finds the remaining few ms. When a device reports no DAC/ADC times the stamps fall back to the write time plus
 PortAudio's latency figure (the player) or one block (the microphone): the echo then lags the reference by up to
-the real latency, which AEC3's estimator covers (measured up to 250 ms); :attr:`EchoCanceller.notice` says so
-once. A GCC-PHAT cross-correlation over the last second (:class:`DelayEstimator`) measures the delay that
-remains, for ``status``, and re-aligns the reference when it falls outside what AEC3 covers.
+the real latency, which AEC3's estimator covers (measured: 500 ms of lead cancelled, 600 ms not);
+:attr:`EchoCanceller.notice` says so once. A GCC-PHAT cross-correlation over the last second
+(:class:`DelayEstimator`) measures the delay that remains, for ``status``, and re-aligns the reference only when
+it falls outside what AEC3 covers: moving the reference under a working canceller makes AEC3 re-learn the path,
+and the echo leaks through for seconds meanwhile (measured in the room: out ≈ in for 3.5 s after a move from
+300 to 20 ms of lead, which barged in by itself).
 
 Nothing is dropped: every input sample comes out, while the canceller starts (its first block is processed,
 not skipped) and across :meth:`EchoCanceller.reset`. WebRTC delays its output by :attr:`EchoCanceller.latency`
@@ -52,23 +55,45 @@ HISTORY_S = 4.0  # s of far end kept (longer than any output latency + room dela
 REANCHOR_S = 0.1  # s
 DRIFT_S = 0.004  # s
 STAMP_SMOOTHING = 0.05  # weight of each block's deviation (~20 blocks ≈ 0.4 s memory)
+# DAC-timed stamps (the player maps PortAudio's DAC time itself onto the capture clock) jitter by ~1 ms, so a
+# deviation of more than JUMP_S that the next block confirms (within JUMP_AGREE_S) is real: an underrun put
+# silence into the output, and what follows is heard that much later. The timeline steps by it at once; easing
+# towards it over ~0.4 s (as for drift) would hand AEC3 an echo path that slides for as long.
+JUMP_S = 0.006  # s
+JUMP_AGREE_S = 0.002  # s
 INBOX_BLOCKS = 2000  # far-end blocks the callback may queue before the capture side reads (40 s at 20 ms)
 # Delay measurement (GCC-PHAT of the microphone against the reference as handed to AEC3).
-XCORR_S = 1.0  # s of audio per measurement
+# The window is 2 s and the search ±1 s: device-stamped paths of 580–720 ms were measured in the test room
+# (PulseAudio's input latency "high", the room's buffers), and a 1 s window holds too little of such an echo.
+# espeak's regular rhythm gives false peaks of 8–15 × the mean; true ones were 15–100 ×.
+XCORR_S = 2.0  # s of audio per measurement
 XCORR_EVERY_S = 1.0  # s between measurements (only while the far end is playing)
-XCORR_MAX_MS = 500.0  # largest delay searched, ms (either sign)
-XCORR_MIN_PEAK = 6.0  # peak / mean |correlation| needed to believe a measurement
+XCORR_MAX_MS = 1000.0  # largest delay searched, ms (either sign)
+XCORR_MIN_PEAK = 10.0  # peak / mean |correlation| needed to believe a measurement
+# The correlation runs at RATE / XCORR_DECIMATE (4 kHz: 0.25 ms resolution, speech's 0–2 kHz, where its phase is
+# most reliable): a 16k-point FFT instead of a 64k one, the wrapper's largest cost (measured 0.006 of a core).
+XCORR_DECIMATE = 4
 FAR_ACTIVE_DBFS = -50.0  # a far-end frame louder than this counts as playing
 FAR_ACTIVE_ENERGY = FRAME * 10 ** (FAR_ACTIVE_DBFS / 10)  # the same, as a 10 ms frame's sum of squares
 ECHO_HOLD_S = 0.5  # s after the far end last played that its echo (the room's reverberation) may still be heard
-# AEC3's range, measured (see the docstring): outside it the reference is re-aligned to LEAD_MS.
-AEC_MIN_DELAY_MS, AEC_MAX_DELAY_MS = 2.0, 250.0
-REALIGN_AFTER = 3  # consecutive out-of-range measurements (1 s apart) before the reference moves
-REALIGN_AGREE_MS = 10.0  # ... that agree within this
-# ERLE: 10·log10(power in / power out) over frames while the far end plays; smoothed over ~1 s of them.
-ERLE_SMOOTHING = 0.01  # per 10 ms frame
+# AEC3's range, measured offline on the test room (RT60 0.6 s): ≥ 41 dB ERLE with the reference 20–500 ms ahead,
+# < 1 dB at 600 ms. Outside it (with a margin) the reference is re-aligned to LEAD_MS.
+AEC_MIN_DELAY_MS, AEC_MAX_DELAY_MS = 2.0, 450.0
+REALIGN_AFTER = 2  # consecutive out-of-range measurements (1 s apart) before the reference moves
+REALIGN_AGREE_MS = 5.0  # ... that agree within this
+REALIGN_LEAD_MS = 80.0  # a re-aligned reference leads its echo by this (room for the path to grow or shrink)
+# ERLE: 10·log10(power in / power out) over frames while the far end plays, the two powers smoothed over ~0.3 s
+# of them (smoothing the ratio in dB instead lets a few fully suppressed frames hide echo leaking through).
+ERLE_SMOOTHING = 0.03  # per 10 ms frame
 CONVERGED_ERLE_DB = 18.0  # the echo is this far down: "converged"
 CONVERGED_FRAMES = 100  # ... for this many 10 ms frames of far end running (1 s)
+# Once converged, ERLE falls in double talk (the user's speech is in the output, as it should be) without the
+# canceller being any worse; so "converged" holds until ERLE stays under CONVERGED_ERLE_DB for DIVERGED_FRAMES of
+# far end (longer than double talk and its trace in the smoothed powers: a barge-in stops the far end within
+# barge_in_ms + ~0.3 s, a 0.45 s backchannel keeps ERLE down for ~1.7 s of far end), or the echo path moves
+# (two measurements of the delay agreeing on a new one), or a reset / re-alignment.
+DIVERGED_FRAMES = 250  # 2.5 s of far end
+PATH_MOVED_MS = 8.0  # a measured delay this far from the last one: the echo path moved
 # WebRTC's own processing delay, samples at 16 kHz (measured by cross-correlating input and output; a test
 # checks them): AEC3 holds back 8 ms, noise suppression 6 ms (their analysis windows overlap the next frame).
 AEC_LATENCY = 128
@@ -105,6 +130,8 @@ class FarEndReference:
         self._run_rate = 0
         self._deviation = 0.0  # smoothed (stamp − run timeline) of the current run, s
         self.reanchors = 0  # runs started (stream opened, or a stamp jumped)
+        self.jumps = 0  # steps of the timeline inside a run (output underruns)
+        self._jump: float | None = None  # an unconfirmed jump of the last block, s
         self._resampler: Any = None
         self._timed = True
         self._any = False
@@ -164,9 +191,20 @@ class FarEndReference:
                     self._put(self._run_pos, tail)
                 self._resampler = StreamingResampler(rate, 1 if block.ndim == 1 else block.shape[1])
                 self._run_rate, self._run_pos = rate, round(t * RATE)
-                self._run_t, self._deviation = t, 0.0
+                self._run_t, self._deviation, self._jump = t, 0.0, None
                 self.reanchors += 1
+            elif timed and abs(t - self._run_t) > JUMP_S:
+                d = t - self._run_t
+                if self._jump is not None and abs(d - self._jump) < JUMP_AGREE_S:
+                    shift = round(self._jump * RATE)  # confirmed: from the first block that showed it
+                    self._run_pos += shift
+                    self._run_t += shift / RATE
+                    self._deviation, self._jump = 0.0, None
+                    self.jumps += 1
+                else:
+                    self._jump = d
             else:
+                self._jump = None
                 self._deviation += STAMP_SMOOTHING * ((t - self._run_t) - self._deviation)
                 if abs(self._deviation) > DRIFT_S:  # the stamps drift away for real: follow them
                     shift = round(self._deviation * RATE)
@@ -216,19 +254,22 @@ class DelayEstimator:
     reverberation; the phase transform whitens both, so the direct path stands out as a sharp peak."""
 
     def __init__(self) -> None:
-        n = round(XCORR_S * RATE)
+        n = round(XCORR_S * RATE) // XCORR_DECIMATE * XCORR_DECIMATE
         self._near = np.zeros(n, np.float32)  # rings of the last XCORR_S, written at _pos
         self._far = np.zeros(n, np.float32)
         self._pos = 0
-        self._fft = 1 << math.ceil(math.log2(2 * n))
-        self._max_lag = round(XCORR_MAX_MS * RATE / 1000)
+        self._fft = 1 << math.ceil(math.log2(2 * n // XCORR_DECIMATE))
+        self._max_lag = round(XCORR_MAX_MS * RATE / 1000 / XCORR_DECIMATE)
         self._since = 0  # samples since the last measurement
         self._far_active = 0  # far-end-active frames in the window
         self.delay_ms: float | None = None  # the last believable measurement
         self.measurements = 0
 
-    def push(self, near: np.ndarray, far: np.ndarray, far_active_frames: int) -> float | None:
-        """Add a stretch of both signals; returns a new measurement (ms) when one was made and believable."""
+    def push(
+        self, near: np.ndarray, far: np.ndarray, far_active_frames: int, every_s: float = XCORR_EVERY_S
+    ) -> float | None:
+        """Add a stretch of both signals; returns a new measurement (ms) when one was made and believable
+        (one each ``every_s`` of audio at most)."""
         n = len(self._near)
         for ring, x in ((self._near, near[-n:]), (self._far, far[-n:])):
             i = self._pos
@@ -238,14 +279,16 @@ class DelayEstimator:
         self._pos = (self._pos + min(len(near), n)) % n
         self._far_active += far_active_frames
         self._since += len(near)
-        if self._since < XCORR_EVERY_S * RATE:
+        if self._since < every_s * RATE:
             return None
-        enough = self._far_active * FRAME >= 0.5 * len(self._far)  # far end playing in half of the window
+        enough = self._far_active * FRAME >= 0.5 * self._since  # far end playing in half of the time since the last
         self._since, self._far_active = 0, 0
         if not enough:
             return None
-        near_w = np.roll(self._near, -self._pos)  # oldest first
-        far_w = np.roll(self._far, -self._pos)
+        # Oldest first, decimated only now (once a measurement, not per block): averaging XCORR_DECIMATE samples
+        # is a crude low-pass, enough for the phase of speech's 0–2 kHz.
+        near_w = np.roll(self._near, -self._pos).reshape(-1, XCORR_DECIMATE).mean(axis=1)
+        far_w = np.roll(self._far, -self._pos).reshape(-1, XCORR_DECIMATE).mean(axis=1)
         spec = np.fft.rfft(near_w, self._fft) * np.conj(np.fft.rfft(far_w, self._fft))
         corr = np.fft.irfft(spec / (np.abs(spec) + EPS), self._fft)
         lags = np.concatenate((corr[-self._max_lag :], corr[: self._max_lag + 1]))  # lag −max … +max
@@ -253,7 +296,7 @@ class DelayEstimator:
         i = int(np.argmax(mag))
         if mag[i] < XCORR_MIN_PEAK * (float(mag.mean()) + EPS) or abs(i - self._max_lag) >= self._max_lag - 1:
             return None  # no clear peak, or one at the edge of the search (the true delay is not inside it)
-        self.delay_ms = (i - self._max_lag) * 1000 / RATE
+        self.delay_ms = (i - self._max_lag) * XCORR_DECIMATE * 1000 / RATE
         self.measurements += 1
         return self.delay_ms
 
@@ -344,10 +387,18 @@ class EchoCanceller:
         self._offset_s = 0.0  # extra shift of the reference after a re-alignment, s
         self._estimator = DelayEstimator()
         self._erle_db: float | None = None
-        self._converged_frames = 0
+        self._e_in = self._e_out = 0.0  # smoothed per-sample power of input and output over far-end frames
+        self._converged_frames = 0  # far-end frames running at ≥ CONVERGED_ERLE_DB
+        self._diverged_frames = 0  # far-end frames running under DIVERGED_ERLE_DB
+        self._converged = False
         self._realigned = 0
         self._resets = 0
         self._out_of_range = 0  # consecutive delay measurements outside AEC3's range
+        self._settled_ms: float | None = None  # the delay the canceller works at (measured), ms
+        self._moved: float | None = None  # a new delay seen once (a second agreeing one confirms the move), ms
+        self._path_moves = 0
+        self._ref_moves = -1  # the reference's reanchors when last looked at (-1: not yet)
+        self._played = False  # the far end has played since the start (or the last reset)
         self._last_out = 0.0  # the last of them, ms
         self._notices: list[str] = []
         self._told_untimed = False
@@ -360,10 +411,10 @@ class EchoCanceller:
 
     def state(self) -> EchoState:
         erle = self._erle_db
-        if self.reference is None or erle is None:
+        if self.reference is None or (erle is None and not self._played):
             conv = Convergence.IDLE
         else:
-            conv = Convergence.CONVERGED if self._converged_frames >= CONVERGED_FRAMES else Convergence.CONVERGING
+            conv = Convergence.CONVERGED if self._converged else Convergence.CONVERGING
         delay = self._estimator.delay_ms
         if delay is not None:  # the measured lag is behind the reference as handed: undo our own shift
             delay = delay - (self.lead_s + self._offset_s) * 1000
@@ -397,8 +448,14 @@ class EchoCanceller:
     def reset(self) -> None:
         """Forget the learned echo path and noise (a new room, a moved device); no audio is dropped."""
         self._apm = self._make()  # AudioProcessor.reset keeps AEC3's delay state; a fresh one forgets all
-        self._erle_db, self._converged_frames, self._out_of_range = None, 0, 0
+        self._forget_convergence()
+        self._out_of_range = 0
+        self._played = False
         self._resets += 1
+
+    def _forget_convergence(self) -> None:
+        self._erle_db, self._e_in, self._e_out = None, 0.0, 0.0
+        self._converged, self._converged_frames, self._diverged_frames = False, 0, 0
 
     # ---- processing ------------------------------------------------------------------------------------------
     def process(self, block: AudioBlock) -> AudioBlock:
@@ -442,29 +499,67 @@ class EchoCanceller:
         active = np.einsum("ij,ij->i", f2, f2) > FAR_ACTIVE_ENERGY  # per 10 ms frame (einsum: no temporaries)
         n_act = int(np.count_nonzero(active))
         if n_act:
+            self._played = True
             n2, o2 = near.reshape(frames, FRAME)[active], out.reshape(frames, FRAME)[active]
-            erle = 10 * math.log10(
-                (float(np.einsum("ij,ij->", n2, n2)) + EPS) / (float(np.einsum("ij,ij->", o2, o2)) + EPS)
-            )
-            a = 1 - (1 - ERLE_SMOOTHING) ** n_act
-            self._erle_db = erle if self._erle_db is None else self._erle_db + a * (erle - self._erle_db)
-            if self._erle_db >= CONVERGED_ERLE_DB:
-                self._converged_frames += n_act
+            p_in = float(np.einsum("ij,ij->", n2, n2)) / (n_act * FRAME)
+            p_out = float(np.einsum("ij,ij->", o2, o2)) / (n_act * FRAME)
+            if self._erle_db is None:
+                self._e_in, self._e_out = p_in, p_out
             else:
-                self._converged_frames = 0
+                a = 1 - (1 - ERLE_SMOOTHING) ** n_act
+                self._e_in += a * (p_in - self._e_in)
+                self._e_out += a * (p_out - self._e_out)
+            self._erle_db = 10 * math.log10((self._e_in + EPS) / (self._e_out + EPS))
+            self._converged_frames = self._converged_frames + n_act if self._erle_db >= CONVERGED_ERLE_DB else 0
+            self._diverged_frames = self._diverged_frames + n_act if self._erle_db < CONVERGED_ERLE_DB else 0
+            if self._converged_frames >= CONVERGED_FRAMES:
+                self._converged = True
+            elif self._diverged_frames >= DIVERGED_FRAMES:
+                self._converged = False
             self._since_far = (frames - 1 - int(np.flatnonzero(active)[-1])) * FRAME / RATE
         else:
             self._since_far += frames * FRAME / RATE
-        delay = self._estimator.push(near, far, n_act)
+        # The far end's timeline restarted (a stream reopened, or a jump of more than REANCHOR_S): the echo path
+        # AEC3 learned may have moved with it (measured: ERLE 60 → 5 dB after one), so not converged until it
+        # shows it is. (The small steps of output underruns keep the path: they are not counted.)
+        moves = getattr(self.reference, "reanchors", 0)
+        if moves != self._ref_moves:
+            if self._ref_moves >= 0 and moves > 1:
+                self._forget_convergence()
+            self._ref_moves = moves
+        # Measure the delay twice as often until converged: a path beyond AEC3's range is re-aligned sooner.
+        every = XCORR_EVERY_S if self._converged else XCORR_EVERY_S / 2
+        delay = self._estimator.push(near, far, n_act, every)
         if delay is not None:
             self._check_alignment(delay)
         return out
 
     def _check_alignment(self, delay_ms: float) -> None:
         """Re-align the reference when the echo's delay behind it leaves AEC3's range in REALIGN_AFTER
-        measurements running that agree within REALIGN_AGREE_MS (one noisy measurement must not move it)."""
+        measurements running that agree within REALIGN_AGREE_MS (one noisy measurement must not move it).
+
+        Only while the echo is not well cancelled (ERLE under CONVERGED_ERLE_DB): a cancelling AEC3 proves the
+        reference is where it needs to be, and espeak's regular rhythm gives GCC-PHAT false peaks that agree
+        with each other often enough (measured in the room: re-alignments to 1.5 and 2 s under a 45 dB ERLE)."""
+        if self._erle_db is not None and self._erle_db >= CONVERGED_ERLE_DB:
+            self._out_of_range, self._moved = 0, None
+            if AEC_MIN_DELAY_MS <= delay_ms <= AEC_MAX_DELAY_MS:
+                self._settled_ms = delay_ms
+            return
         if AEC_MIN_DELAY_MS <= delay_ms <= AEC_MAX_DELAY_MS:
             self._out_of_range = 0
+            # AEC3 follows a path that moves inside its range, but its filter is wrong until it has: not
+            # converged meanwhile (the policy is half duplex), though the reference stays where it is.
+            settled = self._settled_ms
+            if settled is None or abs(delay_ms - settled) <= PATH_MOVED_MS:
+                self._settled_ms = settled if settled is not None else delay_ms
+                self._moved = None
+            elif self._moved is not None and abs(delay_ms - self._moved) <= REALIGN_AGREE_MS:
+                self._settled_ms, self._moved = delay_ms, None
+                self._forget_convergence()
+                self._path_moves += 1
+            else:
+                self._moved = delay_ms
             return
         if self._out_of_range and abs(delay_ms - self._last_out) > REALIGN_AGREE_MS:
             self._out_of_range = 0
@@ -472,13 +567,17 @@ class EchoCanceller:
         self._last_out = delay_ms
         if self._out_of_range < REALIGN_AFTER:
             return
-        # Shift the reference so that it leads the echo by lead_s again: a delay d behind means reading d later.
-        self._offset_s += self.lead_s - delay_ms / 1000
+        # Shift the reference so that it leads the echo by REALIGN_LEAD_MS: a delay d behind means reading d later.
+        self._offset_s += (REALIGN_LEAD_MS - delay_ms) / 1000
         self._out_of_range = 0
         self._realigned += 1
-        # The echo path AEC3 learned has just moved: not converged until it has learned the new one.
-        self._erle_db, self._converged_frames = None, 0
+        # The echo path AEC3 learned has just moved. A fresh AEC3 learns the new one in ~0.5 s; the old one took
+        # 3.5 s to find it again, passing the echo through meanwhile (measured in the room). Not converged until
+        # it has.
+        self._apm = self._make()
+        self._forget_convergence()
         self._estimator = DelayEstimator()
+        self._settled_ms = self._moved = None
         if self._realigned == 1:
             self._notices.append(
                 f"echo cancellation: the echo arrived {delay_ms:.0f} ms after the reference (outside what the "

@@ -34,6 +34,7 @@ from voiceassist.config import AudioConfig
 from voiceassist.errors import AudioFileError, DeviceError
 from voiceassist.events import AudioBlock, now
 
+CLOCK_MATCH_S = 1.0  # PortAudio's currentTime this close to time.time() is on the wall clock, s
 MAX_CHANNELS = 2  # channels opened on a microphone; devices like ALSA "pulse" offer 32 and we downmix anyway
 # PortAudio's "high" input latency: with "low", ALSA's pulse plugin (PulseAudio/PipeWire) often stalls after a
 # few callbacks; the extra buffering does not delay our timestamps (they come from the ADC time).
@@ -128,13 +129,19 @@ class MicrophoneSource:
 
     # ---- the PortAudio thread: copy, stamp, enqueue; nothing else -----------------------------------------
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        t_now = time.monotonic()
+        t_now, wall = time.monotonic(), time.time()
         if status.input_overflow:
             self.stats.overflows += 1
-        lag = time_info.currentTime - time_info.inputBufferAdcTime
-        self.timing_reported = time_info.inputBufferAdcTime > 0 and 0.0 <= lag < 1.0
+        adc, current = time_info.inputBufferAdcTime, time_info.currentTime
+        lag = current - adc
+        self.timing_reported = adc > 0 and 0.0 <= lag < 1.0
         if not self.timing_reported:
             lag = frames / self.rate  # no usable ADC time: the first sample is about one block old
+        elif abs(current - wall) < CLOCK_MATCH_S:
+            # PortAudio's clock is the wall clock (ALSA, PulseAudio): map the ADC time itself onto the capture
+            # clock, so that however late this callback runs (the GIL, a loaded machine) does not move the stamp
+            # (the echo canceller aligns the far end by it). Same in speech.player.
+            lag = t_now - (adc + (t_now - wall))
         item = (indata.copy(), t_now - lag, self._cb_frames)
         self._cb_frames += frames
         self._last_callback = t_now

@@ -36,6 +36,7 @@ BLOCK_MS = 20  # callback block; stop() takes effect at the next block
 FADE_MS = 5  # fade-out on stop(), against a click
 VOICED_LEVEL = 0.02  # |sample| above this is voice (for the spoken fraction); espeak peaks at ~0.75
 MERGE_GAP_S = 0.05  # audio blocks closer than this belong to one playback interval
+CLOCK_MATCH_S = 1.0  # PortAudio's currentTime this close to a clock of ours is on that clock, s
 
 
 @dataclass(frozen=True)
@@ -169,11 +170,20 @@ class Player:
             self.close()
 
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        now = time.monotonic()
-        ahead = time_info.outputBufferDacTime - time_info.currentTime
-        timed = time_info.outputBufferDacTime > 0 and 0.0 < ahead < 2.0
+        now, wall = time.monotonic(), time.time()
+        dac, current = time_info.outputBufferDacTime, time_info.currentTime
+        ahead = dac - current
+        timed = dac > 0 and 0.0 < ahead < 2.0
         if not timed:
             ahead = self.latency_s  # host API without DAC times
+        elif abs(current - wall) < CLOCK_MATCH_S:
+            # PortAudio's clock is the wall clock (ALSA, PulseAudio): map the DAC time itself onto the capture
+            # clock. `now + ahead` would add however late this callback runs after PortAudio read its clock
+            # (the GIL, a loaded machine: tens of ms, measured up to 200), which moves the echo canceller's
+            # reference against the echo.
+            ahead = dac + (now - wall) - now
+        elif abs(current - now) < CLOCK_MATCH_S:
+            ahead = dac - now  # PortAudio's clock is the monotonic clock itself
         out = np.zeros(frames, dtype=np.float32)
         with self._lock:
             self._last_callback = now
