@@ -69,7 +69,7 @@ FLOOR_EVERY = 4  # frames between noise-floor updates (the percentile is the cos
 PRE_EMPHASIS = 0.97  # y[n] = x[n] − 0.97·x[n−1] before measuring levels (a high-pass from ~100 Hz)
 ONSET_BACK_FRAMES = 5  # neural engines: the onset may go back this many frames (150 ms) over rising level
 ONSET_PROB = 0.15  # ... or over frames whose Silero probability already rose to this
-ONSET_RISE_DB = 1.5  # ... or whose level is this far above the noise floor, dB (a fricative under noise)
+ONSET_RISE_DB = 1.0  # ... or whose level (mean, not the gate's median) is this far above the floor, dB
 EPS = 1e-10  # mean-square floor: digital silence is −100 dBFS, not −inf
 
 
@@ -254,7 +254,7 @@ class Segmenter:
             self._rising[-1 - i] = True  # Silero woke and its replay of the frames before found them speech-like
         # Onset evidence for the walk-back: the level rose (by less than the rise that wakes Silero: a fricative
         # under noise lifts it by 1–2 dB), or Silero's probability began to rise.
-        self._rise_now = gate_level >= self.noise_floor_db + ONSET_RISE_DB or self._engine.prob >= ONSET_PROB
+        self._rise_now = level >= self.noise_floor_db + ONSET_RISE_DB or self._engine.prob >= ONSET_PROB
         return speech, level
 
     def _utterance(self, reason: str, available: int) -> Utterance:

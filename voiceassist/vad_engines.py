@@ -42,10 +42,12 @@ HYSTERESIS = 0.15  # Silero's customary gap between the start and the continue t
 TARGET_DBFS = -26.0  # Silero's input is raised towards this window level (RMS, dBFS): ordinary near speech
 PEAK_DECAY_DB = 0.1  # dB per 32 ms window (~3 dB/s): the peak-hold behind Silero's input gain
 HOLD_FRAMES = 17  # Silero keeps running this many frames (~0.5 s) after the last frame that rose above the floor
+SILENT_POWER = 1e-9  # mean square below which a frame is digital silence (−90 dBFS): never speech
 ONSET_PROB = 0.15  # a replayed frame this likely already counts for the onset (as in vad.py)
 BACKGROUND_RATE = 0.03  # per frame: the background probability is a ~1 s running mean
 BACKGROUND_WEIGHT = 1.0  # the start threshold rises by this times the background probability ...
 START_CAP = 0.9  # ... up to this
+KEEP_WEIGHT = 1.5  # the continue threshold rises by this times the background probability (up to the start's)
 REPLAY_FRAMES = 8  # frames (240 ms) of the audio before a rise replayed into a freshly reset Silero
 
 
@@ -142,7 +144,8 @@ class _SileroBased:
     def thresholds(self) -> tuple[float, float]:
         """(start, continue) thresholds, raised by the background probability (speech-like noise: babble)."""
         start = min(START_CAP, self.start + BACKGROUND_WEIGHT * self.background)
-        return start, max(0.01, start - HYSTERESIS)
+        keep = min(start, self.keep + KEEP_WEIGHT * self.background)
+        return start, max(0.01, keep)
 
     def _score(self, frame: np.ndarray, rising: bool, audible: bool, in_utterance: bool) -> float | None:
         """Silero's probability for this frame, or None while it sleeps.
@@ -152,25 +155,22 @@ class _SileroBased:
         below ``min_level_dbfs``): in a quiet room or a steady noise it sleeps (the network is most of the VAD's
         cost). Waking, it first hears the ``REPLAY_FRAMES`` before the rise, so a word's soft start that did not
         lift the level is scored and can move the onset back (``lead``). Its recurrent state carries over the
-        sleep (measured: resetting it on waking made more false turns in babble, 30 against 15 per hour)."""
+        sleep (resetting it on waking measured no better: 2 false turns against 1 in 4 minutes of babble)."""
         self.frames += 1
         self.lead = 0
-        if not in_utterance and self.silero.prob < self.thresholds()[0]:
-            # Frames outside utterances that are not speech themselves (a starting word does not count).
+        if not in_utterance and self.silero.prob < self.start:
+            # Frames outside utterances that Silero itself calls non-speech (by its own customary threshold: a
+            # starting word's frames between that and the raised threshold must not raise it further).
             self.background += (self.silero.prob - self.background) * BACKGROUND_RATE
-        if not self.gated:
-            if not audible:
-                self.silero.prob = 0.0
-                return None
-            self.active_frames += 1
-            return self.silero.push(frame)
+        if not self.gated:  # every frame (for comparison: scripts/bench_vad.py's "silero (always on)")
+            self._hold = HOLD_FRAMES
         was_active = self._hold > 0
         if rising or in_utterance:
             self._hold = HOLD_FRAMES
         elif self._hold > 0:
             self._hold -= 1
         if self._hold == 0:
-            self._history.append(frame)
+            self._history.append(frame.copy())  # a copy: the frame may be a view of the caller's block
             self.silero.prob = 0.0
             return None
         self.active_frames += 1
@@ -181,7 +181,9 @@ class _SileroBased:
                 if q < ONSET_PROB:
                     break
                 self.lead += 1
-        return self.silero.push(frame)
+        p = self.silero.push(frame)
+        # Digital silence is never speech, whatever Silero's lagging probability says (~100 ms after a word).
+        return p if float(np.dot(frame, frame)) > SILENT_POWER * len(frame) else 0.0
 
 
 class SileroEngine(_SileroBased):
