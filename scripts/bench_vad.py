@@ -191,7 +191,7 @@ def main() -> int:
     lines = [
         "## VAD in noise",
         "",
-        f"`{' '.join(['PYTHONPATH=. .venv/bin/python scripts/bench_vad.py'] + sys.argv[1:])}` "
+        f"`{' '.join(['PYTHONPATH=. .venv/bin/python scripts/bench_vad.py'] + shown_args())}` "
         f"({time.strftime('%Y-%m-%d')}, one run, all engines side by side{args.note}). Speech: 6 espeak questions, "
         "5 voices, in 8 cases (48 questions); targets: onset within 60 ms, coverage ≥ 97 %, no turn from "
         "non-speech. Onset error = SpeechStarted − the true start (negative: early).",
@@ -224,6 +224,17 @@ def main() -> int:
     if not args.no_write:
         write_section(ROOT / "BENCHMARKS.md", "## VAD in noise", text)
     return 0
+
+
+def shown_args() -> list[str]:
+    """The command line's arguments without ``--note`` and its text (that goes into the description)."""
+    out, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith("--note"):
+            skip = a == "--note"
+            continue
+        out.append(a)
+    return out
 
 
 def write_section(bench: Path, heading: str, text: str) -> None:
