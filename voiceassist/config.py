@@ -155,6 +155,14 @@ class VadConfig:
     silero_threshold: float = _f(
         0.5, "Silero speech probability that starts speech (continues down to 0.15 below)", lo=0.05, hi=0.95
     )
+    silero_max_gain_db: float = _f(
+        24.0,
+        "most gain on Silero's input only (the audio the model gets is untouched), raising a quiet or distant"
+        " talker towards ordinary speech level (-26 dBFS); 0 = off",
+        unit="dB",
+        lo=0.0,
+        hi=40.0,
+    )
 
 
 @dataclass(frozen=True)

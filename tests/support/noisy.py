@@ -91,6 +91,8 @@ def knocks(seconds: float, peak: float = 0.6, seed: int = 6) -> np.ndarray:
     pos = int(rng.uniform(0.5, 2.0) * SR)
     while pos < n:
         for _ in range(int(rng.integers(2, 5))):
+            if pos >= n:  # a group running past the end
+                break
             length = int(0.12 * SR)
             t = np.arange(length) / SR
             f = rng.uniform(120, 250)

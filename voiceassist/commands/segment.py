@@ -30,6 +30,8 @@ _VAD_FLAGS = {
     "snr_gate_db": "vad.snr_gate_db",
     "min_speech_ms": "vad.min_speech_ms",
     "max_chunk_s": "vad.max_chunk_s",
+    "engine": "vad.engine",
+    "silero_max_gain_db": "vad.silero_max_gain_db",
 }
 
 
@@ -60,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--snr-gate-db", type=float, metavar="DB", help="speech must be this far above the noise floor")
     g.add_argument("--min-speech-ms", type=int, metavar="MS", help="shorter bursts are ignored")
     g.add_argument("--max-chunk-s", type=float, metavar="S", help="longest single audio (at most 30)")
+    g.add_argument("--engine", metavar="NAME", help="frame classifier: webrtc, silero or webrtc+silero")
+    g.add_argument(
+        "--silero-max-gain-db", type=float, metavar="DB", help="most gain on Silero's input (quiet talkers); 0 = off"
+    )
     _add_wake_flags(p)
     add_config_arg(p)
     p.set_defaults(func=run)
