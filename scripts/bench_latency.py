@@ -26,7 +26,6 @@ machine load (on a shared machine, two runs minutes apart do not).
 from __future__ import annotations
 
 import argparse
-import queue
 import statistics
 import sys
 import tempfile
@@ -36,12 +35,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
+from _benchlib import fast_app, interleaved_events  # noqa: E402
 from support.speech import silence, speech_16k  # noqa: E402
 
-from voiceassist.app import App  # noqa: E402
-from voiceassist.audio.sources import FileSource  # noqa: E402
 from voiceassist.config import Config, with_overrides  # noqa: E402
 from voiceassist.openers import open_backend  # noqa: E402
 
@@ -86,23 +84,16 @@ def percentile(values: list[float], q: float) -> float:
 def run_once(configs: list[Config], backend, wav: Path) -> list[dict[str, list[float]]]:
     """One conversation; turn k runs with ``configs[k % len(configs)]`` (interleaved, so that both settings
     see the same machine load). Returns the figures per config."""
-    backend.reset()
     n = len(configs)
-    app = App(configs[1 % n], FileSource(str(wav), realtime=False), backend)
+    app = fast_app(configs, backend, wav)
     ends: dict[int, float] = {}
     waited: dict[int, float] = {}
     out = [{"on_screen": [], "latency": [], "ttft": [], "waited": [], "step": []} for _ in configs]
     app.start()
     try:
-        while not (app.done.is_set() and app.events.empty()):
-            try:
-                ev = app.events.get(timeout=0.1)
-            except queue.Empty:
-                continue
+        # the next turn's setting is put in place on each utterance (see interleaved_events)
+        for ev in interleaved_events(app, configs, lambda c: app.set_speculative_prefill(c.model.speculative_prefill)):
             if ev.kind == "utterance" and ev.speech_end_t is not None:
-                # The next turn's audio is read only after this turn's reply (a fast file runs in lock step),
-                # so the setting for the next turn is in place before its pause.
-                app.set_speculative_prefill(configs[(ev.turn + 1) % n].model.speculative_prefill)
                 ends[ev.turn] = ev.speech_end_t
                 waited[ev.turn] = ev.t - ev.speech_end_t  # the hang-over as the segmenter waited it (+ pickup)
             elif ev.kind == "reply_start" and ev.turn in ends:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import statistics
 import sys
 import tempfile
@@ -35,11 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
+from _benchlib import fast_app, interleaved_events  # noqa: E402
 from bench_latency import make_conversation, open_model  # noqa: E402
 from support.pulse import PulseServer  # noqa: E402
 
-from voiceassist.app import App  # noqa: E402
-from voiceassist.audio.sources import FileSource  # noqa: E402
 from voiceassist.config import Config, with_overrides  # noqa: E402
 
 MODES = (False, True)  # tts.speculative_first_sentence, alternated turn by turn
@@ -48,26 +46,21 @@ MODES = (False, True)  # tts.speculative_first_sentence, alternated turn by turn
 def run_once(configs: list[Config], backend, wav: Path) -> tuple[list[dict[str, list[float]]], dict[str, int]]:
     from voiceassist.speech import Speaker
 
-    backend.reset()
     n = len(configs)
     speaker = Speaker(configs[0].tts, configs[0].audio.output_device)
     if not speaker.wait_ready(30):
         raise SystemExit(f"speech output did not start: {list(speaker.errors.queue)}")
-    app = App(configs[1 % n], FileSource(str(wav), realtime=False), backend, speaker=speaker)
+    app = fast_app(configs, backend, wav, speaker=speaker)
     out: list[dict[str, list[float]]] = [{"voice": [], "token": [], "prepared": []} for _ in configs]
     seen = 0  # first sentences prepared up to the last reply
     unspoken = 0
     app.start()
     try:
-        while not (app.done.is_set() and app.events.empty()):
-            try:
-                ev = app.events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if ev.kind == "utterance" and ev.speech_end_t is not None:
-                # The next turn's setting, in place before its pause (a fast file runs in lock step).
-                app.set_speculative_first_sentence(configs[(ev.turn + 1) % n].tts.speculative_first_sentence)
-            elif ev.kind == "reply_done":
+        # the next turn's setting is put in place on each utterance, before its pause (see interleaved_events)
+        for ev in interleaved_events(
+            app, configs, lambda c: app.set_speculative_first_sentence(c.tts.speculative_first_sentence)
+        ):
+            if ev.kind == "reply_done":
                 # this turn's speculation ran in its hang-over, after the previous reply was done
                 prepared, seen = app.first_sentences_prepared - seen, app.first_sentences_prepared
                 if ev.turn == 1:

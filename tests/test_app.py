@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from support.fake_vllm import FakeVllmServer
+from support.fake_vllm import FakeVllmServer, audio_parts
 from support.speech import silence, speech_16k
+from support.vllm_server import free_port
 
 from voiceassist.app import App
 from voiceassist.audio.cutting import sound_bounds, split_chunks, trim_silence
@@ -286,14 +287,6 @@ def test_a_model_failure_mid_turn_is_an_error_and_the_app_goes_on(session, wavs)
 # takes over a minute to start; tests/test_remote.py covers the real one. The backend and the App are real.
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _remote_app(url: str, source, stay: bool = True, **overrides) -> tuple[App, RemoteBackend]:
     config = _config(**{"server.url": url, "server.retries": 1, "model.speculative_prefill": False, **overrides})
     backend = RemoteBackend(config, backoff_s=0.05)
@@ -303,18 +296,8 @@ def _remote_app(url: str, source, stay: bool = True, **overrides) -> tuple[App, 
     return app, backend
 
 
-def _audio_parts(request: dict) -> list[str]:
-    return [
-        p["input_audio"]["data"]
-        for m in request["messages"]
-        if isinstance(m["content"], list)
-        for p in m["content"]
-        if p["type"] == "input_audio"
-    ]
-
-
 def test_a_turn_the_server_failed_is_kept_and_sent_again_when_it_is_back(wavs):
-    port = _free_port()
+    port = free_port()
     app, backend = _remote_app(f"http://127.0.0.1:{port}/v1", FileSource(str(wavs["one"]), realtime=False), stay=False)
     assert backend.on_status is not None  # the backend's own retry notes go to the status line
     app.start()
@@ -347,7 +330,7 @@ def test_a_turn_the_server_failed_is_kept_and_sent_again_when_it_is_back(wavs):
     assert len(hist) == 1 and hist[0]["reply"] == done[0].text and "error" not in hist[0]
     assert hist[0]["retries"] >= len(errors)
     # the user's audio went to the server when it was back: the very samples of the turn
-    assert len(fake.requests) == 1 and _audio_parts(fake.requests[0]) == [wire.wav_base64(hist[0]["audios"][0])]
+    assert len(fake.requests) == 1 and audio_parts(fake.requests[0]) == [wire.wav_base64(hist[0]["audios"][0])]
     assert len(backend.turns) == 1
 
 
@@ -358,7 +341,7 @@ def test_the_servers_retry_notes_reach_the_status_line_through_the_kiosks_wrappe
     from voiceassist.kiosk.limits import TurnLimit
     from voiceassist.kiosk.recorder import RecordingBackend
 
-    port = _free_port()  # nothing listens: every request fails and is retried
+    port = free_port()  # nothing listens: every request fails and is retried
     config = _config(**{"server.url": f"http://127.0.0.1:{port}/v1", "server.retries": 1})
     remote = RemoteBackend(config, backoff_s=0.05)
     stack = TurnLimit(RecordingBackend(remote, _NoStore()), lambda: 0, lambda: None)
@@ -376,7 +359,7 @@ def test_the_servers_retry_notes_reach_the_status_line_through_the_kiosks_wrappe
 
 
 def test_a_turn_waiting_to_be_sent_again_is_dropped_by_cancel_and_the_next_one_goes_through(wavs):
-    port = _free_port()
+    port = free_port()
     app, backend = _remote_app(f"http://127.0.0.1:{port}/v1", FileSource(str(wavs["silence"]), realtime=False))
     app.retry_first_s = app.retry_max_s = 60.0  # the failed turn waits: only the cancel can end that wait
     app.start()

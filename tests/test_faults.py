@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from support.kiosk import ROOT, KioskProcess
-from support.speech import silence, speech_16k
+from support.kiosk import ROOT, KioskProcess, kiosk_config, visitor_wav
+from support.speech import silence, speech_16k, speech_wav
 
 QUESTIONS = ["Hello, where is the exhibition?", "Is there a cafe in the building?", "Thank you, goodbye."]
 
@@ -46,24 +46,6 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def _speech_file(tmp: Path, texts: list[str]) -> Path:
-    parts = []
-    for text in texts:
-        parts += [silence(0.6), speech_16k(text, tmp), silence(1.2)]
-    parts.append(silence(1.0))
-    path = tmp / "visitor.wav"
-    sf.write(str(path), np.concatenate(parts), 16000)
-    return path
-
-
-def _kiosk_config(tmp: Path, **kiosk: object) -> Path:
-    lines = ["[kiosk]"] + [f"{k} = {json.dumps(v)}" for k, v in kiosk.items()]
-    lines += ["[generation]", "max_new_tokens = 8", "seed = 7"]
-    path = tmp / "kiosk.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 # ---- 1. audio storage failure -----------------------------------------------------------------------------------
 
 
@@ -71,8 +53,8 @@ def test_full_store_disk_keeps_every_turn_and_logs_once(tmp_path, tmpfs):
     """Kiosk with store_audio and store_transcripts on a 64 KB tmpfs: no WAV of a question fits. Every turn is
     still answered and kept in the conversation (the context grows), the failure is logged once (not once per
     turn), no half-written WAV is left, and the transcript lines that fit are written, mode 0600."""
-    wav = _speech_file(tmp_path, QUESTIONS)
-    conf = _kiosk_config(
+    wav = visitor_wav(tmp_path, QUESTIONS)
+    conf = kiosk_config(
         tmp_path,
         store_audio=True,
         store_transcripts=True,
@@ -190,9 +172,9 @@ def test_running_kiosk_survives_a_nested_config_on_sighup_and_a_second_kiosk_is_
 
     from voiceassist.kiosk.status import read_status
 
-    wav = _speech_file(tmp_path, QUESTIONS[:1])
+    wav = visitor_wav(tmp_path, QUESTIONS[:1])
     status = tmp_path / "status.json"
-    conf = _kiosk_config(tmp_path, status_file=str(status))
+    conf = kiosk_config(tmp_path, status_file=str(status))
     k = KioskProcess(["--config", str(conf), "--model", "tiny", "--from-file", str(wav), "--stay"])
     try:
         k.wait_for(lambda r: r.get("message") == "kiosk ready", 120, "ready")
@@ -233,8 +215,7 @@ EVIL = "evil\x1b[2J\x1b]0;pwned\x07"
 def test_file_names_shown_on_a_terminal_are_stripped(tmp_path):
     """Header, error lines and argparse's own complaints: no ESC, OSC or BEL from a file name reaches the
     terminal; a name that is not UTF-8 is shown escaped instead of a traceback."""
-    good = tmp_path / f"{EVIL}.wav"
-    sf.write(str(good), np.concatenate([silence(0.5), speech_16k("Hello there.", tmp_path), silence(1.0)]), 16000)
+    good = speech_wav(tmp_path / f"{EVIL}.wav", 0.5, "Hello there.", 1.0)
     junk = tmp_path / f"{EVIL}junk.wav"
     junk.write_bytes(b"not audio at all" * 10)
     cases = [
@@ -260,9 +241,7 @@ def test_file_names_shown_on_a_terminal_are_stripped(tmp_path):
 
 
 def _wav_bytes(tmp: Path) -> bytes:
-    path = tmp / "q.wav"
-    sf.write(str(path), np.concatenate([silence(0.5), speech_16k("Where is the station?", tmp), silence(1.0)]), 16000)
-    return path.read_bytes()
+    return speech_wav(tmp / "q.wav", 0.5, "Where is the station?", 1.0).read_bytes()
 
 
 def test_a_fifo_with_a_late_writer_and_a_pipe_are_read(tmp_path):
@@ -325,7 +304,7 @@ def test_streams_that_cannot_be_audio_are_refused_with_the_true_reason(tmp_path,
 def test_events_on_a_full_disk_say_so_once_and_the_assistant_goes_on(tmp_path):
     """``--events /dev/full`` (every write fails with ENOSPC): one line on stderr when it happens, every turn
     still answered on the plain output, no traceback at exit, and exit code 8 (OutputError) saying it."""
-    wav = _speech_file(tmp_path, QUESTIONS[:2])
+    wav = visitor_wav(tmp_path, QUESTIONS[:2])
     r = subprocess.run(
         [sys.executable, "-m", "voiceassist", "--model", "tiny", "--from-file", str(wav), "--fast", "--plain"]
         + ["--events", "/dev/full", "--max-new-tokens", "4"],
@@ -362,9 +341,7 @@ def test_a_5_s_freeze_is_not_a_device_loss_and_the_speech_after_it_is_answered(p
 
     from voiceassist.kiosk.status import read_status
 
-    wav = tmp_path / "q.wav"
-    question = speech_16k("Where is the exhibition about the old ships, please?", tmp_path)
-    sf.write(str(wav), np.concatenate([question, silence(1.0)]), 16000)
+    wav = speech_wav(tmp_path / "q.wav", "Where is the exhibition about the old ships, please?", 1.0)
     status = tmp_path / "status.json"
     conf = tmp_path / "k.toml"
     conf.write_text(
@@ -585,11 +562,7 @@ def test_a_server_that_never_answers_shows_the_turn_says_so_and_ctrl_c_keeps_it(
 
     from support.fake_vllm import FakeVllmServer
 
-    parts = [silence(0.5)]
-    for text, gap in [("Hello there.", 5.0), ("Where is the station?", 9.0), ("Thank you.", 3.0)]:
-        parts += [speech_16k(text, tmp_path), silence(gap)]
-    wav = tmp_path / "three.wav"
-    sf.write(str(wav), np.concatenate(parts), 16000)
+    wav = speech_wav(tmp_path / "three.wav", 0.5, "Hello there.", 5.0, "Where is the station?", 9.0, "Thank you.", 3.0)
     with FakeVllmServer() as fake:
         p = _EventsProcess(["--server", fake.url, "--from-file", str(wav), "--plain"])
         try:

@@ -12,13 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from support.kiosk import ROOT, KioskProcess, NotifySocket
-from support.speech import silence, speech_16k
+from support.kiosk import ROOT, KioskProcess, NotifySocket, kiosk_config, visitor_wav
+from support.speech import silence
 
 from voiceassist.config import KioskConfig
 from voiceassist.kiosk import faults
@@ -33,24 +32,6 @@ QUESTIONS = [
 ]
 
 
-def _speech_file(tmp: Path, texts: list[str], gap_s: float = 1.2, tail_s: float = 1.0) -> Path:
-    parts = []
-    for text in texts:
-        parts += [silence(0.6), speech_16k(text, tmp), silence(gap_s)]
-    parts.append(silence(tail_s))
-    path = tmp / "visitor.wav"
-    sf.write(str(path), np.concatenate(parts), 16000)
-    return path
-
-
-def _config(tmp: Path, **kiosk: object) -> Path:
-    lines = ["[kiosk]"] + [f"{k} = {json.dumps(v)}" for k, v in kiosk.items()]
-    lines += ["[generation]", "max_new_tokens = 8", "seed = 7"]
-    path = tmp / "kiosk.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def _status_cmd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "voiceassist", "status", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -63,9 +44,9 @@ def _status_cmd(*args: str) -> subprocess.CompletedProcess[str]:
 def test_kiosk_survives_model_fault_resets_after_max_turns_and_talks_to_systemd(tmp_path):
     """A fast file with 4 questions; turn 2 fails with a (simulated) CUDA out-of-memory in the middle of its
     reply; max_turns = 3. Storage on, in a temporary folder. A real NOTIFY_SOCKET with a watchdog."""
-    wav = _speech_file(tmp_path, QUESTIONS)
+    wav = visitor_wav(tmp_path, QUESTIONS)
     store = tmp_path / "store"
-    conf = _config(
+    conf = kiosk_config(
         tmp_path,
         greeting="Welcome to the museum.",
         max_turns=3,
@@ -128,9 +109,9 @@ def test_idle_reset_sighup_reload_status_and_sigterm(tmp_path):
     """Real time, --stay: one question, then silence → idle reset; SIGHUP applies what it can and names what
     needs a restart; a broken file on SIGHUP keeps the old configuration; `voiceassist status` sees it;
     SIGTERM stops it cleanly within 5 s."""
-    wav = _speech_file(tmp_path, QUESTIONS[:1], gap_s=2.5)
+    wav = visitor_wav(tmp_path, QUESTIONS[:1], gap_s=2.5)
     status = tmp_path / "status.json"
-    conf = _config(tmp_path, idle_reset_s=1.0, status_file=str(status))
+    conf = kiosk_config(tmp_path, idle_reset_s=1.0, status_file=str(status))
     k = KioskProcess(["--config", str(conf), "--model", "tiny", "--from-file", str(wav), "--stay"])
     try:
         k.wait_for(lambda r: r.get("message") == "kiosk ready", 120, "ready")

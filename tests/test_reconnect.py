@@ -158,17 +158,12 @@ def test_kiosk_reports_device_loss_and_resumes_capture(pulse, tmp_path):
     is answered, without a restart; the speech output comes back too."""
     import json
 
-    import numpy as np
-    import soundfile as sf
     from support.kiosk import KioskProcess
-    from support.speech import silence, speech_16k
+    from support.speech import speech_wav
 
     from voiceassist.kiosk.status import read_status
 
-    wav = tmp_path / "q.wav"
-    sf.write(
-        str(wav), np.concatenate([silence(0.3), speech_16k("Where is the exhibition?", tmp_path), silence(0.8)]), 16000
-    )
+    wav = speech_wav(tmp_path / "q.wav", 0.3, "Where is the exhibition?", 0.8)
     status = tmp_path / "status.json"
     conf = tmp_path / "k.toml"
     conf.write_text(

@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import io
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from support.fake_vllm import FakeVllmServer, count_prompt_tokens
+from support.fake_vllm import FakeVllmServer, audio_parts, count_prompt_tokens
 from support.speech import speech_16k
+from support.vllm_server import free_port
 
 from voiceassist import config as cfg
 from voiceassist.backend import Backend, UserTurn
@@ -49,23 +49,6 @@ def make_config(url: str, **server: object) -> cfg.Config:
 def tone(seconds: float, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(seconds * 16000)) / 16000
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def audio_parts(request: dict) -> list[str]:
-    """The base64 WAVs of every audio part in a chat request, in order."""
-    return [
-        p["input_audio"]["data"]
-        for m in request["messages"]
-        if isinstance(m["content"], list)
-        for p in m["content"]
-        if p["type"] == "input_audio"
-    ]
 
 
 @pytest.fixture

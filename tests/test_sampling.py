@@ -10,7 +10,7 @@ import threading
 
 import pytest
 import torch
-from support.reference import RefTurn, conversation_inputs
+from support.reference import RefTurn, conversation_inputs, tiny_float32, until_eos
 from support.speech import speech_16k
 
 from voiceassist.backend import UserTurn
@@ -23,15 +23,7 @@ SYSTEM = "You are a helpful assistant."
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    from voiceassist.model.tiny import tiny_model_dir
-
-    torch.set_num_threads(1)  # see tests/test_session.py
-    path = tiny_model_dir()
-    processor = AutoProcessor.from_pretrained(path)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-    return model, processor
+    return tiny_float32()
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +112,7 @@ def test_repetition_penalty_equals_generate_over_the_whole_conversation(tiny, sp
                 **inputs, max_new_tokens=8, do_sample=False, repetition_penalty=1.8, suppress_tokens=suppress
             )
         gen = out[0, inputs["input_ids"].shape[1] :].tolist()
-        eos = set(model.generation_config.eos_token_id)
-        expected = []
-        for tok in gen:
-            if tok in eos:
-                break
-            expected.append(tok)
+        expected = until_eos(gen, model.generation_config.eos_token_id)
         assert list(r.reply_ids) == expected, (list(r.reply_ids), expected)
         assert list(penalised.ids) == inputs["input_ids"][0].tolist() + list(r.reply_ids)
         differs |= list(plain.reply(turn, lambda _t: None, threading.Event()).reply_ids) != expected

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from support.reference import RefTurn, max_logit_diff, reference_reply
+from support.reference import RefTurn, max_logit_diff, reference_reply, tiny_float32
 from support.speech import speech_16k
 
 from voiceassist.backend import Backend, UserTurn
@@ -49,17 +49,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    from voiceassist.model.tiny import tiny_model_dir
-
-    # One intra-op thread: the tiny model gains nothing from more, and on a loaded 2-core CI machine OpenMP
-    # threads spinning against other processes made these tests ~30x slower.
-    torch.set_num_threads(1)
-    path = tiny_model_dir()
-    processor = AutoProcessor.from_pretrained(path)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-    return model, processor
+    return tiny_float32()  # on one intra-op thread (see there)
 
 
 @pytest.fixture(scope="module")

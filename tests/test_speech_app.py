@@ -16,35 +16,28 @@ every distinct assertion of both is kept, one run of each scenario.)
 
 from __future__ import annotations
 
-import queue
 import time
 
 import numpy as np
 import pytest
-import soundfile as sf
+from support.app_devices import collect, fresh, make_speaker, mic_app, tiny_config
 from support.pulse import MonitorRecorder
-from support.speech import silence, speech_16k
+from support.speech import speech_wav
 
-from voiceassist.app import App
-from voiceassist.audio.sources import MicrophoneSource
-from voiceassist.config import Config, with_overrides
+from voiceassist.config import Config
 from voiceassist.openers import open_backend
 
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]
-SR = 16000
 
 
 def config(**overrides) -> Config:
     values = {
-        "model.name": "tiny",
-        "generation.temperature": 0.0,
         "generation.max_new_tokens": 20,
         "tts.enabled": True,
         "tts.rate": 240,
         "audio.echo_cancel": "off",  # these are the half-duplex tests (full duplex: tests/test_duplex_app.py)
     }
-    values.update(overrides)
-    return with_overrides(Config(), values)
+    return tiny_config(values, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -53,39 +46,14 @@ def session():
 
 
 def question(tmp_path, text: str, name: str) -> str:
-    wav = tmp_path / f"{name}.wav"
-    sf.write(wav, np.concatenate([silence(0.2), speech_16k(text, tmp_path), silence(0.3)]), SR)
-    return str(wav)
-
-
-def collect(app: App, seconds: float, until=None) -> list:
-    """Events (but Level) for ``seconds``, or until ``until(events)`` is true."""
-    got: list = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not (until and until(got)):
-        try:
-            ev = app.events.get(timeout=0.02)
-        except queue.Empty:
-            continue
-        if ev.kind != "level":
-            got.append(ev)
-    return got
-
-
-def make_speaker(cfg: Config):
-    from voiceassist.speech import Speaker
-
-    sp = Speaker(cfg.tts, cfg.audio.output_device)
-    assert sp.wait_ready(15), "the speech worker or the output device did not come up"
-    return sp
+    return str(speech_wav(tmp_path / f"{name}.wav", 0.2, text, 0.3))
 
 
 def test_loopback_the_assistant_never_answers_its_own_voice(pulse, session, tmp_path):
     cfg = config()
-    session.reset()
-    session.generation = cfg.generation  # the module's session is shared: this test's reply length
+    fresh(session, cfg)  # the module's session is shared: this test's reply length
     speaker = make_speaker(cfg)
-    app = App(cfg, MicrophoneSource(None), session, speaker=speaker)
+    app = mic_app(cfg, session, speaker)
     questions = ["What time is it?", "And the weather?", "Thank you."]
     evs: list = []
     app.start()
@@ -133,10 +101,9 @@ def test_barge_in_stops_playback_and_generation_and_keeps_only_what_was_heard(pu
     # A long reply (400 tokens: many seconds of decoding), so the user talks over it while it is still being
     # generated as well as spoken: the barge-in has to stop both.
     cfg = config(**{"tts.barge_in": True, "tts.rate": 110, "generation.max_new_tokens": 400})
-    session.reset()
-    session.generation = cfg.generation
+    fresh(session, cfg)
     speaker = make_speaker(cfg)
-    app = App(cfg, MicrophoneSource(None), session, speaker=speaker)
+    app = mic_app(cfg, session, speaker)
     user = question(tmp_path, "Stop please, I have another question.", "barge")
     rec = MonitorRecorder(pulse, "va_out")
     app.start()

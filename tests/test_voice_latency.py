@@ -11,51 +11,26 @@ Latency targets are benchmarks (scripts/bench_latency.py), not asserted here.
 from __future__ import annotations
 
 import io
-import queue
 import time
 
 import numpy as np
 import pytest
-import soundfile as sf
+from support.app_devices import collect, make_speaker, mic_app, tiny_config
 from support.pulse import MonitorRecorder
-from support.speech import silence, speech_16k
+from support.speech import speech_wav
 
 from voiceassist import events as ev
 from voiceassist.app import App
-from voiceassist.audio.sources import MicrophoneSource
-from voiceassist.config import Config, TtsConfig, with_overrides
+from voiceassist.config import Config, TtsConfig
 from voiceassist.openers import open_backend
 from voiceassist.plain import PlainPrinter
 from voiceassist.speech import Speaker
 from voiceassist.tui.statusbar import StatusModel
 from voiceassist.tui.view import Conversation, plain_text
 
-SR = 16000
-
 
 def config(**overrides) -> Config:
-    values = {
-        "model.name": "tiny",
-        "generation.temperature": 0.0,
-        "generation.max_new_tokens": 12,
-        "tts.enabled": True,
-        "tts.rate": 260,
-    }
-    values.update(overrides)
-    return with_overrides(Config(), values)
-
-
-def collect(app: App, seconds: float, until) -> list:
-    got: list = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not until(got):
-        try:
-            e = app.events.get(timeout=0.02)
-        except queue.Empty:
-            continue
-        if e.kind != "level":
-            got.append(e)
-    return got
+    return tiny_config({"generation.max_new_tokens": 12, "tts.enabled": True, "tts.rate": 260}, **overrides)
 
 
 def onset(audio: np.ndarray, t0: float, after: float) -> float | None:
@@ -74,13 +49,9 @@ def test_voice_latency_is_where_the_reply_is_heard(pulse, tmp_path, monkeypatch)
     monkeypatch.setenv("PULSE_SINK", "va_out")  # the Speaker plays into the "headset"; the mic hears va_sink
     cfg = config()
     backend = open_backend(cfg)
-    speaker = Speaker(cfg.tts, cfg.audio.output_device)
-    assert speaker.wait_ready(20)
-    app = App(cfg, MicrophoneSource(None), backend, speaker=speaker)
-    wav = tmp_path / "q.wav"
-    sf.write(
-        wav, np.concatenate([silence(0.3), speech_16k("What is the weather like today?", tmp_path), silence(0.3)]), SR
-    )
+    speaker = make_speaker(cfg, ready_s=20)
+    app = mic_app(cfg, backend, speaker)
+    wav = speech_wav(tmp_path / "q.wav", 0.3, "What is the weather like today?", 0.3)
     rec = MonitorRecorder(pulse, "va_out")
     app.start()
     try:
@@ -220,11 +191,7 @@ def test_the_app_speaks_the_speculated_first_sentence_and_the_conversation_is_un
     from voiceassist.audio.sources import FileSource
 
     questions = ["What is the weather like today?", "Tell me a joke."]
-    parts = [silence(0.5)]
-    for q in questions:
-        parts += [speech_16k(q, tmp_path), silence(3.5)]
-    wav = tmp_path / "conversation.wav"
-    sf.write(wav, np.concatenate(parts), SR)
+    wav = speech_wav(tmp_path / "conversation.wav", 0.5, *(p for q in questions for p in (q, 3.5)))
     runs = {}
     for ahead in (True, False):
         # A long hang-over (2.5 s) leaves the speculation time even on a loaded 2-core machine (load average 10
@@ -232,8 +199,7 @@ def test_the_app_speaks_the_speculated_first_sentence_and_the_conversation_is_un
         overrides = {"tts.speculative_first_sentence": ahead, "generation.max_new_tokens": 8, "vad.hangover_ms": 2500}
         cfg = config(**overrides)
         backend = open_backend(cfg)
-        speaker = Speaker(cfg.tts, cfg.audio.output_device)
-        assert speaker.wait_ready(20)
+        speaker = make_speaker(cfg, ready_s=20)
         app = App(cfg, FileSource(str(wav), realtime=False), backend, speaker=speaker)
         evs: list = []
         app.start()

@@ -51,6 +51,17 @@ def count_prompt_tokens(messages: list[dict[str, Any]]) -> tuple[int, int]:
     return tokens, audios
 
 
+def audio_parts(request: dict[str, Any]) -> list[str]:
+    """The base64 WAVs of every audio part in a chat request, in order."""
+    return [
+        p["input_audio"]["data"]
+        for m in request["messages"]
+        if isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "input_audio"
+    ]
+
+
 class FakeVllmServer:
     """FAKE vLLM server on 127.0.0.1 (see the module doc). ``requests`` holds every chat request body."""
 

@@ -16,7 +16,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from support.speech import speech_wav
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def visitor_wav(tmp: Path, texts: list[str], gap_s: float = 1.2, tail_s: float = 1.0) -> Path:
+    """``tmp``/visitor.wav: each question after 0.6 s of silence and followed by ``gap_s``, then ``tail_s`` (s)."""
+    return speech_wav(tmp / "visitor.wav", *[p for text in texts for p in (0.6, text, gap_s)], tail_s)
+
+
+def kiosk_config(tmp: Path, **kiosk: object) -> Path:
+    """``tmp``/kiosk.toml: these ``[kiosk]`` keys, and short seeded replies (8 tokens, seed 7)."""
+    lines = ["[kiosk]"] + [f"{k} = {json.dumps(v)}" for k, v in kiosk.items()]
+    lines += ["[generation]", "max_new_tokens = 8", "seed = 7"]
+    path = tmp / "kiosk.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 class KioskProcess:

@@ -3,13 +3,42 @@ conversation, the way Qwen2-Audio's own examples do it (padded encoder, whole pr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 PLACEHOLDER = "<|endoftext|>"  # stands for a reply's ids while the template renders (one special token)
 STRUCTURAL = ("<|im_start|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>")  # the session never samples these
+
+
+def tiny_float32() -> tuple[Any, Any]:
+    """(model, processor): the tiny random-weight Qwen2-Audio in float32, eval mode, for exact comparisons.
+
+    Sets one intra-op thread: the tiny model gains nothing from more, and on a loaded 2-core CI machine OpenMP
+    threads spinning against other processes made these tests ~30x slower."""
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from voiceassist.model.tiny import tiny_model_dir
+
+    torch.set_num_threads(1)
+    path = tiny_model_dir()
+    processor = AutoProcessor.from_pretrained(path)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    return model, processor
+
+
+def until_eos(ids: Iterable[int], eos: Iterable[int]) -> list[int]:
+    """``ids`` up to (without) the first of the ``eos`` ids: a reply as the session keeps it."""
+    stop = set(eos)
+    reply = []
+    for tok in ids:
+        if tok in stop:
+            break
+        reply.append(tok)
+    return reply
 
 
 @dataclass
@@ -67,12 +96,7 @@ def reference_reply(model, processor, system: str, turns: list[RefTurn], max_new
         )
     prompt = inputs["input_ids"][0].tolist()
     gen = out.sequences[0, len(prompt) :].tolist()
-    eos = set(model.generation_config.eos_token_id)
-    reply = []
-    for tok in gen:
-        if tok in eos:
-            break
-        reply.append(tok)
+    reply = until_eos(gen, model.generation_config.eos_token_id)
     logits = []
     for step in out.logits:
         row = step[0].float().clone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,3 +64,14 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     scale = rms(active) / (rms(noise) * 10 ** (snr_db / 20) + 1e-12)
     n = noise[: len(speech)] if len(noise) >= len(speech) else np.resize(noise, len(speech))
     return (speech + scale * n).astype(np.float32)
+
+
+def speech_wav(path: str | Path, *parts: str | float, **voice: Any) -> Path:
+    """A 16 kHz WAV at ``path`` of espeak-ng phrases (str; ``voice``: speech_16k's voice/speed) and silences
+    (a number, s), in order; returns the path."""
+    import soundfile as sf
+
+    path = Path(path)
+    audio = [speech_16k(p, path.parent, **voice) if isinstance(p, str) else silence(p) for p in parts]
+    sf.write(str(path), np.concatenate(audio), SR)
+    return path

@@ -57,7 +57,7 @@ from voiceassist.pipeline.messages import (
     TurnRequest,
     WakeKey,
 )
-from voiceassist.pipeline.queues import POLL_S, TurnQueue
+from voiceassist.pipeline.queues import POLL_S, TurnQueue, take_waiting
 from voiceassist.vad import Segmenter, VadState, VoiceDetector
 from voiceassist.wake.gate import GateMessage, SpeechDiscarded, StateChanged, StopReply, WakeState, WakeTurn
 from voiceassist.wake.live import WakeListener
@@ -176,11 +176,7 @@ class CaptureStage:
                 self._seg, self._rec, self._recording_s, self._hearing = None, None, None, False
 
     def _read_control(self) -> None:
-        while True:
-            try:
-                msg = self.control.get_nowait()
-            except queue.Empty:
-                return
+        for msg in take_waiting(self.control):
             match msg:
                 case SetMode(mode=mode):
                     self._mode = mode

@@ -56,7 +56,7 @@ from voiceassist.pipeline.messages import (
     TruncateReply,
     TurnRequest,
 )
-from voiceassist.pipeline.queues import TurnQueue
+from voiceassist.pipeline.queues import TurnQueue, take_waiting
 from voiceassist.replytext import StreamStripper
 from voiceassist.retry import backoff_pause
 from voiceassist.speech.sentences import first_sentence
@@ -186,11 +186,7 @@ class ModelStage:
 
     # ---- control work between turns ---------------------------------------------------------------------------
     def _do_control(self) -> None:
-        while True:
-            try:
-                msg = self.control.get_nowait()
-            except queue.Empty:
-                return
+        for msg in take_waiting(self.control):
             match msg:
                 case ResetConversation():
                     try:

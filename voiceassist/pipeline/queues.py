@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from voiceassist.events import Event, Level
 from voiceassist.pipeline.messages import TurnRequest
@@ -14,6 +14,8 @@ EVENTS_MAX = 2000  # events queue length; Level events only go in while it is le
 TURNS_MAX = 8  # turns waiting for the model; a microphone's turn beyond this is dropped with an error
 POLL_S = 0.05  # how often a waiting thread looks at the stop event, s
 
+T = TypeVar("T")
+
 
 def put_nowait(q: queue.Queue[Any], item: Any) -> None:
     """Put without waiting; a full queue drops the item."""
@@ -21,6 +23,17 @@ def put_nowait(q: queue.Queue[Any], item: Any) -> None:
         q.put_nowait(item)
     except queue.Full:
         pass  # the front end is not keeping up; Level events and the like are not worth blocking capture for
+
+
+def take_waiting(q: queue.Queue[T] | queue.SimpleQueue[T]) -> Iterator[T]:
+    """The items waiting in ``q``, taken one at a time without waiting, until it is empty (a stage's control
+    inbox, read between blocks or turns). Each is taken only when the loop asks for it."""
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return
+        yield item
 
 
 class TurnQueue:
