@@ -38,6 +38,9 @@ _CHATTER = re.compile(
 _DECODER = re.compile(rb"^(Note: |Warning: |\[src/libmpg123/|ERROR: )")
 # mpg123's own lines found after another thread's unfinished line (``line of ours[src/libmpg123/...] error``).
 _DECODER_GLUED = re.compile(rb"\[src/libmpg123/|Note: (Illegal Audio-MPEG-Header|Trying to resync|Skipped |Hit end)")
+# PortAudio's and libasound's lines found after another thread's unfinished line (``reply text Expression '...'
+# failed in 'src/hostapi/...'``: print() writes a text and its newline apart, PortAudio's thread writes between).
+_CHATTER_GLUED = re.compile(rb"Expression '.*' failed in 'src/|ALSA lib [\w/.-]+\.c:\d+:")
 _ALSA_HANDLER: Any = None  # the ctypes callback, kept alive for as long as libasound may call it
 alsa_messages = 0  # ALSA error-handler calls since quiet_alsa()
 
@@ -296,8 +299,13 @@ class ChatterFilter(Fd2Pipe):
         if is_chatter(raw):
             self.dropped += 1
             log.debug("audio library: %s", raw.decode(errors="replace").rstrip())
-        else:
-            self._forward(raw)
+            return
+        glued = _CHATTER_GLUED.search(raw)
+        if glued:  # the start is another thread's line (its newline follows later): keep that part only
+            self.dropped += 1
+            log.debug("audio library: %s", raw[glued.start() :].decode(errors="replace").rstrip())
+            raw = raw[: glued.start()]
+        self._forward(raw)
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
