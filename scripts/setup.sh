@@ -52,6 +52,7 @@ ensure_venv() {
 }
 
 # What the tests drive for real: PortAudio, PulseAudio (null sinks as devices), espeak-ng speech, tmux, sox.
-TEST_SYSTEM_PACKAGES=(libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils espeak-ng tmux sox libsndfile1)
-# What running the assistant needs: PortAudio for the microphone, espeak-ng for speech output on Linux.
-RUN_SYSTEM_PACKAGES=(libportaudio2 libasound2-plugins libsndfile1 espeak-ng)
+TEST_SYSTEM_PACKAGES=(libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils espeak-ng tmux sox libsndfile1 libspeexdsp1)
+# What running the assistant needs: PortAudio for the microphone, espeak-ng for speech output on Linux,
+# SpeexDSP for the wake word's linear echo canceller (voiceassist/wake/linear.py; optional there).
+RUN_SYSTEM_PACKAGES=(libportaudio2 libasound2-plugins libsndfile1 espeak-ng libspeexdsp1)
