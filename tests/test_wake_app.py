@@ -203,14 +203,21 @@ def test_the_wake_word_over_the_reply_stops_it_and_so_does_the_key(pulse, sessio
         # The key (hands-free with a wake word) stops a reply too: a typed question, then the key over it.
         app.submit_text("And one more, please.")
         speaking_for(3, 0.5)
+        key_t = app.clock()
         app.ptt_press()
         app.ptt_release()
-        evs += collect(app, 20, lambda e: sum(x.kind == "interrupted" for x in e) >= 3)
+        evs += collect(app, 5, lambda e: sum(x.kind == "interrupted" for x in e) >= 3)
     finally:
         app.stop()
     inter = [e for e in evs if e.kind == "interrupted"]
     heard_by = dict(wake.heard_by)  # which detector fired, for the message
     assert [(e.turn, e.reason) for e in inter] == [(1, "wake"), (2, "wake"), (3, "ptt")], (heard_by, show(evs))
+    stops = [e.t for e in evs if e.kind == "wake" and e.action == "stop"] + [key_t]  # capture clock, as e.t
+    # Each stop is marked at once (the status leaves "speaking", the next turn need not wait): the Interrupted
+    # event within 0.2 s of the stop (the wake event's time, or the key press), typed and spoken turns alike.
+    lags = [round(i.t - s, 3) for s, i in zip(stops, inter)]
+    print("stop -> interrupted, s:", lags)
+    assert len(lags) == 3 and all(0 <= lag < 0.2 for lag in lags), (lags, show(evs))
     assert inter[0].t >= played1 + 0.3 and inter[1].t >= played2 + 0.3  # the visitor's wake word did it
     assert not still1 and not still2, "playback went on after the wake word"
     wakes = [e for e in evs if e.kind == "wake"]
