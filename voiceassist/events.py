@@ -198,11 +198,12 @@ class ReplyDone(Event):
 
 @dataclass(frozen=True)
 class Interrupted(Event):
-    """A reply was cut short: by Ctrl-C, barge-in or push-to-talk."""
+    """A reply was cut short: by Ctrl-C, barge-in, push-to-talk or the wake word. One per stop, before that
+    reply's ReplyDone (interrupted=True), whether or not any of it had been heard."""
 
     kind: ClassVar[str] = "interrupted"
     turn: int
-    reason: str  # "cancel", "barge_in", "ptt"
+    reason: str  # "cancel", "barge_in", "ptt", "wake"
     kept_text: str = ""  # what stays in the history
 
 

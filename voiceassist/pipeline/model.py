@@ -185,7 +185,9 @@ class ModelStage:
         self._emit_to(ErrorEvent(message, source, t=self._clock() if t is None else t, **about))
 
     # ---- control work between turns ---------------------------------------------------------------------------
-    def _do_control(self) -> None:
+    def _do_control(self) -> set[int]:
+        """Handle the control messages waiting; return the turns an Interrupted event was emitted for."""
+        marked: set[int] = set()
         for msg in take_waiting(self.control):
             match msg:
                 case ResetConversation():
@@ -198,25 +200,29 @@ class ModelStage:
                         self._history.clear()
                     self._report(detail="new conversation", force=True)
                 case TruncateReply():
-                    self._truncate(msg)
+                    if self._truncate(msg):
+                        marked.add(msg.turn)
                 case SetSpeculativeSentence(on=on):
                     self._first_sentence_on = on
+        return marked
 
-    def _truncate(self, msg: TruncateReply) -> None:
-        """Barge-in / ptt over playback: the history keeps only what was heard, marked as interrupted."""
+    def _truncate(self, msg: TruncateReply) -> bool:
+        """Barge-in / ptt / wake word over playback: the history keeps only what was heard, marked as
+        interrupted. True if it did (and emitted Interrupted)."""
         with self._history_lock:
             entry = self._history[-1] if self._history else None
         if entry is None or entry["turn"] != msg.turn:
-            return  # the speaker was on an older turn; the conversation has moved on
+            return False  # the speaker was on an older turn; the conversation has moved on
         try:
             self.backend.truncate_last_reply(msg.spoken)
         except Exception as err:  # noqa: BLE001
             self._error(f"could not cut the reply back to what was spoken: {one_line(err)}", "model")
-            return
+            return False
         with self._history_lock:
             entry["reply"] = msg.spoken
             entry["interrupted"] = True
         self._emit(Interrupted(msg.turn, msg.reason, msg.spoken))
+        return True
 
     # ---- speculative prefill ------------------------------------------------------------------------------------
     def _maybe_speculate(self) -> None:
@@ -465,11 +471,15 @@ class ModelStage:
                 context_tokens=result.context_tokens,
                 speculated=bool(speculator is not None and speculator.last_speculated),
             )
-        if result.interrupted:
-            if reason in ("barge_in", "ptt"):
-                self._do_control()  # the truncation queued by the interrupt: emits Interrupted(kept = heard)
-            elif reason == "cancel":
-                self._emit(Interrupted(number, "cancel", text))
+        if result.interrupted and reason != "stop":
+            # Every stop of a reply is marked by one Interrupted, before its ReplyDone, whatever stopped it and
+            # whether the turn was typed or spoken. A stop over playback (barge-in, the key, the wake word)
+            # queued a truncation before the cancel: handled here, it emits Interrupted(kept = heard). A stop
+            # before any of the reply was heard (Ctrl-C, or the key / wake word while thinking) queued none:
+            # Interrupted(kept = shown). (Before, a wake-word stop's truncation waited for the next idle loop
+            # and a stop while thinking by the key or the wake word emitted no Interrupted at all.)
+            if number not in self._do_control():
+                self._emit(Interrupted(number, reason, text))
         t_done = now() + skew
         self._emit(
             ReplyDone(
