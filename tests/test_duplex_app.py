@@ -11,12 +11,12 @@ the microphone. The tiny random-weight Qwen2-Audio answers (noise text, spoken a
 
 from __future__ import annotations
 
-import queue
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from support.app_devices import collect, make_speaker
 from support.room import Room, RoomSpec
 from support.speech import silence, speech_16k
 
@@ -56,27 +56,6 @@ def room(pulse):
     r = Room(pulse, "va_sink", "va_mic", RoomSpec(delay_ms=60, rt60_s=0.45))
     yield r
     r.close()
-
-
-def collect(app: App, seconds: float, until=None) -> list:
-    got: list = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not (until and until(got)):
-        try:
-            ev = app.events.get(timeout=0.02)
-        except queue.Empty:
-            continue
-        if ev.kind != "level":
-            got.append(ev)
-    return got
-
-
-def make_speaker(cfg: Config):
-    from voiceassist.speech import Speaker
-
-    sp = Speaker(cfg.tts, cfg.audio.output_device)
-    assert sp.wait_ready(15), "the speech worker or the output device did not come up"
-    return sp
 
 
 def describe(evs: list) -> list:

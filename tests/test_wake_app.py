@@ -9,12 +9,12 @@ loudspeaker room with the canceller on: tests/test_wake_echo.py (offline) and sc
 
 from __future__ import annotations
 
-import queue
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from support.app_devices import collect
 from support.speech import silence, speech_16k
 
 from voiceassist.app import App
@@ -55,19 +55,6 @@ def wav(tmp_path, name: str, *parts) -> str:
     path = tmp_path / f"{name}.wav"
     sf.write(path, np.concatenate(audio), SR)
     return str(path)
-
-
-def collect(app: App, seconds: float, until=None) -> list:
-    got: list = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not (until and until(got)):
-        try:
-            ev = app.events.get(timeout=0.02)
-        except queue.Empty:
-            continue
-        if ev.kind != "level":
-            got.append(ev)
-    return got
 
 
 def show(evs: list) -> list:
