@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
+from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 from support.speech import SR, mix_at_snr, pink_noise, silence, speech_16k  # noqa: E402
 
 from voiceassist.audio.resample import StreamingResampler  # noqa: E402
@@ -186,23 +186,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", text)
+        replace_section(ROOT / "BENCHMARKS.md", text, "## Audio front end")
     return 0
-
-
-def write_section(bench: Path, text: str) -> None:
-    """Replace this script's ``## Audio front end`` section in BENCHMARKS.md (append it the first time);
-    the other sections are left exactly as they are."""
-    old = bench.read_text(encoding="utf-8") if bench.exists() else "# Benchmarks\n"
-    head = "## Audio front end"
-    start = old.find(head + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(head))
-        rest = old[nxt + 1 :] if nxt >= 0 else ""
-        new = old[:start] + text + ("\n" + rest if rest else "")
-    bench.write_text(new, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
+from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 from support.speech import SR, mix_at_snr, pink_noise, silence, speech_16k  # noqa: E402
 
 from voiceassist.config import VadConfig, WakeConfig  # noqa: E402
@@ -446,20 +446,6 @@ def defaults_paragraph(res: dict) -> list[str]:
     return [text, ""]
 
 
-def write_section(bench: Path, text: str) -> None:
-    """Replace the ``## Wake word`` section in BENCHMARKS.md (append it the first time)."""
-    old = bench.read_text(encoding="utf-8") if bench.exists() else "# Benchmarks\n"
-    head = "## Wake word"
-    start = old.find(head + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(head))
-        rest = old[nxt + 1 :] if nxt >= 0 else ""
-        new = old[:start] + text + ("\n" + rest if rest else "")
-    bench.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--engines", default="micro,open", help="comma-separated: micro, open")
@@ -473,7 +459,7 @@ def main() -> int:
     text = report(res, command.strip())
     print(text)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", text)
+        replace_section(ROOT / "BENCHMARKS.md", text, "## Wake word")
     return 0
 
 

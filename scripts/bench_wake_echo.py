@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
+from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 from support.room import RoomSpec, echo_of  # noqa: E402
 from support.speech import SR, silence, speech_16k  # noqa: E402
 
@@ -230,18 +230,6 @@ def report(res: dict, word: str, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(bench: Path, text: str, head: str) -> None:
-    old = bench.read_text(encoding="utf-8") if bench.exists() else "# Benchmarks\n"
-    start = old.find(head + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(head))
-        rest = old[nxt + 1 :] if nxt >= 0 else ""
-        new = old[:start] + text + ("\n" + rest if rest else "")
-    bench.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--word", default="okay_nabu", choices=sorted(PHRASES))
@@ -251,7 +239,7 @@ def main() -> int:
     text = report(res, args.word, ("python scripts/bench_wake_echo.py " + " ".join(sys.argv[1:])).strip())
     print(text)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", text, "## Wake word over a spoken reply")
+        replace_section(ROOT / "BENCHMARKS.md", text, "## Wake word over a spoken reply")
     return 0
 
 
