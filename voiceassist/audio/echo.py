@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from voiceassist.audio.framing import FrameCarry
 from voiceassist.errors import ConfigError
 from voiceassist.events import SAMPLE_RATE, AudioBlock
 
@@ -382,8 +383,7 @@ class EchoCanceller:
         self._apm = self._make()
         # Samples WebRTC holds back: output sample j was captured at input sample j − latency.
         self.latency = (AEC_LATENCY if reference is not None else 0) + (NS_LATENCY if noise_suppression else 0)
-        self._carry = np.zeros(0, np.float32)  # < FRAME samples waiting for a whole frame
-        self._carry_t = 0.0  # capture-clock time of the first carried sample, s
+        self._frames = FrameCarry(FRAME, RATE)  # < FRAME samples waiting for a whole frame
         self._offset_s = 0.0  # extra shift of the reference after a re-alignment, s
         self._estimator = DelayEstimator()
         self._erle_db: float | None = None
@@ -461,26 +461,20 @@ class EchoCanceller:
     def process(self, block: AudioBlock) -> AudioBlock:
         """Whole 10 ms frames of (carry + block) through the canceller; the rest waits for the next block.
         The returned block's ``t`` is the capture time of its first sample."""
-        samples = np.asarray(block.samples, np.float32).reshape(-1)
-        if len(self._carry):
-            data, t = np.concatenate((self._carry, samples)), self._carry_t
-        else:
-            data, t = samples, float(block.t)
-        n = len(data) // FRAME * FRAME
-        self._carry, self._carry_t = data[n:].copy(), t + n / RATE
+        data, t = self._frames.whole(block)
         out_t = t - self.latency / RATE  # what comes out now was captured `latency` samples earlier
-        if n == 0:
+        if len(data) == 0:
             return AudioBlock(np.zeros(0, np.float32), out_t)
-        return AudioBlock(self._run(data[:n], t), out_t)
+        return AudioBlock(self._run(data, t), out_t)
 
     def flush(self) -> AudioBlock:
         """End of input: the held-back partial frame and WebRTC's own delay, pushed out with silence."""
-        k, t = len(self._carry), self._carry_t
+        k, t = len(self._frames.samples), self._frames.t
         want = k + self.latency
         if not want:
             return AudioBlock(np.zeros(0, np.float32), t)
-        padded = np.concatenate((self._carry, np.zeros(-(-want // FRAME) * FRAME - k, np.float32)))
-        self._carry = np.zeros(0, np.float32)
+        padded = np.concatenate((self._frames.samples, np.zeros(-(-want // FRAME) * FRAME - k, np.float32)))
+        self._frames.clear()
         return AudioBlock(self._run(padded, t)[:want], t - self.latency / RATE)
 
     def _run(self, near: np.ndarray, t: float) -> np.ndarray:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from voiceassist.audio.framing import FrameCarry
 from voiceassist.events import SAMPLE_RATE, AudioBlock
 
 if TYPE_CHECKING:
@@ -135,8 +136,7 @@ class LinearWakeTap:
         self.canceller = canceller
         self.listener = listener
         self._linear = LinearEchoCanceller()
-        self._carry = np.zeros(0, np.float32)  # < FRAME samples waiting for a whole frame
-        self._carry_t = 0.0  # capture-clock time of the first carried sample, s
+        self._frames = FrameCarry(FRAME)  # < FRAME samples waiting for a whole frame
         self._lead: float | None = None  # the reference is read at t + this, s (None: not yet decided)
         self._since_check = float("inf")  # s of audio since the last look at the delay measurement
         self.realigned = 0  # times the filter was re-aligned (restarted) because the echo's delay moved
@@ -148,13 +148,8 @@ class LinearWakeTap:
         return self.LEAD_S - delay_ms / 1000
 
     def process(self, block: AudioBlock) -> AudioBlock:
-        samples = np.asarray(block.samples, np.float32).reshape(-1)
-        if len(self._carry):
-            data, t = np.concatenate((self._carry, samples)), self._carry_t
-        else:
-            data, t = samples, float(block.t)
-        n = len(data) // FRAME * FRAME
-        self._carry, self._carry_t = data[n:].copy(), t + n / SAMPLE_RATE
+        data, t = self._frames.whole(block)
+        n = len(data)
         if n:
             reference = self.canceller.reference
             assert reference is not None
@@ -172,10 +167,10 @@ class LinearWakeTap:
                     self.realigned += 1
             assert self._lead is not None
             far = reference.read(t + self._lead, n)
-            self.listener.hear_linear(AudioBlock(self._linear.process(data[:n], far), t))
+            self.listener.hear_linear(AudioBlock(self._linear.process(data, far), t))
         return block
 
     def reset(self) -> None:
         self._linear.reset()
-        self._carry = np.zeros(0, np.float32)
+        self._frames.clear()
         self._lead, self._since_check = None, float("inf")
