@@ -16,13 +16,13 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from support.app_devices import collect, make_speaker
+from support.app_devices import collect, make_speaker, tiny_config
 from support.room import Room, RoomSpec
 from support.speech import silence, speech_16k
 
 from voiceassist.app import App
 from voiceassist.audio.sources import MicrophoneSource
-from voiceassist.config import Config, with_overrides
+from voiceassist.config import Config
 from voiceassist.openers import open_backend
 
 pytest.importorskip("pywebrtc_audio")
@@ -31,17 +31,16 @@ SR = 16000
 
 
 def config(**overrides) -> Config:
-    values = {
-        "model.name": "tiny",
-        "generation.temperature": 0.0,
-        "generation.max_new_tokens": 300,
-        "tts.enabled": True,
-        "tts.rate": 150,
-        "audio.echo_cancel": "on",
-        "audio.full_duplex": True,
-    }
-    values.update(overrides)
-    return with_overrides(Config(), values)
+    return tiny_config(
+        {
+            "generation.max_new_tokens": 300,
+            "tts.enabled": True,
+            "tts.rate": 150,
+            "audio.echo_cancel": "on",
+            "audio.full_duplex": True,
+        },
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from support.app_devices import collect
+from support.app_devices import collect, tiny_config
 from support.speech import silence, speech_16k
 
 from voiceassist.app import App
 from voiceassist.audio.sources import MicrophoneSource
-from voiceassist.config import Config, with_overrides
+from voiceassist.config import Config
 from voiceassist.events import AssistantState
 from voiceassist.openers import open_backend
 
@@ -29,16 +29,15 @@ SR = 16000
 
 
 def config(**overrides) -> Config:
-    values = {
-        "model.name": "tiny",
-        "generation.temperature": 0.0,
-        "generation.max_new_tokens": 8,
-        "wake.word": "okay_nabu",
-        "wake.listen_s": 4.0,
-        "wake.follow_up_s": 3.0,
-    }
-    values.update(overrides)
-    return with_overrides(Config(), values)
+    return tiny_config(
+        {
+            "generation.max_new_tokens": 8,
+            "wake.word": "okay_nabu",
+            "wake.listen_s": 4.0,
+            "wake.follow_up_s": 3.0,
+        },
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")
