@@ -26,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 
 from voiceassist.model.encoder import MEL_FRAMES, encode_audios, token_count, trimmed_frames  # noqa: E402
 
@@ -176,18 +177,6 @@ def section(command: str, runs: list[tuple[int, list[dict]]], repeats: int, full
     return "\n".join(parts).rstrip() + "\n"
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace this script's own section of BENCHMARKS.md (or append it); other sections are left alone."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=4, help="encoder layers of the main run (real: 32)")
@@ -217,7 +206,7 @@ def main() -> None:
         load,
     )
     if args.write:
-        write_section(text, ROOT / "BENCHMARKS.md")
+        replace_section(ROOT / "BENCHMARKS.md", text, SECTION)
         print("wrote the section to BENCHMARKS.md")
     else:
         print("\n" + text)

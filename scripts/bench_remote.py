@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
+from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 from support.speech import speech_16k  # noqa: E402
 from support.vllm_server import VllmServer  # noqa: E402
 
@@ -89,7 +89,7 @@ def main() -> None:
     table = render(rows, totals, args)
     print(table)
     if args.write:
-        write_section(table)
+        replace_section(ROOT / "BENCHMARKS.md", table, SECTION)
 
 
 def dithered(audio: np.ndarray, seed: int) -> np.ndarray:
@@ -237,19 +237,6 @@ def _cpu() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def write_section(table: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or append it), leaving the others untouched."""
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + table
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + table + ("\n" + text[nxt + 1 :] if nxt >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

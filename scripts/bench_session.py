@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 
 from voiceassist.backend import UserTurn  # noqa: E402
 from voiceassist.config import GenerationConfig  # noqa: E402
@@ -277,22 +278,6 @@ def section(results: list[dict], command: str) -> str:
     return "\n".join(out)
 
 
-def write_section(text: str) -> None:
-    """Replace this script's ``## Model session`` section of BENCHMARKS.md (or append it); others untouched."""
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = old.find("\n## Model session\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + 1)
-        new = old[: start + 1] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-
-
-ARGS: argparse.Namespace
-
-
 def main() -> int:
     global ARGS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -321,7 +306,7 @@ def main() -> int:
     text = section(results, ".venv/bin/python " + " ".join(["scripts/bench_session.py", *sys.argv[1:]]))
     print(text)
     if ARGS.write:
-        write_section(text)
+        replace_section(ROOT / "BENCHMARKS.md", text, "## Model session")
         print("wrote the ## Model session section of BENCHMARKS.md")
     return 0
 

@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
+from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 from support.pulse import PulseServer  # noqa: E402
 
 from voiceassist.config import TtsConfig  # noqa: E402
@@ -204,18 +204,6 @@ def report(r: dict, trials: int, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1 :] if nxt != -1 else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new, encoding="utf-8")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20)
@@ -232,7 +220,7 @@ def main() -> int:
     print({k: [round(x * 1000) for x in v] for k, v in r.items() if isinstance(v, list)}, file=sys.stderr)
     print(text)
     if not args.no_write:
-        write_section(text)
+        replace_section(ROOT / "BENCHMARKS.md", text, SECTION)
     return 0
 
 

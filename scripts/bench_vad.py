@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
+from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 from support import noisy  # noqa: E402
 from support.audio_scenes import Scene  # noqa: E402
 from support.speech import SR, pink_noise  # noqa: E402
@@ -222,7 +222,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "## VAD in noise", text)
+        replace_section(ROOT / "BENCHMARKS.md", text, "## VAD in noise")
     return 0
 
 
@@ -235,18 +235,6 @@ def shown_args() -> list[str]:
             continue
         out.append(a)
     return out
-
-
-def write_section(bench: Path, heading: str, text: str) -> None:
-    """Replace the section under ``heading`` (up to the next ``## ``) or append it."""
-    old = bench.read_text(encoding="utf-8") if bench.exists() else ""
-    start = old.find(heading + "\n")
-    if start < 0:
-        bench.write_text(old.rstrip("\n") + "\n\n" + text, encoding="utf-8")
-        return
-    end = old.find("\n## ", start + len(heading))
-    rest = old[end + 1 :] if end >= 0 else ""
-    bench.write_text(old[:start] + text + ("\n" + rest if rest else ""), encoding="utf-8")
 
 
 if __name__ == "__main__":
