@@ -18,6 +18,10 @@ TurnKind = Literal["audio", "text", "file"]
 Mode = Literal["handsfree", "ptt"]
 MODES: tuple[Mode, ...] = ("handsfree", "ptt")
 InterruptReason = Literal["cancel", "barge_in", "ptt", "stop", "wake"]
+# The user's voice or key stopped the reply ("only the heard part stays in the conversation; what the user said is
+# the next turn"): a spoken reply is cut back to what was heard of it — nothing, if it was stopped while still
+# queued, thinking or being synthesised. "cancel" (Ctrl-C) keeps what was shown; "stop" is the App's shutdown.
+HEARD_STOPS: frozenset[InterruptReason] = frozenset({"barge_in", "ptt", "wake"})
 
 
 # ---- the turn queue (capture stage and UI → model stage) ----------------------------------------------------
@@ -160,8 +164,9 @@ class EndOfReply:
 
 @dataclass(frozen=True)
 class StopSpeaking:
-    """Stop playback now. ``truncate``: the model's history is cut back to what was heard (a TruncateReply
-    goes to the model stage) and the reply in progress is cancelled with ``reason``."""
+    """Stop playback now; no more text of the reply in progress is spoken. ``truncate``: the model's history is
+    cut back to what was heard (a TruncateReply goes to the model stage) and the reply in progress is cancelled
+    with ``reason``."""
 
     reason: InterruptReason
     truncate: bool = True
