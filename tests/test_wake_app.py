@@ -22,6 +22,7 @@ from voiceassist.audio.sources import MicrophoneSource
 from voiceassist.config import Config
 from voiceassist.events import AssistantState
 from voiceassist.openers import open_backend
+from voiceassist.wake.gate import WakeState
 
 pytest.importorskip("pymicro_wakeword")
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]
@@ -240,17 +241,19 @@ def test_a_stop_while_the_reply_is_pending_cancels_it_and_the_turn_behind_it(pul
     """The wake word while turn 1 (spoken) is still in its prefill and typed turn 2 waits behind it in the turn
     queue: neither reply makes a sound, each gets one interrupted (reason wake, nothing kept) before its
     reply_done, both stay in the conversation with an empty interrupted reply (as after a barge-in before the
-    first sound), and the question said with the wake word is turn 3, answered and spoken. Then the key while a
-    typed turn's prefill runs: the same, reason ptt. The model is held in its prefill by a forward pre-hook (the
-    named stand-in for a slow model: support.app_devices.HeldPrefill); the reply plays into a second sink."""
+    first sound), and the question said with the wake word is turn 3 — queued behind turn 2 while turn 1 is
+    still held, yet answered and spoken, and its end (not the stopped replies' late ends) opens the follow-up
+    window. Then the key while a typed turn's prefill runs: the same, reason ptt. The model is held in its
+    prefill by a forward pre-hook (the named stand-in for a slow model: support.app_devices.HeldPrefill); the
+    replies play into a second sink."""
     pulse.load_sink("va_out")
     monkeypatch.setenv("PULSE_SINK", "va_out")  # the Speaker plays into the "headset": the microphone is deaf to it
     cfg = config(
         **{
             "tts.enabled": True,
-            "generation.max_new_tokens": 30,
+            "generation.max_new_tokens": 16,
             "wake.listen_s": 2.0,
-            "wake.follow_up_s": 0.0,
+            "wake.follow_up_s": 3.0,
             "model.speculative_prefill": False,  # the held forward is the turn's own prefill, not a speculation
         }
     )
@@ -274,8 +277,15 @@ def test_a_stop_while_the_reply_is_pending_cancels_it_and_the_turn_behind_it(pul
         pulse.play(again, wait=False)  # the wake word (a stop) and a new question, while turn 1 is thinking
         evs += collect(app, 10, lambda e: any(x.kind == "wake" and x.action == "stop" for x in e))
         evs += collect(app, 5, lambda _e: stopping(app))
+        # Turn 3 (the question said with the wake word) is queued behind the stopped turn 2 before turn 1 goes on.
+        evs += collect(app, 10, lambda _e: app.turns_queued >= 2)
+        queued_after_stop = app.turns_queued
         hold.release()
         evs += collect(app, 30, done(3))
+        evs += collect(app, 15, lambda _e: not speaker.speaking())
+        evs += collect(app, 0.3)  # the capture stage sees the playback end at its next block
+        gate = app.capture.wake.gate  # the pure state machine's window (its one look inside)
+        window = (gate.state, gate._window_via, gate._window_end - (speaker.quiet_since() or 0.0))
         # The key (hands-free with a wake word) while a typed turn is in its prefill.
         hold.arm()
         app.submit_text("One more, please.")
@@ -290,7 +300,9 @@ def test_a_stop_while_the_reply_is_pending_cancels_it_and_the_turn_behind_it(pul
         hold.remove()
         app.stop()
         speaker.close()
-    assert queued == 1, show(evs)
+    assert queued == 1 and queued_after_stop == 2, show(evs)
+    # The follow-up window is reply 3's: it opened when its playback ended (not at the stopped replies' ends).
+    assert window[:2] == (WakeState.LISTENING, "follow_up") and window[2] > cfg.wake.follow_up_s - 0.5, window
     order = [(e.kind, e.turn) for e in evs if e.kind in ("utterance", "interrupted", "reply_done")]
     assert order == [
         ("utterance", 1),

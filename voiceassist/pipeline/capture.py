@@ -187,7 +187,7 @@ class CaptureStage:
                     self._speculate = on and self._speculation is not None
                 case ReplyEnded():
                     self.gate.on_reply_ended(msg)
-                    if self.wake is not None:
+                    if self.wake is not None and not msg.stopped:
                         self._wake_messages(self.wake.reply_ended(msg.t))
                 case WakeKey(t=t):
                     if self.wake is not None:

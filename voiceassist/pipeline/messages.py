@@ -117,6 +117,9 @@ class ReplyEnded:
     turn: int
     t: float
     interrupted: bool = False
+    # stopped by the user (HEARD_STOPS: the wake word, the key): the wake gate handled that stop when it was
+    # heard; this late end (a pending turn's, possibly after the next question was already taken) opens nothing
+    stopped: bool = False
 
 
 @dataclass(frozen=True)

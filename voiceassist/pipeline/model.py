@@ -521,7 +521,8 @@ class ModelStage:
                 t=t_done,
             )
         )
-        self._capture_control.put(ReplyEnded(number, t_done, bool(result.interrupted)))
+        stopped = bool(result.interrupted) and reason in HEARD_STOPS
+        self._capture_control.put(ReplyEnded(number, t_done, bool(result.interrupted), stopped))
         if result.dropped_turns:
             self._report(
                 detail=f"the {result.dropped_turns} oldest turn(s) were dropped to fit the context", force=True
