@@ -251,6 +251,7 @@ def test_a_stop_while_the_reply_is_pending_cancels_it_and_the_turn_behind_it(pul
     cfg = config(
         **{
             "tts.enabled": True,
+            "tts.rate": 240,  # reply 3's playback is waited for: a quick voice keeps the test short
             "generation.max_new_tokens": 16,
             "wake.listen_s": 2.0,
             "wake.follow_up_s": 3.0,
