@@ -2,7 +2,8 @@
 tiny Qwen2-Audio (random weights: its replies are noise, every code path is real).
 
 Fakes, named as such, only where no real part can fail on cue: ``EscapeEmittingFakeBackend`` (a model that
-emits terminal escape sequences) and the kiosk's ``FaultInjectingBackend`` (a real session that fails mid-reply).
+emits terminal escape sequences) and the kiosk's ``FaultInjectingBackend`` (a real session that fails mid-reply);
+and ``support.app_devices.HeldPrefill`` (a real session held in its prefill: a slow model).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from support.app_devices import HeldPrefill
 from support.fake_vllm import FakeVllmServer, audio_parts
 from support.speech import silence, speech_16k
 from support.vllm_server import free_port
@@ -57,6 +59,7 @@ def wavs(tmp_path_factory) -> dict[str, Path]:
         "two": np.concatenate([silence(0.4), one, silence(1.2), two, silence(1.0)]),
         "one": np.concatenate([silence(0.3), one, silence(1.0)]),
         "ptt": np.concatenate([silence(0.8), two, silence(1.5)]),
+        "ptt_late": np.concatenate([silence(2.0), two, silence(1.0)]),
         # a pause longer than vad.speculate_after_ms, shorter than the hang-over: speculation, then resumed
         "resume": np.concatenate([silence(0.3), one, silence(0.35), two, silence(1.0), one, silence(1.0)]),
         "silence": silence(0.5),
@@ -248,6 +251,47 @@ def test_push_to_talk_records_between_press_and_release(session, wavs):
     # Leading 0.8 s and trailing 0.5 s of silence trimmed (0.15 s kept at each end).
     assert len(utt.durations) == 1 and speech_s - 0.1 < utt.durations[0] < speech_s + 0.45 < recorded
     assert app.history()[0]["audios"][0].dtype == np.float32
+
+
+def test_push_to_talk_pressed_while_thinking_cancels_the_pending_replies(session, wavs):
+    """The key pressed while typed turn 1 is in its prefill and turn 2 waits behind it: both are stopped as a
+    press over playback would stop them (one interrupted each, reason ptt, before its reply_done; in the history
+    with an empty interrupted reply), and what is recorded after the press is turn 3, answered."""
+    hold = HeldPrefill(session)
+    hold.arm()
+    app = _app(_config(**{"ui.mode": "ptt"}), FileSource(str(wavs["ptt_late"]), realtime=True), session, stay=True)
+    t0 = time.monotonic()
+    try:
+        app.submit_text("Tell me about the weather.")
+        assert hold.entered.wait(10), "turn 1 never reached its prefill"
+        app.submit_text("And about the tides.")
+        app.ptt_press()  # 2 s of silence before the speech: the recording catches all of it
+        hold.release()
+        speech_s = float(wavs["speech_len"])
+        time.sleep(max(0.0, t0 + 2.0 + speech_s + 0.5 - time.monotonic()))
+        app.ptt_release()
+        evs = _run(app, lambda e: any(x.kind == "reply_done" and x.turn == 3 for x in e), timeout=30)
+    finally:
+        hold.remove()
+        app.stop()
+    order = [(e.kind, e.turn) for e in evs if e.kind in ("utterance", "interrupted", "reply_done")]
+    assert order == [
+        ("utterance", 1),
+        ("interrupted", 1),
+        ("reply_done", 1),
+        ("utterance", 2),
+        ("interrupted", 2),
+        ("reply_done", 2),
+        ("utterance", 3),
+        ("reply_done", 3),
+    ], order
+    assert [(e.turn, e.reason, e.kept_text) for e in evs if e.kind == "interrupted"] == [(1, "ptt", ""), (2, "ptt", "")]
+    done3 = next(e for e in evs if e.kind == "reply_done" and e.turn == 3)
+    assert not done3.interrupted and done3.n_tokens > 0
+    history = [(h["kind"], h["reply"], h["interrupted"]) for h in app.history()]
+    assert history[:2] == [("text", "", True), ("text", "", True)] and history[2][0] == "audio", history
+    assert history[2][1] and not history[2][2], history
+    assert [t.interrupted for t in session.turns] == [True, True, False]
 
 
 def test_stop_is_ordered_and_joins_every_thread(session, wavs, monkeypatch):

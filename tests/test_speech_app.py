@@ -9,6 +9,7 @@ from a null sink's monitor, and espeak-ng speech as the user.
 - Headset: the Speaker plays into a second sink the microphone does not hear; the user talks over it. With
   ``tts.barge_in`` the playback stops, the history keeps only what was heard (marked interrupted) and the
   user's speech is the next turn.
+- A stop before the reply's first sound: the speech stage speaks none of the text that still comes.
 
 (Merged from the app engineer's tests/test_app_speech.py and the speech engineer's version of these two tests:
 every distinct assertion of both is kept, one run of each scenario.)
@@ -156,3 +157,46 @@ def test_barge_in_stops_playback_and_generation_and_keeps_only_what_was_heard(pu
     b = int((second_heard - rec.t0) * 100) - 5
     assert np.sum(lv[: a - 20] > 0.01) > 30  # it was speaking before
     assert b > a and np.all(lv[a:b] < 0.01), np.flatnonzero(lv[a:b] >= 0.01)[:5]
+
+
+def test_text_of_a_reply_stopped_before_its_first_sound_is_never_spoken(pulse):
+    """A stop while the reply is still thinking (the wake word, the key): the model stage may hand out a piece or
+    two before it sees the cancel. The speech stage speaks none of it — not then, and not as "last words" before
+    the next reply (the speaker's sentence splitter would have held the half sentence) — and the next reply is
+    spoken as usual. The speech stage alone, fed as the model stage feeds it, with the real Speaker."""
+    import queue
+    import threading
+
+    from voiceassist.pipeline.messages import BeginReply, EndOfReply, SpeakText, StopSpeaking
+    from voiceassist.pipeline.speech import SpeechStage
+
+    cfg = config()
+    speaker = make_speaker(cfg)
+    stage = SpeechStage(
+        cfg,
+        speaker,
+        emit=lambda _e: None,
+        clock=time.monotonic,
+        model_control=queue.SimpleQueue(),
+        cancel_reply=lambda _reason: None,
+        on_change=lambda: None,
+        stop=threading.Event(),
+    )
+    try:
+        stage.send(BeginReply(1))
+        stage.send(StopSpeaking("wake", truncate=False))  # nothing of reply 1 fed yet: the model is thinking
+        stage.send(SpeakText(1, "This came after the stop. And half a"))
+        time.sleep(0.3)  # a spoken sentence would have been synthesised and started by now
+        heard1 = stage.heard(1)  # what the model stage asks as it finishes reply 1
+        stage.send(BeginReply(2))
+        stage.send(SpeakText(2, "The next reply."))
+        stage.send(EndOfReply(2))
+        first2 = speaker.first_sound(2, 10.0)
+        deadline = time.monotonic() + 10
+        while speaker.speaking() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        heard = (heard1, speaker.spoken_text(1), speaker.first_heard(1), stage.heard(2))
+    finally:
+        speaker.close()
+    assert first2 is not None, "the next reply was not spoken"
+    assert heard == ("", "", None, "The next reply."), heard

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from support.app_devices import collect, tiny_config
+from support.app_devices import HeldPrefill, collect, make_speaker, tiny_config
 from support.speech import silence, speech_16k
 
 from voiceassist.app import App
@@ -22,6 +22,7 @@ from voiceassist.audio.sources import MicrophoneSource
 from voiceassist.config import Config
 from voiceassist.events import AssistantState
 from voiceassist.openers import open_backend
+from voiceassist.wake.gate import WakeState
 
 pytest.importorskip("pymicro_wakeword")
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]
@@ -227,3 +228,110 @@ def test_the_wake_word_over_the_reply_stops_it_and_so_does_the_key(pulse, sessio
     # The stops were only stops: no turn came of the wake word alone; the typed questions were turns 2 to 4.
     assert [e.turn for e in evs if e.kind == "utterance"] == [1, 2, 3, 4], show(evs)
     assert app.history()[0]["interrupted"] and app.history()[1]["interrupted"]
+
+
+def stopping(app: App) -> bool:
+    """The reply in progress has been cancelled (the test's one look inside the model stage: before it lets a
+    held prefill go on, the stop must have landed, as it would have during a real model's long prefill)."""
+    current = app.model._current
+    return current is not None and current.cancel.is_set()
+
+
+def test_a_stop_while_the_reply_is_pending_cancels_it_and_the_turn_behind_it(pulse, session, tmp_path, monkeypatch):
+    """The wake word while turn 1 (spoken) is still in its prefill and typed turn 2 waits behind it in the turn
+    queue: neither reply makes a sound, each gets one interrupted (reason wake, nothing kept) before its
+    reply_done, both stay in the conversation with an empty interrupted reply (as after a barge-in before the
+    first sound), and the question said with the wake word is turn 3 — queued behind turn 2 while turn 1 is
+    still held, yet answered and spoken, and its end (not the stopped replies' late ends) opens the follow-up
+    window. Then the key while a typed turn's prefill runs: the same, reason ptt. The model is held in its
+    prefill by a forward pre-hook (the named stand-in for a slow model: support.app_devices.HeldPrefill); the
+    replies play into a second sink."""
+    pulse.load_sink("va_out")
+    monkeypatch.setenv("PULSE_SINK", "va_out")  # the Speaker plays into the "headset": the microphone is deaf to it
+    cfg = config(
+        **{
+            "tts.enabled": True,
+            "tts.rate": 240,  # reply 3's playback is waited for: a quick voice keeps the test short
+            "generation.max_new_tokens": 16,
+            "wake.listen_s": 2.0,
+            "wake.follow_up_s": 3.0,
+            "model.speculative_prefill": False,  # the held forward is the turn's own prefill, not a speculation
+        }
+    )
+    session.reset()
+    session.generation = cfg.generation
+    speaker = make_speaker(cfg)
+    app = App(cfg, MicrophoneSource(None), session, speaker=speaker)
+    ask = wav(tmp_path, "ask", "Okay Nabu, tell me a long story.")
+    again = wav(tmp_path, "again", "Okay Nabu, what time is it?")
+    hold = HeldPrefill(session)
+    evs: list = []
+    app.start()
+    try:
+        evs += collect(app, 0.8)
+        hold.arm()
+        pulse.play(ask)
+        evs += collect(app, 20, lambda _e: hold.entered.is_set())
+        assert hold.entered.is_set(), f"turn 1 never reached its prefill: {show(evs)}"
+        app.submit_text("And then another one.")  # turn 2: waits in the queue behind turn 1
+        queued = app.turns_queued
+        pulse.play(again, wait=False)  # the wake word (a stop) and a new question, while turn 1 is thinking
+        evs += collect(app, 10, lambda e: any(x.kind == "wake" and x.action == "stop" for x in e))
+        evs += collect(app, 5, lambda _e: stopping(app))
+        # Turn 3 (the question said with the wake word) is queued behind the stopped turn 2 before turn 1 goes on.
+        evs += collect(app, 10, lambda _e: app.turns_queued >= 2)
+        queued_after_stop = app.turns_queued
+        hold.release()
+        evs += collect(app, 30, done(3))
+        evs += collect(app, 15, lambda _e: not speaker.speaking())
+        evs += collect(app, 0.3)  # the capture stage sees the playback end at its next block
+        gate = app.capture.wake.gate  # the pure state machine's window (its one look inside)
+        window = (gate.state, gate._window_via, gate._window_end - (speaker.quiet_since() or 0.0))
+        # The key (hands-free with a wake word) while a typed turn is in its prefill.
+        hold.arm()
+        app.submit_text("One more, please.")
+        evs += collect(app, 10, lambda _e: hold.entered.is_set())
+        app.ptt_press()
+        app.ptt_release()
+        evs += collect(app, 5, lambda _e: stopping(app))  # the capture stage takes the key before its next block
+        hold.release()
+        evs += collect(app, 10, done(4))
+        spoken = {n: (speaker.first_heard(n), speaker.spoken_text(n)) for n in (1, 2, 3, 4)}
+    finally:
+        hold.remove()
+        app.stop()
+        speaker.close()
+    assert queued == 1 and queued_after_stop == 2, show(evs)
+    # The follow-up window is reply 3's: it opened when its playback ended (not at the stopped replies' ends).
+    assert window[:2] == (WakeState.LISTENING, "follow_up") and window[2] > cfg.wake.follow_up_s - 0.5, window
+    order = [(e.kind, e.turn) for e in evs if e.kind in ("utterance", "interrupted", "reply_done")]
+    assert order == [
+        ("utterance", 1),
+        ("interrupted", 1),
+        ("reply_done", 1),
+        ("utterance", 2),
+        ("interrupted", 2),
+        ("reply_done", 2),
+        ("utterance", 3),
+        ("reply_done", 3),
+        ("utterance", 4),
+        ("interrupted", 4),
+        ("reply_done", 4),
+    ], show(evs)
+    inter = [(e.turn, e.reason, e.kept_text) for e in evs if e.kind == "interrupted"]
+    assert inter == [(1, "wake", ""), (2, "wake", ""), (4, "ptt", "")], inter
+    dones = {e.turn: e for e in evs if e.kind == "reply_done"}
+    assert dones[1].interrupted and dones[2].interrupted and dones[4].interrupted
+    assert not dones[3].interrupted and dones[3].n_tokens > 0, dones[3]
+    # No sound of a stopped reply reached the device; the next turn's did.
+    assert all(spoken[n] == (None, "") for n in (1, 2, 4)), spoken
+    assert spoken[3][0] is not None, spoken
+    assert [w.action for w in evs if w.kind == "wake"] == ["listen", "stop"], show(evs)
+    # The conversation: the stopped turns stay, each with an empty reply marked interrupted (the model's too).
+    history = [(h["turn"], h["kind"], h["reply"], h["interrupted"]) for h in app.history()]
+    assert [h[:2] for h in history] == [(1, "audio"), (2, "text"), (3, "audio"), (4, "text")], history
+    assert [(h[2], h[3]) for h in history if h[0] != 3] == [("", True)] * 3, history
+    assert history[2][2] and not history[2][3], history
+    turns = session.turns
+    assert [(len(t.reply_ids), t.interrupted) for i, t in enumerate(turns) if i != 2] == [(0, True)] * 3
+    assert turns[2].reply_ids and not turns[2].interrupted

@@ -39,6 +39,8 @@ Speech output: reply text is fed as it streams. A microphone utterance that over
 ``tts.barge_in``, ``tts.barge_in_ms`` of speech over playback stops the speaker and the generation, the
 model's history is cut back to what was heard (``truncate_last_reply``), Interrupted(reason="barge_in") is
 emitted and the speech becomes the next turn. The push-to-talk key over playback does the same (reason "ptt").
+A stop by the wake word or the key while the reply is still pending (queued, thinking, not yet heard) cancels
+it and the turns waiting behind it, nothing of them spoken: see ``voiceassist.pipeline.model``.
 """
 
 from __future__ import annotations
@@ -245,7 +247,7 @@ class App:
             gate=gate,
             detector=detector,
             wake=wake,
-            cancel_reply=lambda reason: self.model.cancel(reason),
+            cancel_reply=lambda reason: self.model.cancel(reason, waiting=True),
         )
         # A backend that reports its own retries (RemoteBackend.on_status, however deeply wrapped) shows them
         # in the status line of every front end.
@@ -372,8 +374,12 @@ class App:
             return
         if self._mode != "ptt" or self._muted:
             return
-        if self.speech.output_on() and self.speech.speaking():
-            self.speech.send(StopSpeaking("ptt"))
+        speaking = self.speech.output_on() and self.speech.speaking()
+        if speaking or self._turns.pending():
+            # A stop, as the wake word's: the reply being spoken is cut back to what was heard; one not yet
+            # heard (queued, thinking) is cancelled with nothing spoken, and so are the turns waiting behind it.
+            self.speech.send(StopSpeaking("ptt", truncate=speaking))
+            self.model.cancel("ptt", waiting=True)
         self._ptt_key.set()
 
     def ptt_release(self) -> None:

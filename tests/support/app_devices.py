@@ -2,13 +2,14 @@
 the real Speaker, the App listening through PortAudio (``MicrophoneSource(None)``: the default source, a
 PulseAudio null sink's monitor under the ``pulse`` fixture), and the App's events collected.
 
-Used by tests/test_speech_app.py and tests/test_voice_latency.py; tests/test_duplex_app.py and
-tests/test_wake_app.py have the same helpers of their own (their ``config`` differs only in its values).
+Used by tests/test_speech_app.py, tests/test_voice_latency.py, tests/test_duplex_app.py and
+tests/test_wake_app.py; ``HeldPrefill`` (a slow model) also by tests/test_app.py.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,6 +53,38 @@ def make_speaker(cfg: Config, ready_s: float = 15.0) -> Any:
     sp = Speaker(cfg.tts, cfg.audio.output_device)
     assert sp.wait_ready(ready_s), "the speech worker or the output device did not come up"
     return sp
+
+
+class HeldPrefill:
+    """A deliberately slow model (the one stand-in of the tests that use it; the tiny model is too quick to
+    catch a reply still pending): a forward pre-hook on the real tiny session's language model. After ``arm()``,
+    the next forward — the next turn's prefill — waits in the model thread until ``release()``; ``entered`` is set
+    when it starts waiting. Everything else (encoder, cache, decoding, cancel) is the session's own."""
+
+    def __init__(self, session: Any) -> None:
+        self.entered = threading.Event()
+        self._go = threading.Event()
+        self._armed = False
+        self._handle = session.model.model.language_model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_: Any) -> None:
+        if self._armed:
+            self._armed = False
+            self.entered.set()
+            self._go.wait(30.0)  # bounded: a failing test must not hang the model thread for ever
+
+    def arm(self) -> None:
+        self.entered.clear()
+        self._go.clear()
+        self._armed = True
+
+    def release(self) -> None:
+        self._armed = False
+        self._go.set()
+
+    def remove(self) -> None:
+        self.release()
+        self._handle.remove()
 
 
 def mic_app(cfg: Config, backend: Any, speaker: Any = None) -> App:

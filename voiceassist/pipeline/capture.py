@@ -114,7 +114,8 @@ class CaptureStage:
         # The wake word (issue 13): its detector is the last of `processors` (it hears every block the echo
         # canceller cleaned); its gate sits between the segmenter and the echo policy. None: no wake word.
         self.wake = wake
-        self._cancel_reply = cancel_reply  # ModelStage.cancel: a wake word stops a reply that is not yet heard
+        # ModelStage.cancel(reason, waiting=True): a stop cancels the reply in progress and the turns waiting
+        self._cancel_reply = cancel_reply
         self._fast = source.realtime is False
         # A file cannot hear the assistant speak: the dead-microphone warning is for devices.
         self._is_mic = source.is_device
@@ -186,7 +187,7 @@ class CaptureStage:
                     self._speculate = on and self._speculation is not None
                 case ReplyEnded():
                     self.gate.on_reply_ended(msg)
-                    if self.wake is not None:
+                    if self.wake is not None and not msg.stopped:
                         self._wake_messages(self.wake.reply_ended(msg.t))
                 case WakeKey(t=t):
                     if self.wake is not None:
@@ -434,13 +435,12 @@ class CaptureStage:
         return speech
 
     def _stop_reply(self, reason: InterruptReason) -> None:
-        """Stop the reply in progress: cut back to what was heard if it is being spoken (as a barge-in), else
-        cancel its generation and keep what was shown."""
+        """Stop the reply in progress and every turn waiting behind it (the wake word, the key): being spoken,
+        its history is cut back to what was heard (the speech stage's TruncateReply, as a barge-in); not yet
+        heard (queued, thinking, its first sentence being synthesised), nothing of it is spoken and the model
+        stage cuts it back to nothing (HEARD_STOPS). The speech after the stop is the next turn."""
         playback = self._echo.playback
-        if playback.output_on() and playback.speaking():
-            self._speech(StopSpeaking(reason))
-            return
-        self._speech(StopSpeaking(reason, truncate=False))
+        self._speech(StopSpeaking(reason, truncate=playback.output_on() and playback.speaking()))
         if self._cancel_reply is not None:
             self._cancel_reply(reason)
 

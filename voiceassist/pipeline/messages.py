@@ -18,6 +18,10 @@ TurnKind = Literal["audio", "text", "file"]
 Mode = Literal["handsfree", "ptt"]
 MODES: tuple[Mode, ...] = ("handsfree", "ptt")
 InterruptReason = Literal["cancel", "barge_in", "ptt", "stop", "wake"]
+# The user's voice or key stopped the reply ("only the heard part stays in the conversation; what the user said is
+# the next turn"): a spoken reply is cut back to what was heard of it — nothing, if it was stopped while still
+# queued, thinking or being synthesised. "cancel" (Ctrl-C) keeps what was shown; "stop" is the App's shutdown.
+HEARD_STOPS: frozenset[InterruptReason] = frozenset({"barge_in", "ptt", "wake"})
 
 
 # ---- the turn queue (capture stage and UI → model stage) ----------------------------------------------------
@@ -113,6 +117,9 @@ class ReplyEnded:
     turn: int
     t: float
     interrupted: bool = False
+    # stopped by the user (HEARD_STOPS: the wake word, the key): the wake gate handled that stop when it was
+    # heard; this late end (a pending turn's, possibly after the next question was already taken) opens nothing
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,8 +167,9 @@ class EndOfReply:
 
 @dataclass(frozen=True)
 class StopSpeaking:
-    """Stop playback now. ``truncate``: the model's history is cut back to what was heard (a TruncateReply
-    goes to the model stage) and the reply in progress is cancelled with ``reason``."""
+    """Stop playback now; no more text of the reply in progress is spoken. ``truncate``: the model's history is
+    cut back to what was heard (a TruncateReply goes to the model stage) and the reply in progress is cancelled
+    with ``reason``."""
 
     reason: InterruptReason
     truncate: bool = True

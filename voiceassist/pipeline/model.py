@@ -2,9 +2,10 @@
 
 Runs on the model thread ("va-model"). In: the turn queue (TurnRequest, one at a time), ``control``
 (ResetConversation, TruncateReply; handled between turns), the speculation slot (SpeculationRequest, taken
-while idle), and ``cancel(reason)`` (the one synchronous entry: it sets the cancel event of the reply in
-progress). Out: events (UtteranceEvent, ReplyStart, Token, ReplyDone, Interrupted, ErrorEvent) to the front end,
-SpeechMessages to the speech stage, ReplyEnded to the capture stage, ModelReport to the status board.
+while idle), and ``cancel(reason, waiting)`` (the one synchronous entry: it sets the cancel event of the reply
+in progress and, for a stop, marks the turns already waiting as cancelled too). Out: events (UtteranceEvent,
+ReplyStart, Token, ReplyDone, Interrupted, ErrorEvent) to the front end, SpeechMessages to the speech stage,
+ReplyEnded to the capture stage, ModelReport to the status board.
 
 Each reply streams as display-safe Token events (control sequences stripped, see ``voiceassist.replytext``). A
 failing turn becomes an ErrorEvent and the stage goes on with the next one, except a failure the backend marks
@@ -12,6 +13,14 @@ failing turn becomes an ErrorEvent and the stage goes on with the next one, exce
 is kept and sent again after a doubling pause (``retry.backoff_pause``) until it goes through or is cancelled
 (Ctrl-C, /reset, stop); turns that arrive meanwhile wait behind it. A local model's failure (e.g. out of
 memory) is not retryable: it would only fail again.
+
+A stop by the user (the wake word, the push-to-talk key: ``cancel(reason, waiting=True)``) while a reply is
+pending — its turn still waiting in the queue, or the prefill, the generation, or the first sentence's synthesis
+running, nothing of it heard yet — cancels that reply and every turn submitted before the stop: each such turn
+is still added to the conversation (the backend's cancel path: the user's turn with an empty reply marked
+interrupted, exactly what a barge-in before the first sound leaves), and gets its events (utterance, one
+``interrupted``, ``reply_done``); nothing of it is spoken. Turns submitted after the stop (the question after the
+wake word) are answered as usual.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from voiceassist.events import (
     now,
 )
 from voiceassist.pipeline.messages import (
+    HEARD_STOPS,
     BeginReply,
     CaptureControl,
     DiscardPrepared,
@@ -124,6 +134,10 @@ class ModelStage:
         self._numbers = 0  # the last turn number given
         self._current: _Reply | None = None
         self._cancel_lock = threading.Lock()  # orders cancel() against the start and end of a reply
+        # A stop cancelled every turn up to this submission number (TurnQueue numbering), with this reason: the
+        # ones still waiting are cancelled when taken. Written by cancel() under the lock, read at a turn's start.
+        self._cancelled_through = 0
+        self._cancelled_reason: InterruptReason = "cancel"
         self._history: list[dict[str, Any]] = []
         self._history_lock = threading.Lock()  # history() is read from the UI thread
         self.speculations_started = 0  # speculative prefills begun (a figure for tests)
@@ -133,9 +147,14 @@ class ModelStage:
         self.retry_max_s = RETRY_MAX_S
 
     # ---- what other threads may call ------------------------------------------------------------------------
-    def cancel(self, reason: InterruptReason) -> None:
-        """Cancel the reply in progress (any thread)."""
+    def cancel(self, reason: InterruptReason, waiting: bool = False) -> None:
+        """Cancel the reply in progress (any thread). ``waiting``: a stop (the wake word, the key) — also every
+        turn submitted before now and not yet taken; each is still added to the conversation with an empty,
+        interrupted reply (see the module docstring)."""
         with self._cancel_lock:
+            if waiting:
+                self._cancelled_through = self._turns.last_submitted()
+                self._cancelled_reason = reason
             current = self._current
             if current is not None and not current.cancel.is_set():
                 current.reason = reason
@@ -156,13 +175,13 @@ class ModelStage:
             try:
                 # A short wait: a speculative prefill asked for by the capture stage starts within 10 ms
                 # (a turn itself wakes the stage at once).
-                turn = self._turns.get(timeout=IDLE_POLL_S)
+                seq, turn = self._turns.get(timeout=IDLE_POLL_S)
             except queue.Empty:
                 self._maybe_speculate()
                 self._on_idle()
                 continue
             try:
-                self._run_turn(turn)
+                self._run_turn(turn, seq)
             except Exception as err:  # noqa: BLE001 - a bug in one turn must not end the assistant
                 self._error(f"turn failed: {one_line(err)}", "app")
             finally:
@@ -171,9 +190,14 @@ class ModelStage:
                 self._report(ModelReport(busy=False))
                 self._on_idle()
 
-    def _set_current(self, reply: _Reply | None) -> None:
+    def _set_current(self, reply: _Reply | None, seq: int = 0) -> None:
+        """``reply`` is in progress (None: none); ``seq``: its turn's submission number — a turn a stop
+        cancelled while it waited starts cancelled, with the stop's reason."""
         with self._cancel_lock:
             self._current = reply
+            if reply is not None and seq and seq <= self._cancelled_through:
+                reply.reason = self._cancelled_reason
+                reply.cancel.set()
 
     def _emit(self, event: Event) -> None:
         self._emit_to(event)
@@ -296,7 +320,7 @@ class ModelStage:
             )
         return tuple(audios), capped
 
-    def _run_turn(self, turn: TurnRequest) -> None:
+    def _run_turn(self, turn: TurnRequest, seq: int = 0) -> None:
         self._numbers += 1
         number = self._numbers
         audios, capped, file_name = turn.audios, turn.capped, ""
@@ -338,7 +362,7 @@ class ModelStage:
             )
         )
         reply = _Reply(number)
-        self._set_current(reply)
+        self._set_current(reply, seq)
         self._report(ModelReport(busy=True), clock())
         self._speech(BeginReply(number))
         attempt = 0
@@ -382,8 +406,8 @@ class ModelStage:
             self._report(detail=f"turn {number} waits to be sent again ({pause:g} s)", force=True)
             if reply.cancel.wait(pause) or self._stop.is_set():
                 self._set_current(None)
-                if reply.reason == "cancel":
-                    self._emit(Interrupted(number, "cancel", ""))
+                if reply.cancel.is_set() and reply.reason != "stop":  # Ctrl-C, the wake word, the key
+                    self._emit(Interrupted(number, reply.reason, ""))
                 self._report(detail=f"turn {number} given up ({reply.reason}), not sent again", force=True)
                 return
             self._report(detail=f"sending turn {number} again (retry {attempt})", force=True)
@@ -475,11 +499,13 @@ class ModelStage:
             # Every stop of a reply is marked by one Interrupted, before its ReplyDone, whatever stopped it and
             # whether the turn was typed or spoken. A stop over playback (barge-in, the key, the wake word)
             # queued a truncation before the cancel: handled here, it emits Interrupted(kept = heard). A stop
-            # before any of the reply was heard (Ctrl-C, or the key / wake word while thinking) queued none:
-            # Interrupted(kept = shown). (Before, a wake-word stop's truncation waited for the next idle loop
-            # and a stop while thinking by the key or the wake word emitted no Interrupted at all.)
+            # before any of the reply was heard queued none: the key or the wake word (HEARD_STOPS) cut a reply
+            # that was to be spoken back to what was heard of it, "" (as a barge-in before the first sound);
+            # Ctrl-C, or any stop of a reply not spoken (speech output off), keeps what was shown.
             if number not in self._do_control():
-                self._emit(Interrupted(number, reason, text))
+                heard = self._spoken.heard(number) if self._spoken is not None and reason in HEARD_STOPS else None
+                if heard is None or not self._truncate(TruncateReply(number, heard, reason)):
+                    self._emit(Interrupted(number, reason, text))
         t_done = now() + skew
         self._emit(
             ReplyDone(
@@ -495,7 +521,8 @@ class ModelStage:
                 t=t_done,
             )
         )
-        self._capture_control.put(ReplyEnded(number, t_done, bool(result.interrupted)))
+        stopped = bool(result.interrupted) and reason in HEARD_STOPS
+        self._capture_control.put(ReplyEnded(number, t_done, bool(result.interrupted), stopped))
         if result.dropped_turns:
             self._report(
                 detail=f"the {result.dropped_turns} oldest turn(s) were dropped to fit the context", force=True

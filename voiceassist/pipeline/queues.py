@@ -13,6 +13,7 @@ from voiceassist.pipeline.messages import TurnRequest
 EVENTS_MAX = 2000  # events queue length; Level events only go in while it is less than half full
 TURNS_MAX = 8  # turns waiting for the model; a microphone's turn beyond this is dropped with an error
 POLL_S = 0.05  # how often a waiting thread looks at the stop event, s
+FULL_POLL_S = 0.005  # how often a writer waiting for room in the full turn queue looks again, s
 
 T = TypeVar("T")
 
@@ -39,27 +40,41 @@ def take_waiting(q: queue.Queue[T] | queue.SimpleQueue[T]) -> Iterator[T]:
 class TurnQueue:
     """Turns for the model stage. Writers: the capture stage (utterances; waits only for a fast file) and the
     App's submit_text / submit_file (UI thread, never waits). Reader: the model stage, which calls ``done()``
-    once per turn it took. ``pending()``: turns submitted and not yet finished (waiting or being answered)."""
+    once per turn it took. ``pending()``: turns submitted and not yet finished (waiting or being answered).
+
+    Each turn gets a submission number (1, 2, ...; in queue order) that ``get`` hands out with it: a stop (the
+    wake word, the key) cancels every turn submitted before it, ``last_submitted()`` then, and the model stage
+    knows a waiting turn it takes later by its number."""
 
     def __init__(self, stop: threading.Event, maxsize: int = TURNS_MAX) -> None:
-        self._q: queue.Queue[TurnRequest] = queue.Queue(maxsize=maxsize)
+        self._q: queue.Queue[tuple[int, TurnRequest]] = queue.Queue(maxsize=maxsize)
         self._stop = stop
         self.maxsize = maxsize
+        self._seq = 0  # the last submission number given
+        self._put_lock = threading.Lock()  # numbers in queue order: two writers (capture, UI) never interleave
 
     def put(self, turn: TurnRequest, wait: bool) -> bool:
         """Queue ``turn``; False when the queue is full (after waiting, with ``wait``, until stop)."""
         while True:
-            try:
-                self._q.put(turn, timeout=POLL_S) if wait else self._q.put_nowait(turn)
-                return True
-            except queue.Full:
-                if wait and not self._stop.is_set():
-                    continue
+            with self._put_lock:
+                try:
+                    self._q.put_nowait((self._seq + 1, turn))
+                    self._seq += 1
+                    return True
+                except queue.Full:
+                    pass
+            if not wait or self._stop.wait(FULL_POLL_S):
                 return False
 
-    def get(self, timeout: float) -> TurnRequest:
-        """The next turn (raises ``queue.Empty`` after ``timeout`` s)."""
+    def get(self, timeout: float) -> tuple[int, TurnRequest]:
+        """The next turn and its submission number (raises ``queue.Empty`` after ``timeout`` s)."""
         return self._q.get(timeout=timeout)
+
+    def last_submitted(self) -> int:
+        """The submission number of the last turn queued (0: none yet); every turn up to it is in the queue,
+        being answered or done."""
+        with self._put_lock:
+            return self._seq
 
     def done(self) -> None:
         """The turn last taken is finished (answered, failed or given up)."""

@@ -63,6 +63,9 @@ class SpokenReplies(Protocol):
     # capture-clock time the reply's first sample reached the device; None if it is not (or not yet) spoken
     def first_sound(self, turn: int, timeout: float, cancel: threading.Event | None = None) -> float | None: ...
 
+    # the text of the reply heard so far ("" before its first sound); None if the reply was not to be spoken
+    def heard(self, turn: int) -> str | None: ...
+
 
 class SpeechStage:
     """See the module docstring. Implements ``PlaybackTimeline``."""
@@ -88,7 +91,8 @@ class SpeechStage:
         self._on_change = on_change  # the status board looks again (speaking may have changed)
         self._stop = stop
         self._on = speaker is not None and config.tts.enabled
-        self._reply_turn: int | None = None  # the reply being spoken (None: this reply stays text only)
+        self._reply_turn: int | None = None  # the reply being spoken (None: text only, or stopped: no more sound)
+        self._voiced_turn: int | None = None  # the last reply BeginReply chose to speak (a stop leaves it)
         self._speaking_turn = 0  # the turn whose reply the speaker was last fed
         self._lock = threading.RLock()
         self._far_end: object | None = None  # audio.echo.FarEndReference the player writes (echo cancellation)
@@ -110,6 +114,7 @@ class SpeechStage:
             match message:
                 case BeginReply(turn=turn):
                     self._reply_turn = turn if (sp is not None and self._on) else None
+                    self._voiced_turn = self._reply_turn
                 case SpeakText(turn=turn, text=text):
                     if sp is not None and self._on and turn == self._reply_turn:
                         self._speaking_turn = turn
@@ -134,6 +139,9 @@ class SpeechStage:
                         quietly(discard)
 
     def _stop_speaking(self, reason: InterruptReason, truncate: bool) -> None:
+        # The model stage may still hand out a piece or two of the reply before it sees the cancel: none of it
+        # is spoken (nor left in the speaker's sentence splitter, to be said before the next reply).
+        self._reply_turn = None
         sp = self._speaker
         if not truncate:
             if sp is not None and self._on:
@@ -202,13 +210,25 @@ class SpeechStage:
         Called on the model thread, without the stage's lock (the speaker is thread-safe)."""
         sp = self._speaker
         first = getattr(sp, "first_sound", None)
-        if sp is None or not callable(first) or self._reply_turn != turn:
+        if sp is None or not callable(first) or self._voiced_turn != turn:
             return None
         try:
             t = first(turn, timeout, cancel)
         except Exception:  # noqa: BLE001 - a broken speaker: the reply simply has no voice figure
             return None
         return None if t is None else float(t)
+
+    def heard(self, turn: int) -> str | None:
+        """What was heard of ``turn``'s reply (the speaker's count, see ``Speaker.spoken_text``; "" before its
+        first sound); None when that reply was not to be spoken (speech output off: its text is all there was)."""
+        sp = self._speaker
+        if sp is None or self._voiced_turn != turn:
+            return None
+        spoken_text = getattr(sp, "spoken_text", None)  # the real Speaker; a stand-in may not count
+        try:
+            return str(spoken_text(turn)) if callable(spoken_text) else ""
+        except Exception:  # noqa: BLE001 - a broken speaker was not heard
+            return ""
 
     def echo_overlaps(self, start_t: float, end_t: float) -> bool:
         sp = self._speaker
