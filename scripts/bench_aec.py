@@ -113,7 +113,8 @@ def start_player(player) -> None:
 def run_ours(pulse: PulseServer, audio: np.ndarray) -> tuple[float, dict, np.ndarray]:
     import soxr
 
-    from voiceassist.audio.echo import EchoCanceller, FarEndReference
+    from voiceassist.audio.echo import EchoCanceller
+    from voiceassist.audio.farend import FarEndReference
     from voiceassist.audio.sources import MicrophoneSource
     from voiceassist.speech.player import Player, Segment
 
@@ -177,7 +178,8 @@ def cost(mic_audio: np.ndarray, far: np.ndarray) -> dict[str, float]:
     import soxr
     from pywebrtc_audio import AudioProcessor
 
-    from voiceassist.audio.echo import ArrayReference, EchoCanceller, FarEndReference
+    from voiceassist.audio.echo import EchoCanceller
+    from voiceassist.audio.farend import ArrayReference, FarEndReference
     from voiceassist.config import VadConfig
     from voiceassist.events import AudioBlock
     from voiceassist.vad import Segmenter
@@ -218,7 +220,7 @@ def cost(mic_audio: np.ndarray, far: np.ndarray) -> dict[str, float]:
 
 
 def callbacks() -> dict[str, str]:
-    from voiceassist.audio.echo import FarEndReference
+    from voiceassist.audio.farend import FarEndReference
     from voiceassist.audio.sources import MicrophoneSource
     from voiceassist.speech.player import Player, Segment
 

@@ -39,7 +39,8 @@ from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path whe
 from support.room import RoomSpec, echo_of  # noqa: E402
 from support.speech import SR, silence, speech_16k  # noqa: E402
 
-from voiceassist.audio.echo import ArrayReference, EchoCanceller  # noqa: E402
+from voiceassist.audio.echo import EchoCanceller  # noqa: E402
+from voiceassist.audio.farend import ArrayReference  # noqa: E402
 from voiceassist.events import AudioBlock  # noqa: E402
 from voiceassist.wake.detector import build  # noqa: E402
 from voiceassist.wake.gate import WakeGate  # noqa: E402

@@ -12,7 +12,8 @@ from support.audio_scenes import phrase
 from support.room import RoomSpec, echo_of
 from support.speech import SR, rms, silence
 
-from voiceassist.audio.echo import ArrayReference, EchoCanceller, FarEndReference
+from voiceassist.audio.echo import EchoCanceller
+from voiceassist.audio.farend import ArrayReference, FarEndReference
 from voiceassist.config import VadConfig
 from voiceassist.errors import ConfigError
 from voiceassist.events import AudioBlock, Utterance

@@ -17,7 +17,8 @@ from support.audio_scenes import phrase
 from support.room import Room, RoomSpec
 from support.speech import SR, silence
 
-from voiceassist.audio.echo import EchoCanceller, FarEndReference
+from voiceassist.audio.echo import EchoCanceller
+from voiceassist.audio.farend import FarEndReference
 from voiceassist.audio.sources import MicrophoneSource
 from voiceassist.speech.player import Player, Segment
 

@@ -9,7 +9,8 @@ import pytest
 from support.room import RoomSpec, echo_of
 from support.speech import SR, silence, speech_16k
 
-from voiceassist.audio.echo import ArrayReference, EchoCanceller
+from voiceassist.audio.echo import EchoCanceller
+from voiceassist.audio.farend import ArrayReference
 from voiceassist.events import AudioBlock
 from voiceassist.wake.detector import build
 from voiceassist.wake.gate import WakeGate

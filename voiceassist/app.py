@@ -50,8 +50,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from voiceassist.audio.echo import EchoCanceller, FarEndReference
+from voiceassist.audio.echo import EchoCanceller
 from voiceassist.audio.echo import from_config as echo_from_config
+from voiceassist.audio.farend import FarEndReference
 from voiceassist.audio.sources import AudioSource
 from voiceassist.backend import Backend, reply_speculator, speculator, status_reporter
 from voiceassist.config import Config

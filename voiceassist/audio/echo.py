@@ -2,9 +2,10 @@
 
 Two objects, one per side of the sound card:
 
-- :class:`FarEndReference` — written by the speech player's output callback (a copy of each block and the
-  capture-clock time its first sample is heard, from PortAudio's ``outputBufferDacTime``; nothing else happens
-  on that thread), read by the capture thread as 16 kHz mono for any stretch of the capture clock.
+- :class:`~voiceassist.audio.farend.FarEndReference` (``audio/farend.py``) — written by the speech player's
+  output callback (a copy of each block and the capture-clock time its first sample is heard, from PortAudio's
+  ``outputBufferDacTime``; nothing else happens on that thread), read by the capture thread as 16 kHz mono for
+  any stretch of the capture clock.
 - :class:`EchoCanceller` — a front-end processor on the capture thread: for each microphone block (stamped
   with its ADC time, see ``audio.sources``) it takes the far end heard over the same stretch and runs WebRTC's
   audio processing (AEC3, then optionally noise suppression and AGC2, from pywebrtc-audio) in 10 ms frames.
@@ -16,9 +17,9 @@ the reference handed with the block at ``t`` is the one heard at ``t + LEAD_MS``
 finds the remaining few ms. When a device reports no DAC/ADC times the stamps fall back to the write time plus
 PortAudio's latency figure (the player) or one block (the microphone): the echo then lags the reference by up to
 the real latency, which AEC3's estimator covers (measured: 500 ms of lead cancelled, 600 ms not);
-:attr:`EchoCanceller.notice` says so once. A GCC-PHAT cross-correlation over the last second
-(:class:`DelayEstimator`) measures the delay that remains, for ``status``, and re-aligns the reference only when
-it falls outside what AEC3 covers: moving the reference under a working canceller makes AEC3 re-learn the path,
+:attr:`EchoCanceller.notice` says so once. A GCC-PHAT cross-correlation over the last 2 s (``audio/delay.py``)
+measures the delay that remains, for ``status``, and re-aligns the reference only when it falls outside what
+AEC3 covers: moving the reference under a working canceller makes AEC3 re-learn the path,
 and the echo leaks through for seconds meanwhile (measured in the room: out ≈ in for 3.5 s after a move from
 300 to 20 ms of lead, which barged in by itself).
 
@@ -31,15 +32,15 @@ returns what is held back.
 
 from __future__ import annotations
 
-import collections
 import enum
 import math
-import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from voiceassist.audio.delay import XCORR_EVERY_S, DelayEstimator
+from voiceassist.audio.farend import ReferenceSource
 from voiceassist.audio.framing import FrameCarry
 from voiceassist.errors import ConfigError
 from voiceassist.events import SAMPLE_RATE, AudioBlock
@@ -47,33 +48,6 @@ from voiceassist.events import SAMPLE_RATE, AudioBlock
 RATE = SAMPLE_RATE  # Hz: everything here runs at the capture chain's rate
 FRAME = RATE // 100  # 160 samples: WebRTC's audio processing works in 10 ms frames
 LEAD_MS = 20  # the reference is handed this far ahead of its echo (AEC3 needs it ahead; see the docstring)
-HISTORY_S = 4.0  # s of far end kept (longer than any output latency + room delay we align)
-# The player stamps each block from its own callback's DAC time, which jitters by the callback's scheduling
-# (ms, tens of ms on a loaded machine); the samples themselves are continuous. So a run of blocks keeps its
-# sample timeline, its stamps' deviation from it is smoothed, and the timeline moves only when that smoothed
-# deviation exceeds DRIFT_S (clock drift), or jumps when one block is more than REANCHOR_S off (an underrun, a
-# restarted stream).
-REANCHOR_S = 0.1  # s
-DRIFT_S = 0.004  # s
-STAMP_SMOOTHING = 0.05  # weight of each block's deviation (~20 blocks ≈ 0.4 s memory)
-# DAC-timed stamps (the player maps PortAudio's DAC time itself onto the capture clock) jitter by ~1 ms, so a
-# deviation of more than JUMP_S that the next block confirms (within JUMP_AGREE_S) is real: an underrun put
-# silence into the output, and what follows is heard that much later. The timeline steps by it at once; easing
-# towards it over ~0.4 s (as for drift) would hand AEC3 an echo path that slides for as long.
-JUMP_S = 0.006  # s
-JUMP_AGREE_S = 0.002  # s
-INBOX_BLOCKS = 2000  # far-end blocks the callback may queue before the capture side reads (40 s at 20 ms)
-# Delay measurement (GCC-PHAT of the microphone against the reference as handed to AEC3).
-# The window is 2 s and the search ±1 s: device-stamped paths of 580–720 ms were measured in the test room
-# (PulseAudio's input latency "high", the room's buffers), and a 1 s window holds too little of such an echo.
-# espeak's regular rhythm gives false peaks of 8–15 × the mean; true ones were 15–100 ×.
-XCORR_S = 2.0  # s of audio per measurement
-XCORR_EVERY_S = 1.0  # s between measurements (only while the far end is playing)
-XCORR_MAX_MS = 1000.0  # largest delay searched, ms (either sign)
-XCORR_MIN_PEAK = 10.0  # peak / mean |correlation| needed to believe a measurement
-# The correlation runs at RATE / XCORR_DECIMATE (4 kHz: 0.25 ms resolution, speech's 0–2 kHz, where its phase is
-# most reliable): a 16k-point FFT instead of a 64k one, the wrapper's largest cost (measured 0.006 of a core).
-XCORR_DECIMATE = 4
 FAR_ACTIVE_DBFS = -50.0  # a far-end frame louder than this counts as playing
 FAR_ACTIVE_ENERGY = FRAME * 10 ** (FAR_ACTIVE_DBFS / 10)  # the same, as a 10 ms frame's sum of squares
 ECHO_HOLD_S = 0.5  # s after the far end last played that its echo (the room's reverberation) may still be heard
@@ -101,215 +75,6 @@ AEC_LATENCY = 128
 NS_LATENCY = 96
 EPS = 1e-10
 INSTALL_HINT = "pip install 'voiceassist[aec]'"
-
-
-class ReferenceSource(Protocol):
-    """Where the far end comes from: the player's live output, or a file of what was played."""
-
-    def read(self, t: float, n: int) -> np.ndarray:
-        """``n`` 16 kHz mono float32 samples of what was heard from capture-clock time ``t`` on (0 = silence)."""
-        ...
-
-    @property
-    def timed(self) -> bool:
-        """The stamps come from the device's DAC clock (False: write time + nominal latency, or a guess)."""
-        ...
-
-
-class FarEndReference:
-    """Thread-safe far-end buffer. Writer: the player's output callback (:meth:`write`, a copy and an append).
-    Reader: the capture thread (:meth:`read`), which does the resampling and the bookkeeping."""
-
-    def __init__(self, history_s: float = HISTORY_S) -> None:
-        # Producer: Player._callback (append); consumer: read() on the capture thread (popleft). A deque's
-        # append/popleft are atomic, so the callback never waits on the reader; when full the oldest goes.
-        self._inbox: collections.deque[tuple[np.ndarray, int, float, bool]] = collections.deque(maxlen=INBOX_BLOCKS)
-        self._ring = np.zeros(1 << max(12, math.ceil(math.log2(history_s * RATE))), np.float32)
-        self._end = 0  # absolute 16 kHz position (round(t·RATE)) one past the last sample written
-        self._run_pos = 0  # absolute position of the next resampled sample of the current run
-        self._run_t = -math.inf  # capture-clock time the current run's next input sample is heard, s
-        self._run_rate = 0
-        self._deviation = 0.0  # smoothed (stamp − run timeline) of the current run, s
-        self.reanchors = 0  # runs started (stream opened, or a stamp jumped)
-        self.jumps = 0  # steps of the timeline inside a run (output underruns)
-        self._jump: float | None = None  # an unconfirmed jump of the last block, s
-        self._resampler: Any = None
-        self._timed = True
-        self._any = False
-        self._lock = threading.Lock()  # read() may come from more than one thread (capture, status)
-
-    # ---- writer: the player's PortAudio callback ------------------------------------------------------------
-    def write(self, samples: np.ndarray, rate: int, t_heard: float, timed: bool = True) -> None:
-        """Record one output block (frames, or frames × channels) heard from ``t_heard`` (capture clock, s).
-        ``timed``: ``t_heard`` comes from PortAudio's DAC time (not from a nominal latency)."""
-        self._inbox.append((np.array(samples, dtype=np.float32, copy=True), int(rate), float(t_heard), timed))
-
-    # ---- reader: the capture thread -------------------------------------------------------------------------
-    @property
-    def timed(self) -> bool:
-        return self._timed
-
-    @property
-    def active(self) -> bool:
-        """Anything was ever written (a player is feeding this reference)."""
-        return self._any or bool(self._inbox)
-
-    def _ring_write(self, pos: int, values: np.ndarray) -> None:
-        size = len(self._ring)
-        values = values[-size:]
-        i = pos % size
-        first = min(len(values), size - i)
-        self._ring[i : i + first] = values[:first]
-        self._ring[: len(values) - first] = values[first:]
-
-    def _ring_read(self, pos: int, into: np.ndarray) -> None:
-        size, n = len(self._ring), len(into)
-        i = pos % size
-        first = min(n, size - i)
-        into[:first] = self._ring[i : i + first]
-        into[first:] = self._ring[: n - first]
-
-    def _put(self, pos: int, values: np.ndarray) -> None:
-        """Write 16 kHz samples at absolute position ``pos`` (zero-filling any gap since the last write)."""
-        size = len(self._ring)
-        if pos > self._end:  # silence between runs (the stream was closed, or a stamp jumped ahead)
-            gap_from = max(self._end, pos - size)
-            self._ring_write(gap_from, np.zeros(pos - gap_from, np.float32))
-        if len(values):
-            self._ring_write(pos + max(0, len(values) - size), values)
-        self._end = max(self._end, pos + len(values))
-
-    def _drain(self) -> None:
-        from voiceassist.audio.resample import StreamingResampler
-
-        while self._inbox:
-            block, rate, t, timed = self._inbox.popleft()
-            self._any, self._timed = True, timed
-            if rate != self._run_rate or abs(t - self._run_t) > REANCHOR_S:
-                # A new run: the stream (re)opened, or the clock jumped. The old run's last few ms are in the
-                # resampler's filter; they belong where that run ends.
-                if self._resampler is not None:
-                    tail = self._resampler.flush()
-                    self._put(self._run_pos, tail)
-                self._resampler = StreamingResampler(rate, 1 if block.ndim == 1 else block.shape[1])
-                self._run_rate, self._run_pos = rate, round(t * RATE)
-                self._run_t, self._deviation, self._jump = t, 0.0, None
-                self.reanchors += 1
-            elif timed and abs(t - self._run_t) > JUMP_S:
-                d = t - self._run_t
-                if self._jump is not None and abs(d - self._jump) < JUMP_AGREE_S:
-                    shift = round(self._jump * RATE)  # confirmed: from the first block that showed it
-                    self._run_pos += shift
-                    self._run_t += shift / RATE
-                    self._deviation, self._jump = 0.0, None
-                    self.jumps += 1
-                else:
-                    self._jump = d
-            else:
-                self._jump = None
-                self._deviation += STAMP_SMOOTHING * ((t - self._run_t) - self._deviation)
-                if abs(self._deviation) > DRIFT_S:  # the stamps drift away for real: follow them
-                    shift = round(self._deviation * RATE)
-                    self._run_pos += shift
-                    self._run_t += shift / RATE
-                    self._deviation -= shift / RATE
-            out = self._resampler.process(block)
-            self._put(self._run_pos, out)
-            self._run_pos += len(out)
-            self._run_t += len(block) / rate
-
-    def read(self, t: float, n: int) -> np.ndarray:
-        with self._lock:
-            self._drain()
-            start = round(t * RATE)
-            out = np.zeros(n, np.float32)
-            lo, hi = max(start, self._end - len(self._ring)), min(start + n, self._end)
-            if hi > lo:
-                self._ring_read(lo, out[lo - start : hi - start])
-            return out
-
-
-class ArrayReference:
-    """A recording of what was played (``segment --reference``): sample 0 is heard at ``t0`` (capture clock)."""
-
-    def __init__(self, samples: np.ndarray, t0: float) -> None:
-        self.samples = np.asarray(samples, np.float32)
-        self.t0 = t0
-
-    @property
-    def timed(self) -> bool:
-        return True
-
-    def read(self, t: float, n: int) -> np.ndarray:
-        start = round((t - self.t0) * RATE)
-        out = np.zeros(n, np.float32)  # before the start and after the end of the recording: silence
-        lo, hi = max(start, 0), min(start + n, len(self.samples))
-        if hi > lo:
-            out[lo - start : hi - start] = self.samples[lo:hi]
-        return out
-
-
-def _decimate(x: np.ndarray) -> np.ndarray:
-    """The mean of each XCORR_DECIMATE samples running: the same float32 sums, in the same order, as
-    ``x.reshape(-1, XCORR_DECIMATE).mean(axis=1)``, ~9× faster (numpy reduces a 4-long axis slowly)."""
-    out = x[0::XCORR_DECIMATE] + x[1::XCORR_DECIMATE]
-    for k in range(2, XCORR_DECIMATE):
-        out += x[k::XCORR_DECIMATE]
-    out /= np.float32(XCORR_DECIMATE)
-    return out
-
-
-class DelayEstimator:
-    """GCC-PHAT of the microphone against the reference: the delay of the echo behind the reference, in ms.
-
-    A plain cross-correlation is dominated by speech's low-frequency energy and smears over the room's
-    reverberation; the phase transform whitens both, so the direct path stands out as a sharp peak."""
-
-    def __init__(self) -> None:
-        n = round(XCORR_S * RATE) // XCORR_DECIMATE * XCORR_DECIMATE
-        self._near = np.zeros(n, np.float32)  # rings of the last XCORR_S, written at _pos
-        self._far = np.zeros(n, np.float32)
-        self._pos = 0
-        self._fft = 1 << math.ceil(math.log2(2 * n // XCORR_DECIMATE))
-        self._max_lag = round(XCORR_MAX_MS * RATE / 1000 / XCORR_DECIMATE)
-        self._since = 0  # samples since the last measurement
-        self._far_active = 0  # far-end-active frames in the window
-        self.delay_ms: float | None = None  # the last believable measurement
-        self.measurements = 0
-
-    def push(
-        self, near: np.ndarray, far: np.ndarray, far_active_frames: int, every_s: float = XCORR_EVERY_S
-    ) -> float | None:
-        """Add a stretch of both signals; returns a new measurement (ms) when one was made and believable
-        (one each ``every_s`` of audio at most)."""
-        n = len(self._near)
-        for ring, x in ((self._near, near[-n:]), (self._far, far[-n:])):
-            i = self._pos
-            first = min(len(x), n - i)
-            ring[i : i + first] = x[:first]
-            ring[: len(x) - first] = x[first:]
-        self._pos = (self._pos + min(len(near), n)) % n
-        self._far_active += far_active_frames
-        self._since += len(near)
-        if self._since < every_s * RATE:
-            return None
-        enough = self._far_active * FRAME >= 0.5 * self._since  # far end playing in half of the time since the last
-        self._since, self._far_active = 0, 0
-        if not enough:
-            return None
-        # Oldest first, decimated only now (once a measurement, not per block): averaging XCORR_DECIMATE samples
-        # is a crude low-pass, enough for the phase of speech's 0–2 kHz.
-        near_w, far_w = _decimate(np.roll(self._near, -self._pos)), _decimate(np.roll(self._far, -self._pos))
-        spec = np.fft.rfft(near_w, self._fft) * np.conj(np.fft.rfft(far_w, self._fft))
-        corr = np.fft.irfft(spec / (np.abs(spec) + EPS), self._fft)
-        lags = np.concatenate((corr[-self._max_lag :], corr[: self._max_lag + 1]))  # lag −max … +max
-        mag = np.abs(lags)
-        i = int(np.argmax(mag))
-        if mag[i] < XCORR_MIN_PEAK * (float(mag.mean()) + EPS) or abs(i - self._max_lag) >= self._max_lag - 1:
-            return None  # no clear peak, or one at the edge of the search (the true delay is not inside it)
-        self.delay_ms = (i - self._max_lag) * XCORR_DECIMATE * 1000 / RATE
-        self.measurements += 1
-        return self.delay_ms
 
 
 class Convergence(enum.Enum):

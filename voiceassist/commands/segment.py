@@ -80,7 +80,7 @@ def segment_file(
     reference_delay_ms: int = 0,
 ) -> tuple[float, list[dict[str, Any]]]:
     """(file duration in s, segments as in the --json output) for one file; ``reference``: what was played."""
-    from voiceassist.audio import echo
+    from voiceassist.audio import echo, farend
     from voiceassist.audio.files import read_audio_16k
     from voiceassist.audio.sources import EndOfInput, FileSource
     from voiceassist.config import AudioConfig
@@ -93,7 +93,7 @@ def segment_file(
     source.start()
     canceller: echo.EchoCanceller | None = None
     if played is not None:
-        ref = echo.ArrayReference(played, source.start_t + reference_delay_ms / 1000)
+        ref = farend.ArrayReference(played, source.start_t + reference_delay_ms / 1000)
         ns = echo.ns_wanted(audio_config.noise_suppression, True)
         canceller = echo.EchoCanceller(ref, noise_suppression=ns, auto_gain=audio_config.auto_gain)
     else:

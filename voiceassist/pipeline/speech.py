@@ -95,7 +95,7 @@ class SpeechStage:
         self._voiced_turn: int | None = None  # the last reply BeginReply chose to speak (a stop leaves it)
         self._speaking_turn = 0  # the turn whose reply the speaker was last fed
         self._lock = threading.RLock()
-        self._far_end: object | None = None  # audio.echo.FarEndReference the player writes (echo cancellation)
+        self._far_end: object | None = None  # audio.farend.FarEndReference the player writes (echo cancellation)
 
     def attach_far_end(self, reference: object) -> None:
         """The echo canceller's far-end reference: every speaker this stage has or opens writes into it."""

@@ -83,11 +83,11 @@ class Player:
         self._last_callback = 0.0
         self._callbacks = 0
         self._idle_since = time.monotonic()
-        self._reference: Any = None  # audio.echo.FarEndReference fed by the callback (None: nobody listens)
+        self._reference: Any = None  # audio.farend.FarEndReference fed by the callback (None: nobody listens)
         self.dac_timed = True  # the last callback had a usable DAC time (False: stamped with latency_s)
 
     def set_reference(self, reference: Any) -> None:
-        """Feed ``reference`` (an ``audio.echo.FarEndReference``) with every block written from now on."""
+        """Feed ``reference`` (an ``audio.farend.FarEndReference``) with every block written from now on."""
         self._reference = reference
 
     # ---- stream --------------------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ class Speaker:
         return self._player.last_audio_end()
 
     def set_far_end(self, reference: object) -> None:
-        """Publish every block the player writes into ``reference`` (an ``audio.echo.FarEndReference``, #12)."""
+        """Publish every block the player writes into ``reference`` (an ``audio.farend.FarEndReference``, #12)."""
         self._player.set_reference(reference)
 
     def close(self) -> None:
