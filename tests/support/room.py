@@ -17,9 +17,10 @@ callback stamps each block with its ADC time; a worker thread passes it through 
 response and writes the echo into a ring indexed by capture-clock sample (``round(t · 16000)``, ``t`` on
 ``time.monotonic``); the output callback, for the block whose DAC time is T, plays the echo that entered at
 T − delay. Both sides count samples contiguously from an anchor, and re-anchor on their stamps only after an
-overflow / underflow or when a stamp is more than REANCHOR_S off the count: a stall then loses echo (zeros,
-counted) but never moves it. Hand-written because it is a test fixture and no library does a time-indexed
-room; the convolution is the textbook partitioned one (scipy's convolutions do not stream).
+overflow / underflow, when a stamp is more than REANCHOR_S off the count, or when a smaller deviation persists
+(STEP_S): a stall then loses echo (zeros, counted) but never moves it, and one late stamp moves nothing.
+Hand-written because it is a test fixture and no library does a time-indexed room; the convolution is the
+textbook partitioned one (scipy's convolutions do not stream).
 
 Commands on its stdin: ``say PATH`` (mix a 16 kHz mono WAV into the microphone, after any speech still
 playing); it answers on stdout ``said PATH T`` with T the capture-clock time (``time.monotonic``, shared by all
@@ -67,6 +68,10 @@ REANCHOR_S = 0.02  # a stamp this far off its stream's sample count is a jump (a
 # One stamp can be off by up to ~18 ms on a loaded machine (ALSA's pulse plugin's latency figure; 0.05 ms when
 # idle): an anchor is refined once, REFINE_BLOCKS after it, by the median deviation of those blocks' stamps.
 REFINE_BLOCKS = 60
+# A smaller deviation that persists is real (the server dropped or inserted samples behind the streams' back, no
+# flag raised): all stamps over STEP_CONFIRM_S more than STEP_S off and agreeing within STEP_AGREE_S move the
+# count by their median. Single late stamps (the jitter above) do not.
+STEP_S, STEP_AGREE_S, STEP_CONFIRM_S = 0.003, 0.002, 0.05
 RING_S = 4.0  # s of echo kept (far more than any delay)
 SETTLE_S = 0.5  # both streams keep time with enough slack for this long before the room says ready, s
 START_TIMEOUT_S = 6.0  # per attempt: a stream through ALSA's pulse plugin can stay silent for ~1.7 s at first, s
@@ -184,6 +189,8 @@ class SampleClock:
         self.idx: int | None = None
         self.devs: list[float] = []  # stamp − count of the blocks since the anchor, until refined, s
         self.reanchors = 0
+        self.steps = 0  # confirmed persistent deviations followed
+        self.off: list[float] = []  # the latest run of deviations beyond STEP_S, s
         self.changed_at = 0.0  # capture clock of the last anchor or refinement, s
         self.max_dev = 0.0  # largest |stamp − count| that did not re-anchor, s
 
@@ -191,11 +198,19 @@ class SampleClock:
         """The ring index of this block's first sample (``t``: its stamp on the capture clock)."""
         dev = math.inf if self.idx is None else t - self.idx / SR
         if flagged or abs(dev) > REANCHOR_S:
-            self.idx, self.devs = round(t * SR), []
+            self.idx, self.devs, self.off = round(t * SR), [], []
             self.reanchors += 1
             self.changed_at = time.monotonic()
         else:
             self.max_dev = max(self.max_dev, abs(dev))
+            self.off = [*self.off, dev] if abs(dev) > STEP_S and self.settled else []
+            if len(self.off) * frames >= STEP_CONFIRM_S * SR and max(self.off) - min(self.off) < STEP_AGREE_S:
+                self.idx = int(self.idx or 0) + round(float(np.median(self.off)) * SR)
+                self.off = []
+                self.steps += 1
+                self.changed_at = time.monotonic()
+            elif len(self.off) * frames >= STEP_CONFIRM_S * SR:
+                self.off = self.off[1:]
             if len(self.devs) < REFINE_BLOCKS:
                 self.devs.append(dev)
                 if len(self.devs) == REFINE_BLOCKS:
@@ -220,6 +235,8 @@ class Counters:
     out_blocks: int = 0
     in_reanchors: int = 0  # input count re-anchored on its ADC stamp (an overflow, or a stamp > REANCHOR_S off)
     out_reanchors: int = 0  # output count re-anchored on its DAC stamp (an underflow, or a stamp > REANCHOR_S off)
+    in_steps: int = 0  # input count moved by a persistent deviation (STEP_S)
+    out_steps: int = 0
     overflows: int = 0
     underflows: int = 0
     missing: int = 0  # echo samples not ready when their output block was due (played as zeros)
@@ -274,7 +291,7 @@ class LiveRoom:
         self.speech: collections.deque[_Speech] = collections.deque()  # said, not yet playing
         self.playing: _Speech | None = None
         self.streams: list[Any] = []
-        self.base = (0, 0)  # the clocks' re-anchor counts when the room said ready
+        self.base = (0, 0, 0, 0)  # the clocks' re-anchor and step counts when the room said ready
         self.stopping = False
         self.worker = threading.Thread(target=self._work, name="room-worker", daemon=True)
 
@@ -385,7 +402,8 @@ class LiveRoom:
                     if self.window_slack >= MARGIN_MS / 1000:
                         self.c = Counters(out_latency_ms=self.out_latency * 1000, block=self.block)
                         self.c.min_delay_ms = self.spec.delay_ms - self.window_slack * 1000 + MARGIN_MS
-                        self.base = (self.in_clock.reanchors, self.out_clock.reanchors)
+                        ic, oc = self.in_clock, self.out_clock
+                        self.base = (ic.reanchors, oc.reanchors, ic.steps, oc.steps)
                         self.in_clock.max_dev = self.out_clock.max_dev = 0.0
                         self.ready = True
                         return self.c.min_delay_ms
@@ -426,6 +444,7 @@ class LiveRoom:
         c = self.c
         c.in_reanchors = self.in_clock.reanchors - self.base[0]
         c.out_reanchors = self.out_clock.reanchors - self.base[1]
+        c.in_steps, c.out_steps = self.in_clock.steps - self.base[2], self.out_clock.steps - self.base[3]
         c.max_in_dev_ms, c.max_out_dev_ms = self.in_clock.max_dev * 1000, self.out_clock.max_dev * 1000
         return asdict(c)
 
