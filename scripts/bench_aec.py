@@ -319,7 +319,7 @@ def main() -> int:
     for spec, ours, theirs, fair, state in rows:
         lines.append(
             f"| {spec.delay_ms:g} ms, {spec.rt60_s:g} s | {ours:.1f} dB | {theirs:.1f} dB | {fair:.1f} dB | "
-            f"{state['delay_ms']} ms (room + servers' buffers), {state['convergence']}, "
+            f"{state['delay_ms']} ms (device-stamped; the room keeps its delay), {state['convergence']}, "
             f"timing {state['timing']} |"
         )
     lines += [

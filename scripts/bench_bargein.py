@@ -8,8 +8,8 @@ speaking the replies of the tiny random-weight Qwen2-Audio (noise text; spoken a
 
 (a) barge-in, ``--barge N`` replies: the user says a sentence over each reply, 2–6 s after its first sound.
     Per reply: confirmed = the capture stage stops the reply (StopSpeaking "barge_in", wall clock) − the user's
-    onset (when the room wrote the speech's first sample into the microphone sink; the room's 60 ms playback
-    buffer is inside this figure); stopped = the last sample of the reply heard (the player's DAC time) − the
+    onset (when the speech's first sample plays into the microphone sink: its DAC time, from the room);
+    stopped = the last sample of the reply heard (the player's DAC time) − the
     confirmation; kept = the user's words are the next turn (one utterance of 1–5 s, turn + 1) and the history
     marks the reply interrupted with the heard part kept. Target: confirmed ≤ barge_in_ms + 200 ms in ≥ 19 of
     20, stopped ≤ 150 ms, words kept.
@@ -304,7 +304,8 @@ def report(barge: list[dict], quiet: list[dict], spec: RoomSpec, barge_in_ms: in
         f"| (b) a backchannel (< barge_in_ms) stopped the reply or became a turn | never | "
         f"{sum(not r['ok'] for r in bcs)} of {len(bcs)} |",
         "",
-        "Confirmation includes the room's playback buffer (60 ms) and the capture stage's 20 ms blocks; "
+        "Confirmation is from the user's first sample in the microphone sink (its DAC time) and includes the "
+        "capture stage's 20 ms blocks; "
         "stopped is the player's DAC time of the last sample (the 5 ms fade and the device latency).",
     ]
     bad = [r for r in barge + quiet if not r.get("ok")]
