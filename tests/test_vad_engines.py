@@ -137,8 +137,8 @@ def test_silero_sleeps_in_a_steady_room_and_wakes_for_speech():
 
 def test_a_word_broken_into_bursts_by_babble_starts_from_its_first_burst():
     # 16-talker babble at 5 dB raises Silero's start threshold to ~0.78: "Thank you." (question 2) makes bursts
-    # of 5 and 8 speech frames, each short of the 9-frame trigger, with frames at 0.6-0.77 between them. Their
-    # speech adds up (neural engines): before, the turn started on the third burst, 1.43 s after the question
+    # of 5 and 8 speech frames, each short of the 9-frame trigger, with frames just under it between them. Their
+    # speech adds up (engine silero): before, the turn started on the third burst, 1.43 s after the question
     # began, its onset 78 ms late; now 0.63 s and -12 ms.
     base = noisy.questions(n=3)
     scene = noisy.with_noise(base, noisy.babble(base.duration, seed=9), 5)
