@@ -28,7 +28,9 @@ States (``VadState``)::
 
 - onset: the first speech frame of the run that fired the trigger, or of a burst that died less than
   ``onset_lookback_ms`` before it (a weak first syllable in noise); the audio starts ``pre_roll_ms`` earlier
-  (never before the previous utterance's end), so the first syllable reaches the model;
+  (never before the previous utterance's end), so the first syllable reaches the model. With engine silero
+  such a burst's speech frames also count towards the trigger (a word broken into bursts by a noise
+  that keeps Silero's threshold high — 16-talker babble — starts from its first burst, not its third);
 - in STOPPING, ``resume_ms`` of consecutive speech is needed to go on (one noise peak does not);
 - the utterance's audio ends ``tail_ms`` after its last speech frame, not at the end of the hang-over;
 - ``SpeechPaused`` once the silence reaches max(``speculate_after_ms``, ``tail_ms``): its utterance is the very
@@ -175,6 +177,7 @@ class Segmenter:
         self._reset_utterance()
         self._prev_end = 0  # absolute sample where the last utterance's audio ended
         self._burst_onset = self._burst_last = -(10**9)  # onset and last speech frame of the last dead burst
+        self._burst_speech = 0  # its speech frames (with those of the bursts it continued; engine silero)
 
     # ---- helpers ----------------------------------------------------------------------------------------
     def _reset_utterance(self) -> None:
@@ -315,6 +318,13 @@ class Segmenter:
                 # just before, the utterance's onset is that burst's (bounded, so noise cannot chain far back).
                 if k - self._burst_last <= self._lookback_frames:
                     self._onset = max(self._burst_onset, k - 2 * self._lookback_frames)
+                    if self._engine.chains_bursts and self._onset == self._burst_onset:
+                        # The burst and this run are one would-be utterance: its speech counts (measured, babble
+                        # at 5 dB: "Thank you." made bursts of 5 and 8 frames, each one short of the trigger, and
+                        # started 1.49 s late with its onset clamped 198 ms late; counted, 0.63 s and −12 ms).
+                        # Only while the chain is within the onset's bound: noise cannot add up for longer.
+                        # Engine silero only (see vad_engines: the others measured one more false turn).
+                        self._run_speech += self._burst_speech
                 else:
                     self._onset = k
                     # The neural engines call a word's first 2–3 frames late (Silero needs context): the onset
@@ -340,6 +350,7 @@ class Segmenter:
                 if self._gap >= self._start_gap_frames:
                     self.state = VadState.QUIET
                     self._burst_onset, self._burst_last = self._onset, k - self._gap
+                    self._burst_speech = self._run_speech
         else:  # SPEAKING or STOPPING
             self._resume_run = self._resume_run + 1 if speech else 0
             if speech and (st is VadState.SPEAKING or self._resume_run >= self._resume_frames):
