@@ -29,8 +29,8 @@ from typing import Protocol, runtime_checkable
 from voiceassist.events import Utterance
 from voiceassist.pipeline.frontend import EchoPolicy, PlaybackTimeline
 
-DOUBLE_TALK_GAP_S = 0.45  # s of suppressed output that still joins two bursts of the user's speech (≤ 0.42 seen)
-DOUBLE_TALK_MIN_S = 0.15  # s of speech frames the bursts must hold (residual echo: single frames, 2-3 s apart)
+DOUBLE_TALK_GAP_S = 0.5  # s of suppressed output that still joins two bursts of the user's speech (≤ 0.48 seen live)
+DOUBLE_TALK_MIN_S = 0.21  # s of speech frames the bursts must hold (residual echo: single frames, 2-3 s apart)
 
 
 @runtime_checkable
