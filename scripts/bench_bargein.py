@@ -18,7 +18,7 @@ speaking the replies of the tiny random-weight Qwen2-Audio (noise text; spoken a
     neither stop the reply nor become a turn.
 
 Usage: flock -s /work/coord/quiet.lock env PYTHONPATH=. .venv/bin/python scripts/bench_bargein.py
-       [--barge 20] [--quiet 20] [--no-write]
+       [--barge 20] [--quiet 20] [--max-tokens 120] [--quiet-tokens 40] [--no-write]
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class Run:
         )
         self.speaker = Speaker(self.cfg.tts, self.cfg.audio.output_device)
         assert self.speaker.wait_ready(15), "speech worker / output device did not come up"
-        self.app = App(self.cfg, MicrophoneSource(None), open_backend(self.cfg), speaker=self.speaker)
+        self.session = open_backend(self.cfg)
+        self.app = App(self.cfg, MicrophoneSource(None), self.session, speaker=self.speaker)
         self.stops: list[tuple[float, dict]] = []  # (wall clock, echo state) of each barge-in decision
         capture, orig = self.app.capture, self.app.capture._speech
 
@@ -113,6 +114,18 @@ class Run:
             self._spoke = now
         return now - self._spoke > 0.5 and bool(self.of("reply_done", turn))
 
+    def new_reply(self, turn: int) -> None:
+        """Ask for the next reply once the one of ``turn`` is over (a turn submitted while a reply still plays
+        waits behind it, and the trials after would time the wrong reply)."""
+        self.pump(180, lambda: self.ended(turn))
+        self.app.submit_text("Tell me a long story.")
+
+    def reply_tokens(self, n: int) -> None:
+        """Replies from now on are at most ``n`` tokens (the session reads its generation settings per turn)."""
+        import dataclasses
+
+        self.session.generation = dataclasses.replace(self.session.generation, max_new_tokens=n)
+
     def converged(self) -> bool:
         return (self.app.echo_state() or {}).get("convergence") == "converged"
 
@@ -139,7 +152,7 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         if first is None:
             row["why"] = "no sound"
             print(f"barge {k + 1}/{n}: {row}", flush=True)
-            run.app.submit_text("Tell me a long story.")
+            run.new_reply(turn)
             continue
         # The user talks once the canceller has converged (full duplex; before, the half-duplex gate holds and
         # no barge-in is possible) and at least `at` s into the reply.
@@ -149,7 +162,7 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         if run.ended(turn):
             row["why"] = f"reply ended ({row['after_s']} s) before the canceller converged: {run.app.echo_state()}"
             print(f"barge {k + 1}/{n}: {row}", flush=True)
-            run.app.submit_text("Tell me a long story.")
+            run.new_reply(turn)
             continue
         n_stops = len(run.stops)
         row["false_before"] = len(run.of("interrupted", turn))
@@ -182,7 +195,10 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         limit = run.cfg.tts.barge_in_ms + 200
         row["ok"] = bool(row["kept"] and row.get("confirm_ms", 1e9) <= limit and row.get("stopped_ms", 1e9) <= 150)
         print(f"barge {k + 1}/{n}: {row}", flush=True)
-        # the user's words are turn + 1, and its reply (heard as turn + 1) the next trial's
+        # the user's words are turn + 1, and its reply (heard as turn + 1) the next trial's; without a
+        # barge-in the reply plays on and the user's words were its echo's: the next trial asks again
+        if len(run.stops) == n_stops or not utt:
+            run.new_reply(turn)
     return rows
 
 
@@ -198,7 +214,10 @@ def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, tu
     rows = []
     for k in range(n):
         n_stops = len(run.stops)
-        run.pump(60, lambda t=turn: t == 0 or run.ended(t))
+        # The last turn asked for (the barge-in part's last user words may still be waiting for their reply):
+        # its reply ends before the next is asked for, so each trial times its own reply.
+        turn = max([turn] + [e.turn for e in run.of("utterance")])
+        run.pump(120, lambda t=turn: t == 0 or run.ended(t))
         run.app.submit_text("Tell me a long story.")
         turn, first = run.wait_heard(turn)
         row: dict = {"turn": turn, "backchannel": k % 2 == 1, "ok": False}
@@ -216,7 +235,11 @@ def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, tu
         row["heard_s"] = round(run.speaker._player.last_audio_end() - first, 1)
         row["barge_ins"] = len(run.stops) - n_stops
         row["interrupted"] = len(run.of("interrupted", turn))
-        row["turns"] = len(run.of("utterance", turn + 1))
+        # microphone turns only (the next trial's typed request is an utterance event too)
+        heard = [e for e in run.of("utterance", turn + 1) if e.durations]
+        row["turns"] = len(heard)
+        if heard:  # when, from the reply's end (+: after it): residual echo at the end, or a backchannel
+            row["turn_at_s"] = [round(e.speech_end_t - run.speaker._player.last_audio_end(), 2) for e in heard]
         row["ok"] = row["barge_ins"] == 0 and row["interrupted"] == 0 and row["turns"] == 0
         print(f"quiet {k + 1}/{n}: {row} state {run.app.echo_state()}", flush=True)
         rows.append(row)
@@ -227,7 +250,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--barge", type=int, default=20)
     ap.add_argument("--quiet", type=int, default=20)
-    ap.add_argument("--max-tokens", type=int, default=120)
+    ap.add_argument("--max-tokens", type=int, default=120, help="longest reply of the barge-in part, tokens")
+    ap.add_argument(
+        "--quiet-tokens", type=int, default=40, help="longest reply of the quiet part, tokens (~0.3 s of speech each)"
+    )
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -249,6 +275,7 @@ def main() -> int:
             run.app.start()
             try:
                 barge = barge_trials(run, room, args.barge, tmp, rng)
+                run.reply_tokens(args.quiet_tokens)
                 quiet = quiet_trials(run, room, args.quiet, tmp, rng, run.speaker._turn or 0)
             finally:
                 run.app.stop()

@@ -66,11 +66,10 @@ def describe(evs: list) -> list:
 
 
 @pytest.mark.xfail(
-    reason="not reliable yet (#12), measured with the time-indexed room (its path fixed at 60 ms; the canceller "
-    "measures 55-65 ms, converged within 1.7 s, no turn or barge-in from 7 s of the reply): the barge-in is "
-    "confirmed 1.58-1.84 s after the user's onset (limit 0.85 s) in 6 of 6 runs (3 under the exclusive lock), the "
-    "capture stage's barge-in decision itself that late (scripts/bench_bargein.py: 0.69-1.72 s when the user talks "
-    "2-3 s into a reply, and once none: the user's speech suppressed, ERLE 73 dB)",
+    reason="not reliable yet (#12): with the double-talk barge-in (pipeline/duplex.py) 4 of 5 runs under the exclusive "
+    "lock pass, one confirmed 1.25 s after the onset (limit 0.85 s): AEC3's suppressor leaves the user's speech in "
+    "bursts of 60-120 ms with gaps up to 0.5 s, so speech spanning barge_in_ms shows late (before it: 1.58-1.84 s in "
+    "6 of 6 runs)",
     strict=False,
 )
 def test_over_an_open_loudspeaker_the_reply_is_not_a_turn_and_the_user_barges_in(room, session, tmp_path):
@@ -104,7 +103,7 @@ def test_over_an_open_loudspeaker_the_reply_is_not_a_turn_and_the_user_barges_in
     finally:
         app.stop()
     inter = [e for e in evs if e.kind == "interrupted"]
-    print(describe(evs), app.echo_state())
+    print(describe(evs), app.echo_state(), "confirmed", [round(e.t - said_at, 3) for e in inter], "s after onset")
     assert len(inter) == 1 and inter[0].reason == "barge_in" and inter[0].turn == 1, describe(evs)
     confirm_s = inter[0].t - said_at
     assert 0.3 <= confirm_s <= cfg.tts.barge_in_ms / 1000 + 0.2 + 0.15, confirm_s  # + the room's own delay

@@ -162,6 +162,9 @@ class Segmenter:
         self._rising: collections.deque[bool] = collections.deque(maxlen=ONSET_BACK_FRAMES)  # recent frames
         self._rise_now = False  # this frame is above floor + snr_gate_db/2 (neural engines' onset walk-back)
         self._echo_active = False  # the input is an echo canceller's output while the far end plays
+        # (capture-clock start of the frame, s; is speech) of each frame the last feed() classified: the
+        # full-duplex barge-in reads the verdicts of double talk, which the state machine may not start on
+        self.frames: list[tuple[float, bool]] = []
 
         self.state = VadState.QUIET
         self.noise_floor_db = -100.0  # dBFS, the adaptive floor (for meters and tests)
@@ -422,10 +425,12 @@ class Segmenter:
         data = np.concatenate((self._carry, samples)) if len(self._carry) else samples
         n = len(data) // self._frame
         events: list[SegmenterEvent] = []
+        self.frames = []
         for i in range(n):
             frame = data[i * self._frame : (i + 1) * self._frame]
             self._audio.append(frame)
             speech, level = self._classify(frame)
+            self.frames.append((self.time_of(self._k * self._frame), speech))
             self._levels.append(np.array([level], np.float32))
             self._step(speech, events)
             if self._engine.walks_back:

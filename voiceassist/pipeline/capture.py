@@ -67,6 +67,7 @@ DIGITAL_SILENCE = 1.0 / 32768  # peak below one 16-bit step: the input is digita
 RECORDING_STATUS_EVERY_S = 0.5  # recording indicator refresh, s of recording
 RETRY_DEVICE_S = 1.0  # wait between attempts to reopen a lost input device, s
 SPEC_PICKUP_WAIT_S = 5.0  # a fast file waits at most this long for the model stage to take a speculation, s
+EARLY_BARGE_WAIT_S = 2.0  # a double-talk barge-in waits this long for the segmenter to start its utterance, s
 MAX_SPEECH_WAIT_S = 120.0  # a fast file waits at most this long for a reply to be spoken, s
 
 
@@ -137,6 +138,9 @@ class CaptureStage:
         self._utt_echo = False  # the current speech overlapped the assistant's playback (or its echo tail)
         self._barged = False  # ... and barged in, so it is a real turn after all
         self._speech_start_t: float | None = None
+        # Full duplex: a barge-in decided on double talk before the segmenter started the utterance (capture
+        # clock of the decision, s): the SpeechStarted that follows is the barged-in speech
+        self._early_barge_t: float | None = None
         self._pace: tuple[float, float] | None = None  # (wall, block clock) while pacing a fast hang-over
         self._spec: SpeculationRequest | None = None  # the last speculation asked for
         self._last_end_t = now()
@@ -285,6 +289,7 @@ class CaptureStage:
         if self._seg is None:
             self._seg = Segmenter(self.config.vad, detector=self._detector() if self._detector else None)
             self._utt_echo = self._barged = False
+            self._early_barge_t = None
         self._seg.set_echo_active(echo_active)
         echo = self._echo.audible(block.t)
         got_utterance = False
@@ -312,7 +317,8 @@ class CaptureStage:
                 case SpeechStarted(t=t):
                     self._speech_start_t = t
                     self._utt_echo = echo
-                    self._barged = False
+                    self._barged = self._early_barge_t is not None
+                    self._early_barge_t = None
                     if not echo:
                         self._hearing = True
                         self._report(t)
@@ -322,6 +328,17 @@ class CaptureStage:
                 case SpeechResumed():
                     self._drop_speculation()
         state = self._seg.state
+        if self._early_barge_t is not None and t_end - self._early_barge_t > EARLY_BARGE_WAIT_S:
+            self._early_barge_t = None  # the speech never made an utterance (too short once the reply stopped)
+        if echo and self.wake is None and not self._barged and self._early_barge_t is None:
+            frame_s = self.config.vad.frame_ms / 1000
+            if any([self._echo.double_talk(t, sp, frame_s) for t, sp in self._seg.frames]):
+                self._speech(StopSpeaking("barge_in"))
+                if self._speech_start_t is not None:
+                    self._utt_echo = self._barged = self._hearing = True
+                else:
+                    self._early_barge_t = t_end
+                self._report(t_end)
         if state is not VadState.QUIET and echo and not got_utterance:
             self._utt_echo = True  # playback started during the speech: it may contain the assistant's voice
         if (

@@ -129,3 +129,8 @@ class EchoPolicy:
     def barges_in(self, speech_s: float) -> bool:
         """``speech_s`` of speech that started over playback interrupts the assistant now?"""
         return self.barge_in and speech_s >= self.barge_in_s and self.playback.output_on() and self.playback.speaking()
+
+    def double_talk(self, t: float, speech: bool, frame_s: float) -> bool:
+        """One VAD frame (starting at ``t``, capture clock, s) over playback: does the speech so far barge in,
+        before the segmenter has started an utterance? Half duplex: never (only ``barges_in``)."""
+        return False
