@@ -289,7 +289,11 @@ def test_overflowing_queue_drops_the_oldest_blocks_and_counts_them(pulse, caplog
         assert all(b is not None for b in late)
         ends = [b.t + len(b.samples) / SR for b in [first] + late]
         starts = [b.t for b in late]
-        assert max(abs(a - b) for a, b in zip(ends, starts)) < 0.01  # contiguous, to the sample clock
+        # contiguous, to the sample clock, but for at most one confirmed step (audio/timeline.py): the oldest
+        # block kept, the anchor, may carry a stamp of the burst before the drops (measured: 96 ms off the
+        # stamps after it, which the step then follows at once; the old smoothing crept after it for seconds)
+        gaps = [abs(a - b) for a, b in zip(ends, starts)]
+        assert sum(g >= 0.01 for g in gaps) <= 1, gaps
         assert late[-1].t < now()
     finally:
         mic.close()

@@ -94,6 +94,11 @@ class EchoState:
     timing: str  # "device" (DAC/ADC times) or "estimated" (a device gave none: the canceller finds the delay)
     realigned: int  # times the reference was re-aligned because the delay left AEC3's range
     resets: int
+    # Moves of the far end's timeline inside its runs (refinement, jumps, drift steps; audio/timeline.py) and of
+    # the microphone's block stamps against their sample count: each makes AEC3 re-adapt (on one clock: one
+    # refinement each, nothing after).
+    reference_moves: int = 0
+    mic_moves: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +109,8 @@ class EchoState:
             "timing": self.timing,
             "realigned": self.realigned,
             "resets": self.resets,
+            "reference_moves": self.reference_moves,
+            "mic_moves": self.mic_moves,
         }
 
 
@@ -178,6 +185,8 @@ class EchoCanceller:
         self._notices: list[str] = []
         self._told_untimed = False
         self._since_far = math.inf  # s of capture since the far end last played
+        self._next_t: float | None = None  # where the next input block starts if its stamps run on, s
+        self._mic_moves = 0  # input blocks whose stamp was off that by half a sample or more
 
     # ---- state -----------------------------------------------------------------------------------------------
     def _timed(self) -> bool:
@@ -201,6 +210,8 @@ class EchoCanceller:
             timing="device" if self._timed() else "estimated",
             realigned=self._realigned,
             resets=self._resets,
+            reference_moves=int(getattr(self.reference, "moves", 0)),
+            mic_moves=self._mic_moves,
         )
 
     @property
@@ -236,6 +247,9 @@ class EchoCanceller:
     def process(self, block: AudioBlock) -> AudioBlock:
         """Whole 10 ms frames of (carry + block) through the canceller; the rest waits for the next block.
         The returned block's ``t`` is the capture time of its first sample."""
+        if self._next_t is not None and abs(block.t - self._next_t) * RATE >= 0.5:
+            self._mic_moves += 1
+        self._next_t = block.t + len(block.samples) / RATE
         data, t = self._frames.whole(block)
         out_t = t - self.latency / RATE  # what comes out now was captured `latency` samples earlier
         if len(data) == 0:

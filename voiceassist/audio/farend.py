@@ -17,24 +17,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from voiceassist.audio.timeline import StampTimeline
 from voiceassist.events import SAMPLE_RATE
 
 RATE = SAMPLE_RATE  # Hz: the reference is read at the capture chain's rate
 HISTORY_S = 4.0  # s of far end kept (longer than any output latency + room delay we align)
 # The player stamps each block from its own callback's DAC time, which jitters by the callback's scheduling
 # (ms, tens of ms on a loaded machine); the samples themselves are continuous. So a run of blocks keeps its
-# sample timeline, its stamps' deviation from it is smoothed, and the timeline moves only when that smoothed
-# deviation exceeds DRIFT_S (clock drift), or jumps when one block is more than REANCHOR_S off (an underrun, a
-# restarted stream).
+# sample timeline, and the timeline moves only as audio/timeline.py decides (its refinement, a jump — an
+# underrun put silence into the output, and what follows is heard that much later: stepped at once, confirmed
+# by the next block —, or a real clock drift, one sample at a time), or a new run starts when one block is more
+# than REANCHOR_S off (a restarted stream).
 REANCHOR_S = 0.1  # s
-DRIFT_S = 0.004  # s
-STAMP_SMOOTHING = 0.05  # weight of each block's deviation (~20 blocks ≈ 0.4 s memory)
-# DAC-timed stamps (the player maps PortAudio's DAC time itself onto the capture clock) jitter by ~1 ms, so a
-# deviation of more than JUMP_S that the next block confirms (within JUMP_AGREE_S) is real: an underrun put
-# silence into the output, and what follows is heard that much later. The timeline steps by it at once; easing
-# towards it over ~0.4 s (as for drift) would hand AEC3 an echo path that slides for as long.
-JUMP_S = 0.006  # s
-JUMP_AGREE_S = 0.002  # s
+JUMP_CONFIRM = 2  # blocks (20 ms each) a jump must show: the block itself and the next
 INBOX_BLOCKS = 2000  # far-end blocks the callback may queue before the capture side reads (40 s at 20 ms)
 
 
@@ -64,10 +59,10 @@ class FarEndReference:
         self._run_pos = 0  # absolute position of the next resampled sample of the current run
         self._run_t = -math.inf  # capture-clock time the current run's next input sample is heard, s
         self._run_rate = 0
-        self._deviation = 0.0  # smoothed (stamp − run timeline) of the current run, s
+        self._timeline = StampTimeline(RATE, JUMP_CONFIRM)  # when the current run's timeline moves
         self.reanchors = 0  # runs started (stream opened, or a stamp jumped)
-        self.jumps = 0  # steps of the timeline inside a run (output underruns)
-        self._jump: float | None = None  # an unconfirmed jump of the last block, s
+        self._moves = 0  # moves of the timeline inside the runs before the current one
+        self._jumps = 0  # ... of them jumps
         self._resampler: Any = None
         self._timed = True
         self._any = False
@@ -83,6 +78,17 @@ class FarEndReference:
     @property
     def timed(self) -> bool:
         return self._timed
+
+    @property
+    def jumps(self) -> int:
+        """Steps of the timeline inside a run by a confirmed jump (output underruns)."""
+        return self._jumps + self._timeline.jumps
+
+    @property
+    def moves(self) -> int:
+        """All moves of the timeline inside the runs (refinements, jumps, drift steps): each makes AEC3
+        re-adapt, so on one clock they should stay at one per run."""
+        return self._moves + self._timeline.moves
 
     @property
     def active(self) -> bool:
@@ -127,27 +133,16 @@ class FarEndReference:
                     tail = self._resampler.flush()
                     self._put(self._run_pos, tail)
                 self._resampler = StreamingResampler(rate, 1 if block.ndim == 1 else block.shape[1])
-                self._run_rate, self._run_pos = rate, round(t * RATE)
-                self._run_t, self._deviation, self._jump = t, 0.0, None
+                self._run_rate, self._run_pos, self._run_t = rate, round(t * RATE), t
+                self._moves += self._timeline.moves
+                self._jumps += self._timeline.jumps
+                self._timeline = StampTimeline(RATE, JUMP_CONFIRM, jumps=timed)
                 self.reanchors += 1
-            elif timed and abs(t - self._run_t) > JUMP_S:
-                d = t - self._run_t
-                if self._jump is not None and abs(d - self._jump) < JUMP_AGREE_S:
-                    shift = round(self._jump * RATE)  # confirmed: from the first block that showed it
-                    self._run_pos += shift
-                    self._run_t += shift / RATE
-                    self._deviation, self._jump = 0.0, None
-                    self.jumps += 1
-                else:
-                    self._jump = d
             else:
-                self._jump = None
-                self._deviation += STAMP_SMOOTHING * ((t - self._run_t) - self._deviation)
-                if abs(self._deviation) > DRIFT_S:  # the stamps drift away for real: follow them
-                    shift = round(self._deviation * RATE)
-                    self._run_pos += shift
-                    self._run_t += shift / RATE
-                    self._deviation -= shift / RATE
+                shift = self._timeline.update(t - self._run_t, len(block) / rate)
+                if shift:
+                    self._run_pos += round(shift * RATE)
+                    self._run_t += shift
             out = self._resampler.process(block)
             self._put(self._run_pos, out)
             self._run_pos += len(out)

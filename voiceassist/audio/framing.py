@@ -20,12 +20,15 @@ class FrameCarry:
         self.frame = frame  # samples per frame
         self.rate = rate  # Hz
         self.samples = np.zeros(0, np.float32)  # < frame samples waiting for a whole frame
-        self.t = 0.0  # capture-clock time of the first carried sample, s
+        self.t = 0.0  # capture-clock time of the first carried sample, s (by the block it came with)
 
     def whole(self, block: AudioBlock) -> tuple[np.ndarray, float]:
         samples = np.asarray(block.samples, np.float32).reshape(-1)
         if len(self.samples):
-            data, t = np.concatenate((self.samples, samples)), self.t
+            # The carried samples come just before the block's: from its stamp, so that a move of the source's
+            # timeline (a jump, a drift step) applies with this block, not only when the carry happens to empty
+            # (measured: the microphone's moves reached the echo canceller's reference in steps seconds late).
+            data, t = np.concatenate((self.samples, samples)), float(block.t) - len(self.samples) / self.rate
         else:
             data, t = samples, float(block.t)
         n = len(data) // self.frame * self.frame

@@ -30,6 +30,7 @@ import numpy as np
 from voiceassist.audio.devices import resolve_device
 from voiceassist.audio.files import open_audio, read_blocks
 from voiceassist.audio.resample import TARGET_RATE, StreamingResampler
+from voiceassist.audio.timeline import StampTimeline
 from voiceassist.config import AudioConfig
 from voiceassist.errors import AudioFileError, DeviceError
 from voiceassist.events import AudioBlock, now
@@ -42,8 +43,13 @@ LATENCY = "high"
 CLOSE_TIMEOUT_S = 2.0  # a stream whose device vanished can block in Pa_CloseStream; give up waiting after this, s
 FIRST_CALLBACK_S = 1.0  # s to wait for the first block after opening a stream before reopening it
 START_ATTEMPTS = 3
-CLOCK_SMOOTHING = 0.02  # weight of each block's measured clock offset (≈ 50 blocks ≈ 1 s memory)
 CLOCK_RESYNC_S = 0.25  # s: a larger offset jump (lost audio) re-anchors the clock at once
+# Smaller moves of the measured offset follow audio/timeline.py (refined once, then confirmed jumps and real
+# drift only): the ADC stamps wander by ms for seconds, and each move of the block stamps moves the echo
+# canceller's reference against the microphone (costing AEC3 dB, measured there). A jump must show on this many
+# blocks running (measured in the room: single ADC stamps 11 ms early / 7 ms late at the 1st / 99th percentile,
+# so a few running may agree by chance; 10 blocks = 0.2 s at 20 ms).
+CLOCK_JUMP_CONFIRM = 10
 # The reading thread itself did not run for this long (SIGSTOP/SIGCONT, a machine stalled by load or swap):
 # the missing callbacks are then our stall, not the device's, and the device gets a fresh stall_s to deliver
 # again before it counts as lost (#16). The reader polls every <= 0.1 s, so 0.5 s is far outside its rhythm.
@@ -120,7 +126,9 @@ class MicrophoneSource:
         self._next_frame = 0  # stream position the resampler expects next, device frames
         self._skipped_s = 0.0  # stream time lost to dropped blocks, s (the resampler joined across it)
         self._out_samples = 0  # 16 kHz samples handed out so far
-        self._offset: float | None = None  # capture clock − stream position, s (smoothed)
+        self._offset: float | None = None  # capture clock − stream position, s
+        self._timeline = StampTimeline(TARGET_RATE, CLOCK_JUMP_CONFIRM)  # when the offset moves
+        self._clock_moves = 0  # moves of the offset in timelines before the current one
         # The last callback had a usable ADC time (False: stamped one block before the callback). The echo
         # canceller reads it to say once that it falls back to estimating the delay.
         self.timing_reported = True
@@ -162,6 +170,12 @@ class MicrophoneSource:
             self._lost = f"input device {self.name!r} stopped (stream ended unexpectedly)"
 
     # ---- the capture thread -------------------------------------------------------------------------------
+    @property
+    def clock_moves(self) -> int:
+        """Moves of the block stamps against the sample count other than re-anchors (the refinement after
+        each anchor, jumps, drift steps): each moves the echo canceller's reference against the microphone."""
+        return self._clock_moves + self._timeline.moves
+
     def start(self) -> None:
         if self._stream is not None:
             return
@@ -284,15 +298,17 @@ class MicrophoneSource:
             self._next_frame = position + len(raw)
             out = self._resampler.process(raw)
             # Stream position p (s) ↔ capture clock: t = offset + p. Each raw block measures the offset; the
-            # host's ADC times jitter by tens of ms, so the offset is smoothed, and re-anchored after a jump
-            # (an overflow, a stall). Output sample j is input time j/16000 (soxr compensates its delay) of
-            # the audio actually resampled, so a block's first output sample is at out_samples/16000 plus the
-            # time lost to dropped blocks.
+            # host's ADC times jitter by ms (more under load) and wander, so the offset moves only as the
+            # StampTimeline decides, and is re-anchored after a large jump (an overflow, a stall). Output
+            # sample j is input time j/16000 (soxr compensates its delay) of the audio actually resampled, so a
+            # block's first output sample is at out_samples/16000 plus the time lost to dropped blocks.
             measured = t_raw - position / self.rate
             if self._offset is None or abs(measured - self._offset) > CLOCK_RESYNC_S:
                 self._offset = measured
+                self._clock_moves += self._timeline.moves
+                self._timeline = StampTimeline(TARGET_RATE, CLOCK_JUMP_CONFIRM)
             else:
-                self._offset += CLOCK_SMOOTHING * (measured - self._offset)
+                self._offset += self._timeline.update(measured - self._offset, len(raw) / self.rate)
             t = self._offset + self._out_samples / TARGET_RATE + self._skipped_s
             self._out_samples += len(out)
             if len(out):

@@ -1,0 +1,59 @@
+"""audio/timeline.py: a stream's timeline moves for jumps and real clock drift, not for its stamps' wander."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voiceassist.audio.timeline import DRIFT_S, StampTimeline
+
+RATE = 16000
+BLOCK_S = 0.02
+
+
+def follow(stamps_off: np.ndarray, confirm: int = 2) -> tuple[StampTimeline, np.ndarray]:
+    """Feed blocks whose stamps are ``stamps_off`` (s) off the true sample count; returns the timeline and, per
+    block, how far the timeline then is from the truth (s)."""
+    tl = StampTimeline(RATE, confirm)
+    pos, err = 0.0, []
+    for off in stamps_off:
+        pos += tl.update(off - pos, BLOCK_S)
+        err.append(pos)
+    return tl, np.array(err)
+
+
+@pytest.mark.parametrize(("confirm", "jitter"), [(2, 0.001), (10, 0.003)])  # the far end's DAC, the mic's ADC
+def test_stamp_jitter_and_a_wander_of_some_ms_move_nothing_after_the_refinement(confirm, jitter):
+    rng = np.random.default_rng(3)
+    n = int(60 / BLOCK_S)
+    t = np.arange(n) * BLOCK_S
+    # what the null-sink room showed: ms of jitter (a few stamps 15 ms late), the stamps 4 ms away from the
+    # sample count over 4 s and back over 20 s, all on one clock (the echo never moved)
+    wander = -0.004 * np.clip(t / 4, 0, 1) * np.clip((24 - t) / 20, 0, 1)
+    off = 0.002 + wander + rng.uniform(-jitter, jitter, n)
+    off[::97] += 0.015
+    tl, err = follow(off, confirm)
+    print("moves", tl.moves, "jumps", tl.jumps, "drift", tl.drift_steps, "final error ms", err[-1] * 1000)
+    assert tl.refine_moved and tl.jumps == 0 and tl.drift_steps == 0
+    assert abs(err[-1] - 0.002) < 0.001  # refined onto the stamps' median, then left there
+
+
+def test_a_real_drift_is_followed_one_sample_at_a_time():
+    n = int(120 / BLOCK_S)
+    off = 150e-6 * np.arange(n) * BLOCK_S  # two sound cards 150 ppm apart: 18 ms in 2 minutes
+    tl, err = follow(off)
+    lag = off - err
+    print("drift steps", tl.drift_steps, "largest lag behind the stamps ms", lag.max() * 1000)
+    assert tl.jumps == 0 and tl.drift_steps > 150
+    assert np.all(np.abs(np.diff(err)) <= 1 / RATE + 1e-12)  # never more than a sample at once
+    assert lag.max() < DRIFT_S + 0.002  # kept within DRIFT_S (+ the median's lag) of the stamps
+
+
+def test_a_confirmed_jump_steps_at_once_and_a_short_burst_does_not():
+    n = 300
+    off = np.zeros(n)
+    off[100:104] = 0.012  # four late stamps (a loaded machine): not confirmed by ten
+    off[200:] = 0.030  # 30 ms of samples lost: every stamp after it agrees
+    tl, err = follow(off, confirm=10)
+    assert tl.jumps == 1 and abs(err[-1] - 0.030) < 1 / RATE and np.all(err[:200] == err[99])
+    assert np.argmax(err > 0.02) == 209  # on the tenth agreeing block
