@@ -19,7 +19,7 @@ import pytest
 import soxr
 from support.room import PartitionedConvolver, Room, RoomSpec, impulse_response
 
-from voiceassist.audio.echo import FarEndReference
+from voiceassist.audio.farend import FarEndReference
 from voiceassist.audio.sources import MicrophoneSource
 from voiceassist.speech.player import Player, Segment
 
