@@ -8,6 +8,7 @@ Used by scripts/bench_latency.py and scripts/bench_voice.py (``scripts/`` on ``s
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,3 +40,15 @@ def interleaved_events(app: App, configs: list[Config], set_next: Callable[[Conf
         if ev.kind == "utterance" and ev.speech_end_t is not None:
             set_next(configs[(ev.turn + 1) % n])
         yield ev
+
+
+def pump_events(app: App, events: list[Event], seconds: float, until: Callable[[], bool] | None = None) -> None:
+    """Append ``app``'s events (all but level and token) to ``events`` for ``seconds`` or until ``until()``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (until and until()):
+        try:
+            ev = app.events.get(timeout=0.02)
+        except queue.Empty:
+            continue
+        if ev.kind not in ("level", "token"):
+            events.append(ev)

@@ -19,7 +19,6 @@ from the word's start to 1.5 s after its end (``WakeDetector.trace``) and the ca
 
 from __future__ import annotations
 
-import queue
 import random
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from _benchlib import pump_events
 from support.pulse import PulseServer
 from support.room import Room, RoomSpec
 from support.speech import SR, silence
@@ -125,14 +125,7 @@ class Live:
         np.savez_compressed(path, **out)
 
     def pump(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not (until and until()):
-            try:
-                ev = self.app.events.get(timeout=0.02)
-            except queue.Empty:
-                continue
-            if ev.kind not in ("level", "token"):
-                self.events.append(ev)
+        pump_events(self.app, self.events, seconds, until)
 
     def of(self, kind: str, turn: int | None = None) -> list:
         return [e for e in self.events if e.kind == kind and (turn is None or getattr(e, "turn", None) == turn)]

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support.audio_scenes import phrase  # noqa: E402
-from support.pulse import PulseServer  # noqa: E402
+from support.pulse import PulseServer, start_player  # noqa: E402
 from support.room import Room, RoomSpec  # noqa: E402
 from support.speech import SR, silence  # noqa: E402
 
@@ -96,18 +96,6 @@ def erle(raw: np.ndarray, out: np.ndarray) -> float:
     b = out[int(CONVERGED_FROM_S * SR) : n].reshape(-1, 160).astype(np.float64)
     active = (a**2).mean(axis=1) > 1e-5
     return float(10 * np.log10((a[active] ** 2).sum() / ((b[active] ** 2).sum() + 1e-12)))
-
-
-def start_player(player) -> None:
-    for _ in range(3):  # a stream opened right after the server started may get no callbacks: reopen it
-        player.open()
-        deadline = time.monotonic() + 2.0
-        while not player.running() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if player.running():
-            return
-        player.close()
-    raise RuntimeError("the output stream never started")
 
 
 def run_ours(pulse: PulseServer, audio: np.ndarray) -> tuple[float, dict, np.ndarray]:

@@ -24,7 +24,6 @@ Usage: flock -s /work/coord/quiet.lock env PYTHONPATH=. .venv/bin/python scripts
 from __future__ import annotations
 
 import argparse
-import queue
 import random
 import sys
 import tempfile
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _benchlib import pump_events  # noqa: E402 (scripts/ is on sys.path when run)
 from support.pulse import PulseServer  # noqa: E402
 from support.room import Room, RoomSpec  # noqa: E402
 from support.speech import SR, silence, speech_16k  # noqa: E402
@@ -84,14 +84,7 @@ class Run:
         self._spoke = 0.0  # when the speaker last said it was speaking (wall clock)
 
     def pump(self, seconds: float, until=None) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not (until and until()):
-            try:
-                ev = self.app.events.get(timeout=0.02)
-            except queue.Empty:
-                continue
-            if ev.kind not in ("level", "token"):
-                self.events.append(ev)
+        pump_events(self.app, self.events, seconds, until)
 
     def wait_heard(self, after: int, timeout: float = 60) -> tuple[int, float | None]:
         """The first reply turn after ``after`` that is heard, and when its first sample was (None: none)."""

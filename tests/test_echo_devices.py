@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soxr
 from support.audio_scenes import phrase
+from support.pulse import start_player
 from support.room import Room, RoomSpec
 from support.speech import SR, silence
 
@@ -43,14 +44,7 @@ def play_and_cancel(player: Player, seconds: float, room: Room | None = None, re
     """Play the reply, capture for ``seconds`` through the canceller; returns (mic, out, canceller, mic source)."""
     reply = np.tile(reply_16k(), repeat)
     ref = FarEndReference()
-    for _ in range(3):  # a stream opened right after the server started may get no callbacks: reopen it
-        player.open()
-        deadline = time.monotonic() + 2.0
-        while not player.running() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if player.running():
-            break
-        player.close()
+    start_player(player)
     assert player.running(), "the output stream never started"
     player.set_reference(ref)
     mic = MicrophoneSource(None, block_ms=20)

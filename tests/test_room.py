@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 import soxr
+from support.pulse import start_player
 from support.room import PartitionedConvolver, Room, RoomSpec, impulse_response
 
 from voiceassist.audio.farend import FarEndReference
@@ -46,19 +47,6 @@ def bursts(seconds: float) -> np.ndarray:
     return x
 
 
-def open_player() -> Player:
-    player = Player(None)
-    for _ in range(3):  # a stream opened right after the server started may get no callbacks: reopen it
-        player.open()
-        deadline = time.monotonic() + 2.0
-        while not player.running() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if player.running():
-            return player
-        player.close()
-    raise AssertionError("the output stream never started")
-
-
 def echo_delays(mic: np.ndarray, ref: np.ndarray, t0: float) -> list[tuple[float, float, float]]:
     """(capture-clock time of the burst, its echo's delay ms, peak / median |correlation|) for each burst."""
     out = []
@@ -81,7 +69,8 @@ def test_the_room_echo_arrives_after_its_delay_and_stays_there_across_a_stall_of
     pulse._run("pactl", "set-default-source", "va_mic.monitor")  # before the room: it moves default streams
     room = Room(pulse, "va_sink", "va_mic", spec)
     try:
-        player = open_player()
+        player = Player(None)
+        start_player(player)
         ref = FarEndReference()
         player.set_reference(ref)
         mic = MicrophoneSource(None, block_ms=20)

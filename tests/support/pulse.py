@@ -14,6 +14,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from voiceassist.speech.player import Player
 
 SINK = "va_sink"
 
@@ -180,3 +184,17 @@ class MonitorRecorder:
         self.thread.join(timeout=5)
         self.proc.wait(timeout=5)
         return np.frombuffer(b"".join(self.chunks), dtype=np.int16).astype(np.float32) / 32768
+
+
+def start_player(player: Player, tries: int = 3) -> None:
+    """Open ``player`` (a voiceassist Player) and wait for its callbacks: a stream opened right after a test server
+    started may get none, so it is reopened, up to ``tries`` times, 2 s each; RuntimeError if it never runs."""
+    for _ in range(tries):
+        player.open()
+        deadline = time.monotonic() + 2.0
+        while not player.running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if player.running():
+            return
+        player.close()
+    raise RuntimeError("the output stream never started")
