@@ -45,7 +45,6 @@ def play_and_cancel(player: Player, seconds: float, room: Room | None = None, re
     reply = np.tile(reply_16k(), repeat)
     ref = FarEndReference()
     start_player(player)
-    assert player.running(), "the output stream never started"
     player.set_reference(ref)
     mic = MicrophoneSource(None, block_ms=20)
     mic.start()
