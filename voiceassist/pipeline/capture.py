@@ -332,6 +332,7 @@ class CaptureStage:
             self._early_barge_t = None  # the speech never made an utterance (too short once the reply stopped)
         if echo and self.wake is None and not self._barged and self._early_barge_t is None:
             frame_s = self.config.vad.frame_ms / 1000
+            # A list, not a generator: every frame must reach the policy (it keeps the double talk's state).
             if any([self._echo.double_talk(t, sp, frame_s) for t, sp in self._seg.frames]):
                 self._speech(StopSpeaking("barge_in"))
                 if self._speech_start_t is not None:
