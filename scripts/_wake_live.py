@@ -92,7 +92,9 @@ class Live:
         now = [0.0]
 
         def tap_rec(block: Any) -> Any:
-            now[0] = float(block.t)
+            # The linear canceller is handed the tap's carried samples first (FrameCarry.whole): its data start
+            # that much before the block's stamp.
+            now[0] = float(block.t) - len(tap._frames.samples) / SR
             return tap_process(block)
 
         def lin_rec(near: np.ndarray, far: np.ndarray) -> np.ndarray:

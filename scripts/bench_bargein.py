@@ -18,7 +18,7 @@ speaking the replies of the tiny random-weight Qwen2-Audio (noise text; spoken a
     neither stop the reply nor become a turn.
 
 Usage: flock -s /work/coord/quiet.lock env PYTHONPATH=. .venv/bin/python scripts/bench_bargein.py
-       [--barge 20] [--quiet 20] [--max-tokens 120] [--quiet-tokens 40] [--no-write]
+       [--barge 20] [--quiet 20] [--max-tokens 120] [--quiet-tokens 40] [--no-write] [--record NPZ]
 """
 
 from __future__ import annotations
@@ -81,6 +81,35 @@ class Run:
 
         capture._speech = speech
         self.events: list = []
+        self.rec: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []  # with --record: (t, mic, far, out)
+        self.said: list[tuple[float, float, str]] = []  # (onset, duration, kind) of what the room said
+
+    def record(self) -> None:
+        """Keep what the echo canceller is handed and gives (for replaying a run offline, ``--record``)."""
+        aec = next(p for p in self.app.capture.processors.processors if type(p).__name__ == "EchoCanceller")
+        run_orig = aec._run
+
+        def run(near: np.ndarray, t: float) -> np.ndarray:
+            out = run_orig(near, t)
+            far = aec.reference.read(t + aec.reference_lead_s, len(near))
+            self.rec.append((t, near.copy(), far, out.copy()))
+            return out
+
+        aec._run = run
+
+    def save(self, path: Path) -> None:
+        """The recording as arrays from the first frame's time (gaps as zeros), and what was said when."""
+        t0 = self.rec[0][0]
+        n = round((self.rec[-1][0] - t0) * SR) + len(self.rec[-1][1])
+        arrays = {k: np.zeros(n, np.float32) for k in ("mic", "far", "out")}
+        for t, *blocks in self.rec:
+            i = round((t - t0) * SR)
+            for key, b in zip(("mic", "far", "out"), blocks):
+                arrays[key][i : i + len(b)] = b[: max(0, n - i)]
+        stops = np.array([w for w, _ in self.stops])
+        said = np.array([(t, d) for t, d, _ in self.said]).reshape(-1, 2)
+        kinds = np.array([k for _, _, k in self.said])
+        np.savez_compressed(path, t0=t0, stops=stops, said=said, kinds=kinds, **arrays)
         self._spoke = 0.0  # when the speaker last said it was speaking (wall clock)
 
     def pump(self, seconds: float, until=None) -> None:
@@ -161,6 +190,7 @@ def barge_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random) ->
         row["false_before"] = len(run.of("interrupted", turn))
         path, dur = wavs[k % len(wavs)]
         onset = room.say(path)
+        run.said.append((onset, dur, "barge"))
         run.pump(10, lambda n0=n_stops: len(run.stops) > n0)
         run.pump(30, lambda t=turn: bool(run.of("utterance", t + 1)))
         run.pump(2.0, lambda t=turn: bool(run.of("interrupted", t)))
@@ -222,7 +252,7 @@ def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, tu
             at = rng.uniform(1.5, 4.0)
             run.pump(30, lambda f=first, a=at, t=turn: time.monotonic() >= f + a or run.ended(t))
             row["bc_during_reply"] = run.speaker.speaking()
-            room.say(bc[(k // 2) % len(bc)])
+            run.said.append((room.say(bc[(k // 2) % len(bc)]), 0.4, "backchannel"))
         run.pump(120, lambda t=turn: run.ended(t))
         run.pump(1.5)  # the echo's tail and the segmenter's hang-over
         row["heard_s"] = round(run.speaker._player.last_audio_end() - first, 1)
@@ -249,6 +279,7 @@ def main() -> int:
     )
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--record", metavar="NPZ", help="save the canceller's input, reference and output there")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     spec = RoomSpec(delay_ms=60, rt60_s=0.45)
@@ -265,6 +296,8 @@ def main() -> int:
         room = Room(pulse, "va_sink", "va_mic", spec)
         try:
             run = Run(args.max_tokens)
+            if args.record:
+                run.record()
             run.app.start()
             try:
                 barge = barge_trials(run, room, args.barge, tmp, rng)
@@ -273,6 +306,8 @@ def main() -> int:
             finally:
                 run.app.stop()
                 run.speaker.close()
+                if args.record and run.rec:
+                    run.save(Path(args.record))
         finally:
             room.close()
     finally:
