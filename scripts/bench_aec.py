@@ -253,8 +253,8 @@ def main() -> int:
     args = ap.parse_args()
     audio = reply()
     if args.cost_only:
-        from support.room import RoomSpec as _Spec
-        from support.room import echo_of
+        from support.echo_path import RoomSpec as _Spec
+        from support.echo_path import echo_of
 
         mic = echo_of(audio, _Spec(delay_ms=60, rt60_s=0.45)) + np.random.default_rng(1).normal(0, 3e-4, len(audio))
         c = cost(mic.astype(np.float32), audio)

@@ -3,7 +3,7 @@
 ``## Wake word over a spoken reply`` section of BENCHMARKS.md.
 
 Offline, on the live classes: the far end is an espeak reply (the player's exact samples, ``ArrayReference``);
-the microphone is its echo through the test room of ``tests/support/room.py`` (loudspeaker soft clipping, 60 ms,
+the microphone is its echo through the test room of ``tests/support/echo_path.py`` (loudspeaker soft clipping, 60 ms,
 RT60 0.45 s, DRR 0 dB, the echo as loud as the user's voice) — or nothing, for a headset — plus wake words in
 espeak voices and speeds. The chain is the App's: ``LinearWakeTap`` → ``EchoCanceller`` (AEC3 + noise
 suppression, as ``echo_cancel = "on"`` builds it) → ``WakeListener`` with both detectors, in 20 ms blocks.
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
-from support.room import RoomSpec, echo_of  # noqa: E402
+from support.echo_path import RoomSpec, echo_of  # noqa: E402
 from support.speech import SR, silence, speech_16k  # noqa: E402
 
 from voiceassist.audio.echo import EchoCanceller  # noqa: E402

@@ -415,13 +415,16 @@ def test_a_turn_waiting_to_be_sent_again_is_dropped_by_cancel_and_the_next_one_g
         evs += _run(app, lambda e: any(x.kind == "status" and "waiting" in x.detail for x in e), timeout=10)
         fake = FakeVllmServer(port=port).start()
         app.cancel()  # Ctrl-C: the waiting turn is given up
-        evs += _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"), timeout=30)
+        evs += _run(app, lambda e: any(x.kind == "reply_done" and x.turn == 2 for x in e), timeout=30)
     finally:
         app.stop()
         if fake is not None:
             fake.stop()
     assert [(e.turn, e.reason) for e in evs if e.kind == "interrupted"] == [(1, "cancel")]
-    assert [e.turn for e in evs if e.kind == "reply_done"] == [2]
+    # the given-up turn ends as every stopped reply does: reply_start, interrupted, then its reply_done
+    order = [(e.kind, e.turn) for e in evs if e.kind in ("reply_start", "interrupted", "reply_done")]
+    assert order[:3] == [("reply_start", 1), ("interrupted", 1), ("reply_done", 1)], order
+    assert [(e.turn, e.interrupted) for e in evs if e.kind == "reply_done"] == [(1, True), (2, False)]
     # the server heard only the second turn: the given-up turn is not in the conversation
     assert len(fake.requests) == 1
     texts = [str(m["content"]) for m in fake.requests[0]["messages"] if m["role"] == "user"]

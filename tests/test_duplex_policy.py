@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from support.audio_scenes import phrase
-from support.room import RoomSpec, echo_of
+from support.echo_path import RoomSpec, echo_of
 from support.speech import SR
 
 from voiceassist.audio.echo import EchoCanceller

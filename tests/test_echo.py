@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soxr
 from support.audio_scenes import phrase
-from support.room import RoomSpec, echo_of
+from support.echo_path import RoomSpec, echo_of
 from support.speech import SR, rms, silence
 
 from voiceassist.audio.echo import EchoCanceller

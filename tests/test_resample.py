@@ -70,6 +70,28 @@ def test_integer_pcm_is_scaled_to_unit_range():
     np.testing.assert_allclose(downmix(x), [-1.0, 0.0, 0.5])
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3, 8])
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint8, np.float64])
+def test_every_pcm_type_and_channel_count_gives_the_float32_mean_of_its_unit_range_samples(dtype, channels):
+    # Integer PCM is scaled by its full scale (unsigned PCM, 8-bit WAV, is centred on its mid-code first) before
+    # the channels are mixed, whatever their count: the same float32 as the equivalent float32 block.
+    rng = np.random.default_rng(channels)
+    if dtype == np.float64:
+        x = rng.uniform(-1.0, 1.0, (481, channels))
+        unit = x.astype(np.float32)
+    else:
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, (481, channels), endpoint=True).astype(dtype)
+        unsigned = info.min == 0
+        scale = (int(info.max) + 1) // 2 if unsigned else -int(info.min)  # 2**15 for int16, 2**31 int32, 128 uint8
+        mid = scale if unsigned else 0  # the code of silence: 128 for uint8
+        unit = ((x.astype(np.float64) - mid) / scale).astype(np.float32)
+    got = downmix(x)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, downmix(unit))
+    assert np.max(np.abs(got)) <= 1.0
+
+
 def test_bad_format_is_refused():
     with pytest.raises(ValueError):
         StreamingResampler(0, 1)

@@ -17,8 +17,9 @@ import time
 import numpy as np
 import pytest
 import soxr
+from support.echo_path import PartitionedConvolver, impulse_response
 from support.pulse import start_player
-from support.room import PartitionedConvolver, Room, RoomSpec, impulse_response
+from support.room import Room, RoomSpec
 
 from voiceassist.audio.farend import FarEndReference
 from voiceassist.audio.sources import MicrophoneSource

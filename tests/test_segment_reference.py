@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import soxr
 from support.audio_scenes import phrase
-from support.room import RoomSpec, echo_of
+from support.echo_path import RoomSpec, echo_of
 from support.speech import SR, silence
 
 from voiceassist.cli import main

@@ -57,3 +57,21 @@ def test_a_confirmed_jump_steps_at_once_and_a_short_burst_does_not():
     tl, err = follow(off, confirm=10)
     assert tl.jumps == 1 and abs(err[-1] - 0.030) < 1 / RATE and np.all(err[:200] == err[99])
     assert np.argmax(err > 0.02) == 209  # on the tenth agreeing block
+
+
+def test_a_restart_anchors_a_new_run_and_keeps_counting_the_moves():
+    # the far end and the microphone restart their timeline at each re-anchor: the new run refines its own anchor
+    # (its first stamps may be late too) and its jumps start from an empty window, while moves counts every run's
+    tl, _ = follow(np.r_[np.full(60, 0.002), np.full(40, 0.030)], confirm=2)  # refined 2 ms, then a 28 ms jump
+    assert (tl.refine_moves, tl.jumps, tl.moves) == (1, 1, 2)
+    tl.update(0.020, BLOCK_S)  # one late stamp: a jump pending, not yet confirmed
+    tl.restart(jumps=False)  # stamps that are guesses from now on
+    assert not tl.refined and not tl.refine_moved and not tl.jumps_allowed
+    pos, shifts = 0.0, []
+    for _ in range(60):
+        shift = tl.update(0.001 - pos, BLOCK_S)  # the new run's stamps are 1 ms off its anchor
+        pos += shift
+        shifts.append(shift)
+    assert shifts[0] == 0.0 and abs(pos - 0.001) < 1 / RATE  # the pending jump was dropped; refined once, anew
+    assert (tl.refine_moves, tl.jumps, tl.moves) == (2, 1, 3)
+    assert tl.update(0.050, BLOCK_S) == 0.0 and tl.update(0.050, BLOCK_S) == 0.0  # no jumps in this run

@@ -1,12 +1,12 @@
 """The wake word over the assistant's spoken reply with echo cancellation on: the App's chain (LinearWakeTap →
 EchoCanceller (real AEC3 + noise suppression) → WakeListener with both detectors) on espeak speech through the
-simulated room of tests/support/room.py, offline (a few seconds of CPU). Live: tests/test_wake_app.py."""
+simulated room of tests/support/echo_path.py, offline (a few seconds of CPU). Live: tests/test_wake_app.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.room import RoomSpec, echo_of
+from support.echo_path import RoomSpec, echo_of
 from support.speech import SR, silence, speech_16k
 
 from voiceassist.audio.echo import EchoCanceller

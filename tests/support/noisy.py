@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from support.audio_scenes import Scene, build, phrase
-from support.room import impulse_response
+from support.echo_path import impulse_response
 from support.speech import SR, mix_at_snr, pink_noise, rms
 
 QUESTIONS = [

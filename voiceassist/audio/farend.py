@@ -59,10 +59,8 @@ class FarEndReference:
         self._run_pos = 0  # absolute position of the next resampled sample of the current run
         self._run_t = -math.inf  # capture-clock time the current run's next input sample is heard, s
         self._run_rate = 0
-        self._timeline = StampTimeline(RATE, JUMP_CONFIRM)  # when the current run's timeline moves
+        self._timeline = StampTimeline(RATE, JUMP_CONFIRM)  # when the current run's timeline moves (restarted per run)
         self.reanchors = 0  # runs started (stream opened, or a stamp jumped)
-        self._moves = 0  # moves of the timeline inside the runs before the current one
-        self._jumps = 0  # ... of them jumps
         self._resampler: Any = None
         self._timed = True
         self._any = False
@@ -82,13 +80,13 @@ class FarEndReference:
     @property
     def jumps(self) -> int:
         """Steps of the timeline inside a run by a confirmed jump (output underruns)."""
-        return self._jumps + self._timeline.jumps
+        return self._timeline.jumps
 
     @property
     def moves(self) -> int:
         """All moves of the timeline inside the runs (refinements, jumps, drift steps): each makes AEC3
         re-adapt, so on one clock they should stay at one per run."""
-        return self._moves + self._timeline.moves
+        return self._timeline.moves
 
     @property
     def active(self) -> bool:
@@ -134,9 +132,7 @@ class FarEndReference:
                     self._put(self._run_pos, tail)
                 self._resampler = StreamingResampler(rate, 1 if block.ndim == 1 else block.shape[1])
                 self._run_rate, self._run_pos, self._run_t = rate, round(t * RATE), t
-                self._moves += self._timeline.moves
-                self._jumps += self._timeline.jumps
-                self._timeline = StampTimeline(RATE, JUMP_CONFIRM, jumps=timed)
+                self._timeline.restart(jumps=timed)
                 self.reanchors += 1
             else:
                 shift = self._timeline.update(t - self._run_t, len(block) / rate)

@@ -21,9 +21,15 @@ QUALITY = (
 
 
 def downmix(block: np.ndarray) -> np.ndarray:
-    """Mean of the channels as float32 (``(frames,)`` or ``(frames, channels)`` in; ``(frames,)`` out)."""
+    """Mean of the channels as float32 (``(frames,)`` or ``(frames, channels)`` in; ``(frames,)`` out).
+
+    Any sample type: integer PCM is scaled to [-1, 1] by its full scale first (unsigned PCM, e.g. 8-bit WAV,
+    is centred on its mid-code), other floats are cast to float32, so every type and channel count gives the
+    same float32 as the equivalent float32 block (the mix then always runs in float32)."""
     block = np.asarray(block)
-    if block.ndim == 2 and block.dtype == np.float32 and 1 < block.shape[1] < 8:
+    if block.dtype != np.float32:
+        block = _unit_float32(block)
+    if block.ndim == 2 and 1 < block.shape[1] < 8:
         # Every capture and far-end block of a stereo device comes here. The channels summed one by one, then
         # divided: the same float32 sums in the same order as mean(axis=1) (which sums fewer than 8 running),
         # 2 µs instead of 17 for 20 ms at 48 kHz (numpy's reduction over a short axis is slow).
@@ -34,13 +40,19 @@ def downmix(block: np.ndarray) -> np.ndarray:
         return mono
     if block.ndim == 2:
         block = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
-    if block.dtype != np.float32:
-        if np.issubdtype(block.dtype, np.integer):
-            # integer PCM: scale to [-1, 1) by the type's full scale
-            block = block.astype(np.float32) / float(-np.iinfo(block.dtype).min)
-        else:
-            block = block.astype(np.float32)
     return block
+
+
+def _unit_float32(block: np.ndarray) -> np.ndarray:
+    """``block`` as float32 samples: integer PCM divided by its full scale (2**15 for int16, 2**31 for int32;
+    unsigned offset by 2**(bits-1), then divided by it), floats cast."""
+    if not np.issubdtype(block.dtype, np.integer):
+        return block.astype(np.float32)
+    info = np.iinfo(block.dtype)
+    if info.min == 0:  # unsigned: the mid-code is silence
+        half = (int(info.max) + 1) // 2
+        return (block.astype(np.float32) - np.float32(half)) / np.float32(half)
+    return block.astype(np.float32) / np.float32(-int(info.min))
 
 
 class StreamingResampler:

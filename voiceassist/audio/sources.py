@@ -127,8 +127,7 @@ class MicrophoneSource:
         self._skipped_s = 0.0  # stream time lost to dropped blocks, s (the resampler joined across it)
         self._out_samples = 0  # 16 kHz samples handed out so far
         self._offset: float | None = None  # capture clock − stream position, s
-        self._timeline = StampTimeline(TARGET_RATE, CLOCK_JUMP_CONFIRM)  # when the offset moves
-        self._clock_moves = 0  # moves of the offset in timelines before the current one
+        self._timeline = StampTimeline(TARGET_RATE, CLOCK_JUMP_CONFIRM)  # when the offset moves (restarted per anchor)
         # The last callback had a usable ADC time (False: stamped one block before the callback). The echo
         # canceller reads it to say once that it falls back to estimating the delay.
         self.timing_reported = True
@@ -174,7 +173,7 @@ class MicrophoneSource:
     def clock_moves(self) -> int:
         """Moves of the block stamps against the sample count other than re-anchors (the refinement after
         each anchor, jumps, drift steps): each moves the echo canceller's reference against the microphone."""
-        return self._clock_moves + self._timeline.moves
+        return self._timeline.moves
 
     def start(self) -> None:
         if self._stream is not None:
@@ -305,8 +304,7 @@ class MicrophoneSource:
             measured = t_raw - position / self.rate
             if self._offset is None or abs(measured - self._offset) > CLOCK_RESYNC_S:
                 self._offset = measured
-                self._clock_moves += self._timeline.moves
-                self._timeline = StampTimeline(TARGET_RATE, CLOCK_JUMP_CONFIRM)
+                self._timeline.restart()
             else:
                 self._offset += self._timeline.update(measured - self._offset, len(raw) / self.rate)
             t = self._offset + self._out_samples / TARGET_RATE + self._skipped_s

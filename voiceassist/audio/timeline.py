@@ -34,16 +34,24 @@ DRIFT_STEP_S = 0.25  # s between drift steps of one sample (1/16000 s per 0.25 s
 class StampTimeline:
     """Decides when a stream's timeline moves. ``update(deviation, seconds)`` per block (deviation = the block's
     stamp − where the timeline puts it, s; seconds = the block's duration) returns the shift (s, whole samples
-    at ``rate``) to move the timeline by now, usually 0. ``confirm``: blocks running a jump must show."""
+    at ``rate``) to move the timeline by now, usually 0. ``confirm``: blocks running a jump must show.
+    ``restart()`` when the stream is re-anchored (a new run): the move counters go on over every run."""
 
     def __init__(self, rate: int, confirm: int = 2, jumps: bool = True) -> None:
         self.rate = rate  # Hz: shifts are whole samples at this rate
         self.confirm = confirm
-        self.jumps_allowed = jumps  # False for stamps that are guesses (write time + nominal latency)
-        self.refined = False  # the anchor was refined (whether or not that moved it)
-        self.refine_moved = False
-        self.jumps = 0  # steps by a confirmed jump
-        self.drift_steps = 0  # one-sample steps following a drift
+        self.refine_moves = 0  # refinements that moved the timeline, over every run
+        self.jumps = 0  # steps by a confirmed jump, over every run
+        self.drift_steps = 0  # one-sample steps following a drift, over every run
+        self.restart(jumps)
+
+    def restart(self, jumps: bool | None = None) -> None:
+        """A new run, anchored afresh by its caller: the window, the pending jump and the refinement start over;
+        the move counters are kept. ``jumps``: whether this run's stamps may jump (None: as before)."""
+        if jumps is not None:
+            self.jumps_allowed = jumps  # False for stamps that are guesses (write time + nominal latency)
+        self.refined = False  # this run's anchor was refined (whether or not that moved it)
+        self.refine_moved = False  # ... and that moved it
         self._devs: collections.deque[float] = collections.deque()  # deviations in the window, s
         self._durs: collections.deque[float] = collections.deque()  # their blocks' durations, s
         self._span = 0.0  # s of blocks in the window
@@ -53,8 +61,8 @@ class StampTimeline:
 
     @property
     def moves(self) -> int:
-        """Times the timeline moved (the refinement, jumps, drift steps)."""
-        return int(self.refine_moved) + self.jumps + self.drift_steps
+        """Times the timeline moved over every run (the refinements, jumps, drift steps)."""
+        return self.refine_moves + self.jumps + self.drift_steps
 
     def _shift(self, dev: float) -> float:
         shift = round(dev * self.rate) / self.rate
@@ -92,6 +100,7 @@ class StampTimeline:
             self._since_step = 0.0
             shift = self._shift(float(np.median(self._devs)))
             self.refine_moved = shift != 0.0
+            self.refine_moves += int(self.refine_moved)
             return shift
         self._since_step += seconds
         if self._since_step < DRIFT_STEP_S:

@@ -10,9 +10,11 @@ ReplyEnded to the capture stage, ModelReport to the status board.
 Each reply streams as display-safe Token events (control sequences stripped, see ``voiceassist.replytext``). A
 failing turn becomes an ErrorEvent and the stage goes on with the next one, except a failure the backend marks
 ``retryable`` (a server that could not be reached, timed out or failed: ``BackendError.retryable``): that turn
-is kept and sent again after a doubling pause (``retry.backoff_pause``) until it goes through or is cancelled
-(Ctrl-C, /reset, stop); turns that arrive meanwhile wait behind it. A local model's failure (e.g. out of
-memory) is not retryable: it would only fail again.
+is kept and sent again after a doubling pause (``retry.backoff_pause``) until it goes through or is cancelled;
+turns that arrive meanwhile wait behind it. Ctrl-C, /reset or the App's stop in that pause gives the turn up (it
+stays out of the conversation); the wake word or the key stops it as any pending reply (below). Either way the
+turn's events end as every stopped reply's: reply_start, interrupted (not at the App's stop), reply_done. A
+local model's failure (e.g. out of memory) is not retryable: it would only fail again.
 
 A stop by the user (the wake word, the push-to-talk key: ``cancel(reason, waiting=True)``) while a reply is
 pending — its turn still waiting in the queue, or the prefill, the generation, or the first sentence's synthesis
@@ -405,10 +407,14 @@ class ModelStage:
             )
             self._report(detail=f"turn {number} waits to be sent again ({pause:g} s)", force=True)
             if reply.cancel.wait(pause) or self._stop.is_set():
-                self._set_current(None)
-                if reply.cancel.is_set() and reply.reason != "stop":  # Ctrl-C, the wake word, the key
-                    self._emit(Interrupted(number, reply.reason, ""))
-                self._report(detail=f"turn {number} given up ({reply.reason}), not sent again", force=True)
+                if reply.cancel.is_set() and reply.reason in HEARD_STOPS and not self._stop.is_set():
+                    # The wake word or the key: a stop of a reply still pending (the module docstring). One
+                    # more pass, with the cancel set, takes the backend's cancel path (nothing is sent: the
+                    # turn joins the conversation with an empty reply marked interrupted), and the turn ends
+                    # as every stop does: interrupted, reply_done, ReplyEnded(stopped).
+                    self._report(detail=f"turn {number} stopped ({reply.reason}) before it was sent again", force=True)
+                    continue
+                self._give_up(number, reply, turn, picked, clock())
                 return
             self._report(detail=f"sending turn {number} again (retry {attempt})", force=True)
         self._set_current(None)
@@ -423,6 +429,20 @@ class ModelStage:
         if self._spoken is not None:
             voice_t = self._spoken.first_sound(number, 0.0 if result.interrupted else VOICE_WAIT_S, self._stop)
         self._finish_reply(number, result, reply.reason, stripper.text, first, picked, turn, entry, voice_t)
+
+    def _give_up(self, number: int, reply: _Reply, turn: TurnRequest, picked: float, t: float) -> None:
+        """A failed turn's wait to be sent again ended by Ctrl-C or the App's stop: the turn is not sent again
+        and stays out of the conversation; its events end as every reply's do (reply_start, one interrupted
+        but at the App's stop, reply_done), and the capture stage hears that the reply is over."""
+        self._set_current(None)
+        first: list[float] = []
+        self._reply_start(number, turn, now(), picked, first)
+        if reply.cancel.is_set() and reply.reason != "stop":
+            self._emit(Interrupted(number, reply.reason, ""))
+        self._emit(ReplyDone(number, "", 0, 0.0, first[0] - picked, interrupted=True, t=t))
+        stopped = reply.cancel.is_set() and reply.reason in HEARD_STOPS
+        self._capture_control.put(ReplyEnded(number, t, True, stopped))
+        self._report(detail=f"turn {number} given up ({reply.reason}), not sent again", force=True)
 
     def _attempt(
         self,
