@@ -308,6 +308,8 @@ def main() -> int:
                 run.speaker.close()
                 if args.record and run.rec:
                     run.save(Path(args.record))
+            room_stats = room.stats()
+            print(f"room: {room_stats}", flush=True)
         finally:
             room.close()
     finally:

@@ -71,8 +71,13 @@ REANCHOR_S = 0.02  # a stamp this far off its stream's sample count is a jump (a
 REFINE_BLOCKS = 60
 # A smaller deviation that persists is real (the server dropped or inserted samples behind the streams' back, no
 # flag raised): all stamps over STEP_CONFIRM_S more than STEP_S off and agreeing within STEP_AGREE_S move the
-# count by their median. Single late stamps (the jitter above) do not.
-STEP_S, STEP_AGREE_S, STEP_CONFIRM_S = 0.003, 0.002, 0.05
+# count by their median. Single late stamps (the jitter above) do not, and neither does a stretch of them: with
+# 3 ms over 50 ms (the rule before) a busy spell's late stamps moved the count and the next quiet one moved it
+# back, so the echo path stepped by ~3 ms every few seconds (measured by GCC-PHAT on a recorded bargein run: 15
+# moves, 80 → 83.7 → 86.8 → 83.8 ms, 32 steps counted; none with steps off). A linear canceller must re-learn
+# the whole path after each such step, and a real room's path never moves, so now the rule is the product's own
+# (audio/timeline.py): beyond 5 ms for 2 s.
+STEP_S, STEP_AGREE_S, STEP_CONFIRM_S = 0.005, 0.002, 2.0
 RING_S = 4.0  # s of echo kept (far more than any delay)
 SETTLE_S = 0.5  # both streams keep time with enough slack for this long before the room says ready, s
 START_TIMEOUT_S = 6.0  # per attempt: a stream through ALSA's pulse plugin can stay silent for ~1.7 s at first, s
@@ -135,14 +140,17 @@ class SampleClock:
             self.changed_at = time.monotonic()
         else:
             self.max_dev = max(self.max_dev, abs(dev))
-            self.off = [*self.off, dev] if abs(dev) > STEP_S and self.settled else []
+            if abs(dev) > STEP_S and self.settled:
+                self.off.append(dev)
+            else:
+                self.off.clear()
             if len(self.off) * frames >= STEP_CONFIRM_S * SR and max(self.off) - min(self.off) < STEP_AGREE_S:
                 self.idx = int(self.idx or 0) + round(float(np.median(self.off)) * SR)
                 self.off = []
                 self.steps += 1
                 self.changed_at = time.monotonic()
             elif len(self.off) * frames >= STEP_CONFIRM_S * SR:
-                self.off = self.off[1:]
+                del self.off[0]
             if len(self.devs) < REFINE_BLOCKS:
                 self.devs.append(dev)
                 if len(self.devs) == REFINE_BLOCKS:
