@@ -318,10 +318,9 @@ def main() -> int:
     text = report(barge, quiet, spec, run.cfg.tts.barge_in_ms, took)
     print(text)
     if not args.no_write:
-        sys.path.insert(0, str(ROOT / "scripts"))
-        from bench_vad import write_section
+        from _sections import replace_section
 
-        write_section(ROOT / "BENCHMARKS.md", "## Barge-in over the loudspeaker", text)
+        replace_section(ROOT / "BENCHMARKS.md", text, "## Barge-in over the loudspeaker")
     return 0
 
 

@@ -90,7 +90,9 @@ def test_talking_over_the_reply_barges_in_within_barge_in_ms_and_a_bit(reply, te
     got = barge_ins(reply, phrase(text))
     print(text, "barge-ins at", got)
     assert got and all(t >= USER_AT_S for t in got), got
-    assert BARGE_IN_S <= got[0] - USER_AT_S <= BARGE_IN_S + 0.25, got
+    # + 0.3: leaked echo no longer starts or extends a double talk (pipeline/duplex.py), which costs a real
+    # barge-in ~50 ms (0.66 and 0.72 s before, 0.66 and 0.78 s after)
+    assert BARGE_IN_S <= got[0] - USER_AT_S <= BARGE_IN_S + 0.3, got
 
 
 @pytest.mark.parametrize("text", [None, "Yeah.", "Uh-huh."])

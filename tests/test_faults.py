@@ -23,6 +23,8 @@ import soundfile as sf
 from support.kiosk import ROOT, KioskProcess, kiosk_config, visitor_wav
 from support.speech import silence, speech_16k, speech_wav
 
+from voiceassist.audio.chatter import is_chatter
+
 QUESTIONS = ["Hello, where is the exhibition?", "Is there a cafe in the building?", "Thank you, goodbye."]
 
 
@@ -663,6 +665,13 @@ for i in range(400):
 stop.set()
 t.join()
 """
+
+
+def test_the_linear_echo_cancellers_own_reset_note_is_chatter_and_a_warning_of_ours_is_not():
+    """libspeexdsp prints this itself when its filter diverges and resets (seen live in double talk)."""
+    note = b"warning: The echo canceller started acting funny and got slapped (reset). It swears it will behave now."
+    assert is_chatter(note)
+    assert not is_chatter(b"warning: the echo canceller could not start")
 
 
 def test_audio_library_chatter_is_hidden_and_everything_else_shown(tmp_path):

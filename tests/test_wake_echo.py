@@ -38,10 +38,29 @@ def audio(tmp_path_factory):
     return reply, wake, own
 
 
-def run_chain(far: np.ndarray, mic: np.ndarray) -> tuple[list[float], WakeListener]:
-    """The detections (capture-clock s) of the App's chain on one stream, in 20 ms blocks."""
-    wake = WakeListener(build("okay_nabu"), WakeGate(5.0, 0.0))
+class Speaking:
+    """A FAKE PlaybackTimeline (no Speaker offline): the reply plays throughout."""
+
+    def speaking(self) -> bool:
+        return True
+
+    def output_on(self) -> bool:
+        return True
+
+    def quiet_since(self) -> float | None:
+        return None
+
+    def echo_overlaps(self, start_t: float, end_t: float) -> bool:
+        return True
+
+
+def run_chain(far: np.ndarray, mic: np.ndarray, drop: float = 0.0) -> tuple[list[float], WakeListener]:
+    """The detections (capture-clock s) of the App's chain on one stream, in 20 ms blocks; ``drop``: the App's
+    ``[wake] over_reply_drop`` (0: the word's own cutoff throughout, as without a playback timeline)."""
+    wake = WakeListener(build("okay_nabu"), WakeGate(5.0, 0.0), playback=Speaking() if drop else None)
     wake.add_linear_branch()
+    wake.lower_over_reply(drop)
+    wake.detector.trace, wake.linear.trace = [], []  # type: ignore[union-attr]
     ec = EchoCanceller(ArrayReference(far, 0.0), noise_suppression=True)
     tap = linear.LinearWakeTap(ec, wake)
     found: list[float] = []
@@ -88,3 +107,61 @@ def test_over_a_loudspeaker_as_loud_as_the_user_the_wake_word_is_heard_and_the_r
     found, listener = run_chain(far, mic)
     assert heard(found, spans) == [True, True, True], (found, spans, listener.heard_by)
     assert len(found) == 3, found
+
+
+class Playback(Speaking):
+    """A FAKE PlaybackTimeline whose reply plays while ``playing`` is set."""
+
+    playing = False
+
+    def speaking(self) -> bool:
+        return self.playing
+
+
+def noisy_wake(tmp, voice: str, speed: int, snr_db: float) -> np.ndarray:
+    """The wake word in white noise: its score falls between okay_nabu's cutoff lowered over a reply and its own
+    (measured: en-gb/140 at 5 dB peaks at 0.76, en-us/120 at 3 dB at 0.68; the cutoffs are 0.85, and 0.60 /
+    0.70 through AEC3 / the linear branch while the reply plays)."""
+    w = np.concatenate([silence(0.5), speech_16k("Okay Nabu", tmp, voice=voice, speed=speed), silence(1.0)])
+    level = np.sqrt(np.mean(w[w != 0] ** 2))
+    noise = np.random.default_rng(1).standard_normal(len(w)).astype(np.float32) * level * 10 ** (-snr_db / 20)
+    return (w + noise).astype(np.float32)
+
+
+def detections(listener: WakeListener, x: np.ndarray, branch: str) -> list[float]:
+    hear = listener.process if branch == "aec" else listener.hear_linear
+    found: list[float] = []
+    for i in range(0, len(x), 320):
+        hear(AudioBlock(x[i : i + 320], i / SR))
+        found += [d.t for d in listener.detections(i / SR)[0]]
+    return found
+
+
+def test_while_the_reply_plays_the_cutoffs_are_lower_the_linear_branchs_less(tmp_path):
+    """``[wake] over_reply_drop`` (the App's 0.25 with an echo canceller): a wake word that scores 0.76 is missed
+    while nothing plays and heard, by either branch, while the reply plays; one that scores 0.68 only through
+    AEC3's branch (the linear branch's cutoff drops by at most 0.15: it leaves echo in)."""
+    mid, low = noisy_wake(tmp_path, "en-gb", 140, 5.0), noisy_wake(tmp_path, "en-us", 120, 3.0)
+
+    def listener(playing: bool, drop: float = 0.25) -> WakeListener:
+        playback = Playback()
+        playback.playing = playing
+        wake = WakeListener(build("okay_nabu"), WakeGate(5.0, 0.0), playback=playback)
+        wake.add_linear_branch()
+        wake.lower_over_reply(drop)
+        return wake
+
+    for branch in ("aec", "linear"):
+        assert detections(listener(False), mid, branch) == [], branch
+        assert len(detections(listener(True), mid, branch)) == 1, branch
+        assert detections(listener(True, drop=0.0), mid, branch) == [], branch
+    assert len(detections(listener(True), low, "aec")) == 1
+    assert detections(listener(True), low, "linear") == []
+
+
+def test_with_the_cutoffs_lowered_over_the_reply_the_assistants_own_voice_still_never_wakes_it(audio):
+    reply, _, own = audio
+    far = np.concatenate([reply[: 5 * SR], own, reply[5 * SR : 8 * SR]])
+    found_own, listener = run_chain(far, echo_of(far, RoomSpec()).copy(), drop=0.25)
+    peaks = [max(p for _, p in d.trace or [(0.0, 0.0)]) for d in (listener.detector, listener.linear) if d]
+    assert found_own == [], f"the assistant's own voice woke it at {found_own} (peaks {peaks})"

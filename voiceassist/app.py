@@ -194,6 +194,7 @@ class App:
             chain = [*(processors.processors if processors else []), wake]
             ec = self.echo_canceller
             if ec is not None and ec.reference is not None:
+                wake.lower_over_reply(config.wake.over_reply_drop)
                 # AEC3's suppressor also takes down the user's voice over the reply: the wake word gets a second
                 # detector on the linear canceller's output (wake/linear.py, measured in bench_wake_echo.py).
                 from voiceassist.wake import linear

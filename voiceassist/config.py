@@ -329,6 +329,13 @@ class WakeConfig:
         lo=0,
         hi=10000,
     )
+    over_reply_drop: float = _f(
+        0.25,
+        "with echo cancellation on, the detection cutoff is this much lower while the assistant speaks (a wake word"
+        " said over the reply scores lower; its own voice is cancelled); 0 = the same cutoff throughout",
+        lo=0.0,
+        hi=0.5,
+    )
     listen_s: float = _f(
         5.0, "after the wake word alone, speech that starts within this is the turn", unit="s", lo=0.5, hi=60.0
     )

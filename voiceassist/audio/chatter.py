@@ -29,9 +29,12 @@ from typing import Any
 log = logging.getLogger("voiceassist.audio")
 
 ENV = "VOICEASSIST_AUDIO_DEBUG"
+# libspeexdsp (the wake word's linear echo canceller, wake/linear.py) prints "warning: The echo canceller started
+# acting funny and got slapped (reset). It swears it will behave now." when its adaptive filter diverges and it
+# resets itself (seen live in double talk): its own recovery, nothing for the user to do.
 _CHATTER = re.compile(
     rb"^(ALSA lib |Expression '.*' failed in 'src/|PaAlsa|Cannot connect to server (socket|request channel)|"
-    rb"jack server is not running|JackShmReadWritePtr)"
+    rb"jack server is not running|JackShmReadWritePtr|warning: The echo canceller started acting funny)"
 )
 # Decoders we call on files we check ourselves: mpg123 inside libsndfile ("Note: ...", "Warning: ...",
 # "[src/libmpg123/...] error: ..."), the TFLite C library ("ERROR: ...").

@@ -24,6 +24,14 @@ from voiceassist.wake.detector import Detection, WakeDetector
 from voiceassist.wake.gate import GateMessage, WakeGate, WakeState
 
 SAME_WORD_S = 0.5  # two detections (one per detector) this close are one wake word, s (they differ by < 0.2 s)
+# While the assistant speaks with its echo cancelled, the wake word said over the reply scores lower than alone
+# (AEC3's suppressor notches it, the linear branch leaves echo in it): measured live in the loudspeaker room
+# (scripts/bench_wake_echo.py --live, okay_nabu, cutoff 0.85) the missed ones peaked at 0.60-0.79 through AEC3
+# and 0.74-0.85 through the linear branch, while the assistant's own voice saying the wake word peaked at
+# 0.02-0.05 through AEC3 (it cancels that voice) and 0.25-0.65 through the linear branch (it leaves ~12 dB of
+# echo). So the cutoff drops by `[wake] over_reply_drop` while the reply plays, the linear branch's by at most
+# LINEAR_MAX_DROP, which keeps its cutoff above what the assistant's own voice reached.
+LINEAR_MAX_DROP = 0.15
 
 if TYPE_CHECKING:
     from voiceassist.config import Config
@@ -48,6 +56,8 @@ class WakeListener:
         self._last_t = float("-inf")  # the last detection passed on (from either detector), capture clock, s
         self.heard_by: dict[str, int] = {"aec": 0, "linear": 0}  # detections passed on, by the detector that fired
         self._reply_end_t: float | None = None  # the model's ReplyEnded, waiting for playback to end, s
+        self._cutoffs = (detector.threshold, detector.threshold)  # (AEC3 branch, linear branch) while silent
+        self._over_reply: tuple[float, float] | None = None  # ... while the reply plays (None: the same)
 
     @classmethod
     def from_config(cls, config: Config, playback: PlaybackTimeline | None = None) -> WakeListener:
@@ -61,7 +71,20 @@ class WakeListener:
     def add_linear_branch(self) -> None:
         """A second detector of the same word, fed by a LinearWakeTap (an echo canceller is in the chain)."""
         d = self.detector
-        self.linear = WakeDetector(d.model, d.threshold, round(d.trigger.refractory_s * 1000))
+        self.linear = WakeDetector(d.model, self._cutoffs[1], round(d.trigger.refractory_s * 1000))
+
+    def lower_over_reply(self, drop: float) -> None:
+        """An echo canceller hears the reply (its voice is cancelled): while it plays, the cutoffs are ``drop``
+        lower (the linear branch's at most LINEAR_MAX_DROP); 0 = unchanged. Needs a playback timeline."""
+        aec, lin = self._cutoffs
+        self._over_reply = (aec - drop, lin - min(drop, LINEAR_MAX_DROP)) if drop > 0 else None
+
+    def _set_cutoffs(self) -> None:
+        over = self._over_reply is not None and self.playback is not None and self.playback.speaking()
+        aec, lin = self._over_reply if over and self._over_reply is not None else self._cutoffs
+        self.detector.trigger.threshold = aec
+        if self.linear is not None:
+            self.linear.trigger.threshold = lin
 
     @property
     def state(self) -> WakeState:
@@ -70,12 +93,14 @@ class WakeListener:
     # ---- FrameProcessor ---------------------------------------------------------------------------------
     def process(self, block: AudioBlock) -> AudioBlock:
         """Hear the block (it goes on unchanged)."""
+        self._set_cutoffs()
         self._take(self.detector.process(block), "aec")
         return block
 
     def hear_linear(self, block: AudioBlock) -> None:
         """The same microphone audio less the echo's linear estimate only (from LinearWakeTap)."""
         if self.linear is not None:
+            self._set_cutoffs()
             self._take(self.linear.process(block), "linear")
 
     def _take(self, found: list[Detection], branch: str) -> None:
