@@ -325,9 +325,9 @@ def main() -> int:
     print(text)
     if not args.no_write:
         sys.path.insert(0, str(ROOT / "scripts"))
-        from bench_vad import write_section
+        from _sections import replace_section
 
-        write_section(ROOT / "BENCHMARKS.md", "## Echo cancellation", text)
+        replace_section(ROOT / "BENCHMARKS.md", text, "## Echo cancellation")
     return 0
 
 
