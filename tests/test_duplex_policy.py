@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from support.audio_scenes import phrase
 from support.echo_path import RoomSpec, echo_of
+from support.playback import AlwaysSpeaking
 from support.speech import SR
 
 from voiceassist.audio.echo import EchoCanceller
@@ -33,22 +34,6 @@ REPLY = (
     "Every morning they went out on their boats and came back in the evening with fish for the market.",
     "One day a storm came from the north and the sea rose higher than anyone could remember.",
 )
-
-
-class AlwaysSpeaking:
-    """A fake PlaybackTimeline: the reply plays throughout."""
-
-    def speaking(self) -> bool:
-        return True
-
-    def output_on(self) -> bool:
-        return True
-
-    def quiet_since(self) -> float | None:
-        return None
-
-    def echo_overlaps(self, start_t: float, end_t: float) -> bool:
-        return True
 
 
 @pytest.fixture(scope="module")

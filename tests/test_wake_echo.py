@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from support.echo_path import RoomSpec, echo_of
+from support.playback import AlwaysSpeaking
 from support.speech import SR, silence, speech_16k
 
 from voiceassist.audio.echo import EchoCanceller
@@ -38,26 +39,10 @@ def audio(tmp_path_factory):
     return reply, wake, own
 
 
-class Speaking:
-    """A FAKE PlaybackTimeline (no Speaker offline): the reply plays throughout."""
-
-    def speaking(self) -> bool:
-        return True
-
-    def output_on(self) -> bool:
-        return True
-
-    def quiet_since(self) -> float | None:
-        return None
-
-    def echo_overlaps(self, start_t: float, end_t: float) -> bool:
-        return True
-
-
 def run_chain(far: np.ndarray, mic: np.ndarray, drop: float = 0.0) -> tuple[list[float], WakeListener]:
     """The detections (capture-clock s) of the App's chain on one stream, in 20 ms blocks; ``drop``: the App's
     ``[wake] over_reply_drop`` (0: the word's own cutoff throughout, as without a playback timeline)."""
-    wake = WakeListener(build("okay_nabu"), WakeGate(5.0, 0.0), playback=Speaking() if drop else None)
+    wake = WakeListener(build("okay_nabu"), WakeGate(5.0, 0.0), playback=AlwaysSpeaking() if drop else None)
     wake.add_linear_branch()
     wake.lower_over_reply(drop)
     wake.detector.trace, wake.linear.trace = [], []  # type: ignore[union-attr]
@@ -109,7 +94,7 @@ def test_over_a_loudspeaker_as_loud_as_the_user_the_wake_word_is_heard_and_the_r
     assert len(found) == 3, found
 
 
-class Playback(Speaking):
+class Playback(AlwaysSpeaking):
     """A FAKE PlaybackTimeline whose reply plays while ``playing`` is set."""
 
     playing = False

@@ -80,8 +80,8 @@ class WakeListener:
         self._over_reply = (aec - drop, lin - min(drop, LINEAR_MAX_DROP)) if drop > 0 else None
 
     def _set_cutoffs(self) -> None:
-        over = self._over_reply is not None and self.playback is not None and self.playback.speaking()
-        aec, lin = self._over_reply if over and self._over_reply is not None else self._cutoffs
+        playing = self._over_reply is not None and self.playback is not None and self.playback.speaking()
+        aec, lin = (self._over_reply if playing else None) or self._cutoffs
         self.detector.trigger.threshold = aec
         if self.linear is not None:
             self.linear.trigger.threshold = lin
