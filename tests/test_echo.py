@@ -328,3 +328,34 @@ def test_config_without_pywebrtc(monkeypatch):
     with pytest.raises(ConfigError) as err:
         from_config(AudioConfig(echo_cancel="on"), speech_output=True, reference=FarEndReference())
     assert "voiceassist[aec]" in str(err.value)
+
+
+@pytest.mark.parametrize("clocks", ["one", "two"])
+def test_the_reference_moves_slowly_only_when_the_echo_moves_too(clocks):
+    # "one": the room's case. The player's DAC stamps walk 12 ms from its sample count over 40 s while the echo
+    # stays put (one clock): the reference must not follow them. "two": a DAC 150 ppm slower than the ADC, the
+    # stamps honest; the echo really drifts (9 ms over the minute), and the reference must follow it.
+    far = reply(60.0)
+    spec = RoomSpec(delay_ms=80, rt60_s=0.4)
+    drift = 150e-6 if clocks == "two" else 0.0
+    heard = soxr.resample(far, SR, SR * (1 + drift)).astype(np.float32) if drift else far
+    mic = echo_of(heard, spec)[: len(far)] + np.random.default_rng(4).normal(0, 3e-4, len(far)).astype(np.float32)
+    ref = FarEndReference()
+    ec = EchoCanceller(ref, noise_suppression=True)
+    items = []
+    for b, r, t, tm in feed_player(ref, far, T0):
+        since = t - T0
+        off = since * drift if drift else 0.012 * min(since / 40, 1.0)
+        items.append((b, r, t + off, tm))
+    out = run(ec, mic, items, ref)[ec.latency :]
+    got = erle(mic[: 40 * SR], out[: 40 * SR], 20.0), erle(mic, out, 45.0)
+    tl = ref._timeline
+    print(
+        f"{clocks}: ERLE 20-40 s {got[0]:.1f} dB, 45-60 s {got[1]:.1f} dB; drift steps {tl.drift_steps}, "
+        f"jumps {tl.jumps}, held {tl.held}, {ec.state()}"
+    )
+    if clocks == "one":
+        assert tl.drift_steps == 0 and tl.jumps == 0 and tl.held > 50
+    else:
+        assert tl.drift_steps > 30 and tl.jumps == 0 and tl.held == 0
+    assert min(got) >= 30.0

@@ -11,15 +11,28 @@ RATE = 16000
 BLOCK_S = 0.02
 
 
-def follow(stamps_off: np.ndarray, confirm: int = 2) -> tuple[StampTimeline, np.ndarray]:
+def follow(
+    stamps_off: np.ndarray, confirm: int = 2, echo: np.ndarray | None = None, seed: int = 0
+) -> tuple[StampTimeline, np.ndarray]:
     """Feed blocks whose stamps are ``stamps_off`` (s) off the true sample count; returns the timeline and, per
-    block, how far the timeline then is from the truth (s)."""
+    block, how far the timeline then is from the truth (s). ``echo``: per block, how far the stream's sound is
+    truly heard from its sample count (s; NaN: nothing heard), measured once a second as the canceller does
+    (GCC-PHAT: 0.25 ms steps, ±0.35 ms, a false peak now and then)."""
     tl = StampTimeline(RATE, confirm)
+    rng = np.random.default_rng(seed)
     pos, err = 0.0, []
-    for off in stamps_off:
+    for k, off in enumerate(stamps_off):
         pos += tl.update(off - pos, BLOCK_S)
         err.append(pos)
+        if echo is not None and k % 50 == 49 and not np.isnan(echo[k]):
+            lag = ECHO_LAG + echo[k] - pos + rng.uniform(-0.00035, 0.00035)
+            if rng.random() < 0.05:
+                lag += rng.uniform(-0.5, 0.5)  # one of espeak's false peaks
+            tl.observe_echo(round(lag * 4000) / 4000)
     return tl, np.array(err)
+
+
+ECHO_LAG = 0.080  # s: the room's echo path behind the sound leaving the speaker
 
 
 @pytest.mark.parametrize(("confirm", "jitter"), [(2, 0.001), (10, 0.003)])  # the far end's DAC, the mic's ADC
@@ -75,3 +88,62 @@ def test_a_restart_anchors_a_new_run_and_keeps_counting_the_moves():
     assert shifts[0] == 0.0 and abs(pos - 0.001) < 1 / RATE  # the pending jump was dropped; refined once, anew
     assert (tl.refine_moves, tl.jumps, tl.moves) == (2, 1, 3)
     assert tl.update(0.050, BLOCK_S) == 0.0 and tl.update(0.050, BLOCK_S) == 0.0  # no jumps in this run
+
+
+def walk(n: int) -> np.ndarray:
+    """What the player's DAC stamps did in the room over 3 minutes of replies (one clock, the echo steady):
+    a walk to 19 ms from the sample count, with 1 ms of jitter."""
+    t = np.arange(n) * BLOCK_S
+    rng = np.random.default_rng(5)
+    return 0.019 * np.clip(t / 150, 0, 1) + rng.uniform(-0.001, 0.001, n)
+
+
+def test_stamps_that_walk_while_the_echo_holds_still_move_nothing():
+    n = int(180 / BLOCK_S)
+    tl, err = follow(walk(n), echo=np.zeros(n))
+    print("moves", tl.moves, "jumps", tl.jumps, "drift", tl.drift_steps, "held", tl.held, "err ms", err[-1] * 1000)
+    # the old rule followed the stamps: 216 one-sample steps moved the reference against a steady echo
+    assert tl.drift_steps == 0 and tl.jumps == 0 and tl.held > 100
+    assert abs(err[-1]) < 0.001  # where the refinement put it
+
+
+def test_without_an_echo_measured_the_stamps_decide_alone():
+    n = int(180 / BLOCK_S)
+    tl, err = follow(walk(n))  # a headset: nothing of the stream is heard by the microphone
+    print("drift", tl.drift_steps, "jumps", tl.jumps, "err ms", err[-1] * 1000)
+    assert tl.drift_steps > 150 and tl.jumps == 0 and tl.held == 0
+
+
+def test_a_real_drift_that_the_echo_shows_is_followed():
+    n = int(120 / BLOCK_S)
+    off = 150e-6 * np.arange(n) * BLOCK_S  # two sound cards 150 ppm apart: the echo drifts with the stamps
+    tl, err = follow(off, echo=off)
+    lag = off - err
+    print("drift steps", tl.drift_steps, "held", tl.held, "largest lag behind the echo ms", lag.max() * 1000)
+    assert tl.jumps == 0 and tl.drift_steps > 150
+    assert lag.max() < DRIFT_S + 0.002
+
+
+def test_a_drift_through_a_long_silence_is_caught_up_once_the_echo_is_heard_again():
+    # 150 ppm: 20 s of reply, 5 minutes of silence (45 ms of drift, nothing heard to confirm it), a reply again
+    n = int(340 / BLOCK_S)
+    off = 150e-6 * np.arange(n) * BLOCK_S
+    heard = off.copy()
+    heard[int(20 / BLOCK_S) : int(320 / BLOCK_S)] = np.nan
+    tl, err = follow(off, echo=heard)
+    lag = off - err
+    back = int(320 / BLOCK_S)
+    caught = back + int(np.argmax(np.abs(lag[back:]) < DRIFT_S + 0.001))
+    print(
+        "held",
+        tl.held,
+        "jumps",
+        tl.jumps,
+        "lag at the reply ms",
+        lag[back] * 1000,
+        "caught up after s",
+        (caught - back) * BLOCK_S,
+    )
+    assert lag[back] > 0.030  # held through the silence: the stamps alone were not enough
+    assert tl.jumps == 1 and (caught - back) * BLOCK_S < 4.0  # stepped once the echo showed it
+    assert np.abs(lag[caught:]).max() < DRIFT_S + 0.002

@@ -99,6 +99,8 @@ class EchoState:
     # refinement each, nothing after).
     reference_moves: int = 0
     mic_moves: int = 0
+    # drift checks where the far end's DAC stamps asked for a slow move the echo's measured lag did not show
+    reference_held: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +113,7 @@ class EchoState:
             "resets": self.resets,
             "reference_moves": self.reference_moves,
             "mic_moves": self.mic_moves,
+            "reference_held": self.reference_held,
         }
 
 
@@ -212,6 +215,7 @@ class EchoCanceller:
             resets=self._resets,
             reference_moves=int(getattr(self.reference, "moves", 0)),
             mic_moves=self._mic_moves,
+            reference_held=int(getattr(self.reference, "held", 0)),
         )
 
     @property
@@ -304,6 +308,12 @@ class EchoCanceller:
         every = XCORR_EVERY_S if self._converged else XCORR_EVERY_S / 2
         delay = self._estimator.push(near, far, n_act, every)
         if delay is not None:
+            # The live far end's timeline takes a slow move only when the echo shows it (audio/timeline.py):
+            # the lag behind the reference as its timeline placed it, our own shift undone. (A file's reference
+            # has no timeline to move: no such method.)
+            observe = getattr(self.reference, "observe_echo", None)
+            if observe is not None:
+                observe(delay / 1000 - self.lead_s - self._offset_s)
             self._check_alignment(delay)
         return out
 

@@ -89,6 +89,18 @@ class FarEndReference:
         return self._timeline.moves
 
     @property
+    def held(self) -> int:
+        """Drift checks where the DAC stamps asked for a slow move that the echo's measured lag did not show
+        (audio/timeline.py): the stamps wandered, the echo held still, the reference stayed."""
+        return self._timeline.held
+
+    def observe_echo(self, lag_s: float) -> None:
+        """The echo canceller's measurement of the echo's lag behind this reference as handed (s, its own
+        shifts undone): the evidence the timeline's slow moves need (audio/timeline.py)."""
+        with self._lock:
+            self._timeline.observe_echo(lag_s)
+
+    @property
     def active(self) -> bool:
         """Anything was ever written (a player is feeding this reference)."""
         return self._any or bool(self._inbox)

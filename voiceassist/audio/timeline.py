@@ -15,6 +15,15 @@ timeline moves only
   deviation over the window (at least REFINE_S of it) is beyond JUMP_S (scattered stamps after an underrun);
 - with a real clock drift (two sound cards: ppm, 100 ppm = 0.1 ms/s): when the median deviation over the last
   DRIFT_WINDOW_S exceeds DRIFT_S, one sample at a time, at most one per DRIFT_STEP_S (≤ 250 ppm at 16 kHz).
+
+Where the echo of the stream is measured (the far end: the canceller's GCC-PHAT lag, ``observe_echo``), the
+slow moves — drift steps and a persistent offset — also need the echo to agree: the stamps alone are not
+evidence enough. Measured in the room (one clock, 3 minutes of replies): the player's DAC stamps walked 19 ms
+from the sample count while the echo's lag held within 0.7 ms; following them took 216 one-sample steps, moved
+the reference against a steady echo (the lag wandered 75–88 ms) and cost the linear canceller's ERLE 16.9 → 4.3
+dB (median). Two sound cards really drift: the echo's lag then moves with the stamps, and the timeline follows.
+With no echo measured (nothing heard yet, a headset, the microphone's timeline) the stamps decide alone.
+Confirmed jumps need no echo: they are samples lost or inserted, which the echo shows only after the fact.
 """
 
 from __future__ import annotations
@@ -29,6 +38,11 @@ JUMP_AGREE_S = 0.002  # s
 DRIFT_WINDOW_S = 10.0  # s of deviations whose median decides a drift (stamp wander lasts seconds)
 DRIFT_S = 0.005  # s: the timeline may be this far off its stamps before it follows them (AEC3 gets 20 ms lead)
 DRIFT_STEP_S = 0.25  # s between drift steps of one sample (1/16000 s per 0.25 s: 250 ppm at most)
+# The echo's evidence. GCC-PHAT at 4 kHz measures in 0.25 ms steps; on a steady path its lag spread 0.7 ms.
+# espeak's rhythm gives it false peaks now and then (hundreds of ms off): the median of ECHO_MEDIAN runs.
+ECHO_MEDIAN = 3  # measurements whose median is the echo's lag (the first ECHO_MEDIAN set the baseline)
+ECHO_CONFIRM_S = 0.001  # s the echo must have moved, the way the stamps say, for a drift step
+ECHO_AGREE = 0.5  # a persistent offset is stepped when the echo moved by at least this share of it
 
 
 class StampTimeline:
@@ -43,6 +57,7 @@ class StampTimeline:
         self.refine_moves = 0  # refinements that moved the timeline, over every run
         self.jumps = 0  # steps by a confirmed jump, over every run
         self.drift_steps = 0  # one-sample steps following a drift, over every run
+        self.held = 0  # drift checks where the stamps asked for a slow move the echo did not show, over every run
         self.restart(jumps)
 
     def restart(self, jumps: bool | None = None) -> None:
@@ -58,6 +73,25 @@ class StampTimeline:
         self._since_anchor = 0.0  # s of blocks since the anchor
         self._since_step = 0.0  # s of blocks since the last drift check
         self._pending: list[float] = []  # deviations of a jump not yet confirmed, s
+        self._level = 0.0  # s: the window's median deviation at the last check (against the moved timeline)
+        self._moved = 0.0  # s the timeline moved in this run (refinement, jumps, steps)
+        # the echo's lag as if the timeline had not moved (measured lag + _moved then), s, the latest few
+        self._echo: collections.deque[float] = collections.deque(maxlen=ECHO_MEDIAN)
+        self._echo_base: float | None = None  # the echo's lag against the timeline when first measured, s
+
+    def observe_echo(self, lag_s: float) -> None:
+        """A believable measurement of the echo's lag behind this stream as it was placed (s; larger = the echo
+        comes later than the timeline puts its sound). Slow moves then need the echo to agree (module doc)."""
+        self._echo.append(lag_s + self._moved)
+        if self._echo_base is None and len(self._echo) == ECHO_MEDIAN:
+            self._echo_base = float(np.median(self._echo)) - self._moved
+
+    def _echo_unfollowed(self) -> float | None:
+        """How far the echo has moved from its baseline that the timeline has not followed (s), or None: no
+        echo measured in this run."""
+        if self._echo_base is None:
+            return None
+        return float(np.median(self._echo)) - self._moved - self._echo_base
 
     @property
     def moves(self) -> int:
@@ -66,12 +100,15 @@ class StampTimeline:
 
     def _shift(self, dev: float) -> float:
         shift = round(dev * self.rate) / self.rate
+        self._moved += shift
         for i in range(len(self._devs)):  # the window's deviations, against the moved timeline
             self._devs[i] -= shift
         return shift
 
     def update(self, dev: float, seconds: float) -> float:
-        if self.jumps_allowed and abs(dev) > JUMP_S:
+        # A jump is judged against where the stamps have lately been (the window's median at the last check),
+        # not against the timeline: a held walk (above) must not turn into a "jump" once it passes JUMP_S.
+        if self.jumps_allowed and abs(dev - self._level) > JUMP_S:
             pending = self._pending
             if pending and abs(dev - pending[0]) >= JUMP_AGREE_S:
                 pending.clear()
@@ -84,7 +121,9 @@ class StampTimeline:
             self._devs.clear()  # the old deviations were of the run before the jump
             self._durs.clear()
             self._span = 0.0
-            return round(first * self.rate) / self.rate
+            shift = round((first - self._level) * self.rate) / self.rate
+            self._moved += shift
+            return shift
         self._pending.clear()
         self._devs.append(dev)
         self._durs.append(seconds)
@@ -99,6 +138,7 @@ class StampTimeline:
             self.refined = True
             self._since_step = 0.0
             shift = self._shift(float(np.median(self._devs)))
+            self._level = float(np.median(self._devs))
             self.refine_moved = shift != 0.0
             self.refine_moves += int(self.refine_moved)
             return shift
@@ -106,13 +146,23 @@ class StampTimeline:
         if self._since_step < DRIFT_STEP_S:
             return 0.0
         self._since_step = 0.0
-        median = float(np.median(self._devs))
+        median = self._level = float(np.median(self._devs))
         if abs(median) <= DRIFT_S:
             return 0.0
+        echo = self._echo_unfollowed()
         if abs(median) > JUMP_S and self._span >= REFINE_S:
             # a persistent offset whose stamps scatter too much to confirm a jump (a loaded machine's
             # underruns): stepped at once, as a jump, rather than crept after at 250 ppm
+            if echo is not None and not echo * np.sign(median) >= ECHO_AGREE * abs(median):
+                self.held += 1
+                return 0.0
             self.jumps += 1
+            self._level = 0.0
             return self._shift(median)
+        if echo is not None and not echo * np.sign(median) >= ECHO_CONFIRM_S:
+            self.held += 1
+            return 0.0
         self.drift_steps += 1
-        return self._shift(np.sign(median) / self.rate)
+        shift = self._shift(np.sign(median) / self.rate)
+        self._level -= shift
+        return shift
