@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -514,6 +515,9 @@ class _EventsProcess:
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
             text=True,
+            # Like a terminal: a shell that ran this test run in the background (`cmd &`) leaves SIGINT ignored,
+            # which the child would inherit, and Ctrl-C would never reach it (as in tests/test_chat_cli.py).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.records: list[tuple[float, dict]] = []
         self._new: queue.Queue[tuple[float, dict]] = queue.Queue()
@@ -546,8 +550,18 @@ class _EventsProcess:
         self._stderr.seek(0)
         tail = "\n".join(json.dumps(r)[:200] for _, r in self.records[-12:])
         raise AssertionError(
-            f"no {what} within {timeout} s; rc={self.proc.poll()}\n{tail}\n{self._stderr.read()[-2000:]}"
+            f"no {what} within {timeout} s; rc={self.proc.poll()}{self._sigint_ignored()}\n{tail}\n"
+            f"{self._stderr.read()[-2000:]}"
         )
+
+    def _sigint_ignored(self) -> str:
+        """The note ", SIGINT ignored in the child" when its SigIgn mask has SIGINT: a failed Ctrl-C says why."""
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                mask = next((int(line.split()[1], 16) for line in f if line.startswith("SigIgn:")), 0)
+        except OSError:
+            return ""
+        return ", SIGINT ignored in the child" if mask & (1 << (signal.SIGINT - 1)) else ""
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -560,8 +574,6 @@ def test_a_server_that_never_answers_shows_the_turn_says_so_and_ctrl_c_keeps_it(
     requests and never answers: question 2 is shown at once (the speculative request no longer holds the
     turn), "waiting for the server" comes within ~2 s, Ctrl-C (a real SIGINT) stops the wait without quitting,
     and the turn is kept: question 3's request carries all three questions."""
-    import signal
-
     from support.fake_vllm import FakeVllmServer
 
     wav = speech_wav(tmp_path / "three.wav", 0.5, "Hello there.", 5.0, "Where is the station?", 9.0, "Thank you.", 3.0)

@@ -367,7 +367,7 @@ class ModelStage:
         self._set_current(reply, seq)
         self._report(ModelReport(busy=True), clock())
         self._speech(BeginReply(number))
-        attempt = 0
+        attempt, last_pass = 0, False
         while True:  # one pass per attempt: a retryable failure keeps the turn and sends it again
             stripper = StreamStripper()
             picked = now()
@@ -383,13 +383,13 @@ class ModelStage:
             entry["error"] = msg
             if first:
                 self._emit(ReplyDone(number, stripper.text, 0, 0.0, first[0] - picked, interrupted=True, t=clock()))
-            retry = (
-                isinstance(failure, BackendError)
-                and failure.retryable
-                and not reply.cancel.is_set()
-                and not self._stop.is_set()
-            )
-            if not retry:
+            retry = isinstance(failure, BackendError) and failure.retryable and not self._stop.is_set()
+            if retry and reply.cancel.is_set() and not last_pass:
+                # A stop that came as the send failed (after the backend's last look at the cancel): one more
+                # pass, with the cancel set, takes the backend's cancel path; the turn ends interrupted and kept.
+                last_pass = True
+                continue
+            if not retry or reply.cancel.is_set():
                 self._set_current(None)
                 self._error(
                     f"turn {number}: {msg}; the conversation is as before this turn", "model", clock(), turn=number
