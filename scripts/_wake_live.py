@@ -270,9 +270,20 @@ def run_live(
                     first = live.heard_for(turn, rng.uniform(3.0, 6.0), converged=True)
                     if first is None:  # the reply was shorter (the tiny model ended it) or not converged: no trial
                         res["skipped"] = res.get("skipped", 0) + 1
-                        print(f"turn {turn}: no trial ({live.app.echo_state()})", flush=True)
                         live.app.cancel()
                         live.pump(60, lambda t=turn: bool(live.of("reply_done", t)) and not live.speaker.speaking())
+                        # What the reply was (a run once went silent for 22 turns with nothing else said): its
+                        # length, whether it was cut, and the last errors of this turn or of none.
+                        done = live.of("reply_done", turn)
+                        said = (
+                            f"reply {done[-1].n_tokens} tokens, {len(done[-1].text)} chars"
+                            f"{', interrupted' if done[-1].interrupted else ''}"
+                            if done
+                            else "no reply_done"
+                        )
+                        errors = [e.message for e in live.of("error") if getattr(e, "turn", None) in (None, turn)]
+                        state = live.app.echo_state()
+                        print(f"turn {turn}: no trial ({said}; errors {errors[-3:]}; {state})", flush=True)
                         continue
                     row = stop_trial(live, room, turn, *wavs[k % len(wavs)], first)
                     row["voice"] = names[k % len(wavs)]
