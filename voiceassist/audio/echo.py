@@ -203,8 +203,8 @@ class EchoCanceller:
         else:
             conv = Convergence.CONVERGED if self._converged else Convergence.CONVERGING
         delay = self._estimator.delay_ms
-        if delay is not None:  # the measured lag is behind the reference as handed: undo our own shift
-            delay = delay - (self.lead_s + self._offset_s) * 1000
+        if delay is not None:
+            delay = self._unshifted_ms(delay)
         return EchoState(
             enabled=self.reference is not None,
             convergence=conv.value,
@@ -217,6 +217,11 @@ class EchoCanceller:
             mic_moves=self._mic_moves,
             reference_held=int(getattr(self.reference, "held", 0)),
         )
+
+    def _unshifted_ms(self, delay_ms: float) -> float:
+        """A measured lag (behind the reference as handed, ms) with our own shift undone (the lead and any
+        re-alignment): the echo's lag behind the reference as its timeline placed it, ms."""
+        return delay_ms - (self.lead_s + self._offset_s) * 1000
 
     @property
     def reference_lead_s(self) -> float:
@@ -313,7 +318,7 @@ class EchoCanceller:
             # has no timeline to move: no such method.)
             observe = getattr(self.reference, "observe_echo", None)
             if observe is not None:
-                observe(delay / 1000 - self.lead_s - self._offset_s)
+                observe(self._unshifted_ms(delay) / 1000)
             self._check_alignment(delay)
         return out
 

@@ -137,8 +137,9 @@ class StampTimeline:
                 return 0.0
             self.refined = True
             self._since_step = 0.0
-            shift = self._shift(float(np.median(self._devs)))
-            self._level = float(np.median(self._devs))
+            median = float(np.median(self._devs))
+            shift = self._shift(median)
+            self._level = median - shift  # the window's median against the refined timeline
             self.refine_moved = shift != 0.0
             self.refine_moves += int(self.refine_moved)
             return shift
