@@ -28,6 +28,16 @@ from voiceassist.remote.client import Retryable, ServerClient
 WAIT_S = 60.0  # the App's pause before a failed turn is sent again, s: only the stop can end it in a test
 
 
+def _turn_events(evs: list) -> list[tuple[str, int]]:
+    """(kind, turn) of each turn's utterance, reply_start, interrupted and reply_done events, in order."""
+    return [(e.kind, e.turn) for e in evs if e.kind in ("utterance", "reply_start", "interrupted", "reply_done")]
+
+
+def _user_texts(fake: FakeVllmServer) -> list[str]:
+    """The user messages of the FAKE server's first request (the turns it carries)."""
+    return [str(m["content"]) for m in fake.requests[0]["messages"] if m["role"] == "user"]
+
+
 def _app(
     port: int, source: FileSource, client: Callable[[ServerConfig], ServerClient] | None = None, **overrides
 ) -> tuple[App, RemoteBackend]:
@@ -67,7 +77,7 @@ def _stopped_in_the_wait(app: App, backend: RemoteBackend, port: int, stop, reas
         app.stop()
         if fake is not None:
             fake.stop()
-    order = [(e.kind, e.turn) for e in evs if e.kind in ("utterance", "reply_start", "interrupted", "reply_done")]
+    order = _turn_events(evs)
     assert order == [
         ("utterance", 1),
         ("reply_start", 1),
@@ -92,7 +102,7 @@ def _stopped_in_the_wait(app: App, backend: RemoteBackend, port: int, stop, reas
         ("second question", "", True),
     ]
     assert len(fake.requests) == 1  # the stopped turns were not sent; turn 3's request carries them
-    texts = [str(m["content"]) for m in fake.requests[0]["messages"] if m["role"] == "user"]
+    texts = _user_texts(fake)
     assert [any(q in t for t in texts) for q in ("first", "second", "third")] == [True] * 3, texts
     return evs
 
@@ -174,7 +184,7 @@ def test_ctrl_c_as_the_last_quick_retry_fails_ends_the_turn_interrupted_and_kept
         if fake is not None:
             fake.stop()
     assert [e.message for e in evs if e.kind == "error"] == []
-    order = [(e.kind, e.turn) for e in evs if e.kind in ("utterance", "reply_start", "interrupted", "reply_done")]
+    order = _turn_events(evs)
     assert order == [
         ("utterance", 1),
         ("reply_start", 1),
@@ -189,5 +199,5 @@ def test_ctrl_c_as_the_last_quick_retry_fails_ends_the_turn_interrupted_and_kept
     assert history[0] == ("first question", "", True, False), history
     assert [(t.text, t.interrupted) for t in backend.turns][0] == ("first question", True)
     assert len(fake.requests) == 1  # turn 2's request, carrying the kept turn 1
-    texts = [str(m["content"]) for m in fake.requests[0]["messages"] if m["role"] == "user"]
+    texts = _user_texts(fake)
     assert [any(q in t for t in texts) for q in ("first", "second")] == [True, True], texts
