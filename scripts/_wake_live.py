@@ -13,8 +13,9 @@ room's ``say`` (its DAC time is when it starts), in the renderings the detector 
   say a chosen sentence; the rest is the App's real path), in the converged App: any stop is false.
 
 A stop counts when the turn gets exactly one ``interrupted`` (reason "wake") after the wake word started and the
-reply's sound has stopped within 2 s of it. Per wake word it also records each detector's highest probability
-from the word's start to 1.5 s after its end (``WakeDetector.trace``) and the canceller's state then.
+reply's sound has stopped within 2 s of it; the turn is the number the App gave the bench's typed question (its
+``utterance`` event), never a count of the bench's own. Per wake word it also records each detector's highest
+probability from the word's start to 1.5 s after its end (``WakeDetector.trace``) and the canceller's state then.
 """
 
 from __future__ import annotations
@@ -128,6 +129,22 @@ class Live:
 
     def pump(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         pump_events(self.app, self.events, seconds, until)
+
+    def ask(self, text: str = ASK) -> int | None:
+        """Submit a typed turn; its number as the App gave it (its ``utterance`` event), None if none came in
+        10 s. The App numbers every turn it takes, a spoken one after a wake word too, so a bench that counted
+        its own submissions lost step with it once such a turn came in between."""
+        seen = len(self.of("utterance"))
+        self.app.submit_text(text)
+
+        def mine() -> list:
+            return [e for e in self.of("utterance")[seen:] if e.text == text]
+
+        self.pump(10, lambda: bool(mine()))
+        others = [e for e in self.of("utterance")[seen:] if e.text != text]
+        for e in others:  # not the bench's: say so (what came in, how long) rather than lose count silently
+            print(f"turn {e.turn}: not the bench's (audio {e.durations} s, text {e.text!r})", flush=True)
+        return mine()[0].turn if mine() else None
 
     def of(self, kind: str, turn: int | None = None) -> list:
         return [e for e in self.events if e.kind == kind and (turn is None or getattr(e, "turn", None) == turn)]
@@ -249,11 +266,12 @@ def run_live(
                 session.reset()
                 live = Live(cfg, session)
                 try:
-                    live.app.submit_text(ASK)
-                    if live.heard_for(1, 1.0) is None:
-                        row: dict = {"turn": 1, "ok": False, "why": "reply not heard"}
+                    first_turn = live.ask()
+                    if first_turn is None or live.heard_for(first_turn, 1.0) is None:
+                        row: dict = {"turn": first_turn, "ok": False, "why": "reply not heard"}
                     else:
-                        row = stop_trial(live, room, 1, *wavs[k % len(wavs)], live.speaker.first_heard(1))
+                        first = live.speaker.first_heard(first_turn)
+                        row = stop_trial(live, room, first_turn, *wavs[k % len(wavs)], first)
                 finally:
                     live.close()
                     live.save(tmp / f"live_onset{k}.npz", [row])
@@ -263,10 +281,14 @@ def run_live(
             session.reset()
             live = Live(cfg, session)
             try:
-                turn, k = 0, 0
-                while k < n and turn < 2 * n:
-                    turn += 1
-                    live.app.submit_text(ASK)
+                asked, k = 0, 0
+                while k < n and asked < 2 * n:
+                    asked += 1
+                    turn = live.ask()
+                    if turn is None:
+                        res["skipped"] = res.get("skipped", 0) + 1
+                        print("a typed turn got no utterance event in 10 s: no trial", flush=True)
+                        continue
                     first = live.heard_for(turn, rng.uniform(3.0, 6.0), converged=True)
                     if first is None:  # the reply was shorter (the tiny model ended it) or not converged: no trial
                         res["skipped"] = res.get("skipped", 0) + 1
@@ -314,23 +336,23 @@ def self_case(cfg: Any, own_text: str, wavs: list) -> dict:
     live = Live(cfg, fake)
     try:
         fake.text = " ".join(["Once upon a time there was a little village by the sea."] * 6)
-        live.app.submit_text(ASK)
-        live.heard_for(1, 3.0, converged=True)
-        live.pump(90, lambda: bool(live.of("reply_done", 1)) and not live.speaker.speaking())
+        story = live.ask() or 1
+        live.heard_for(story, 3.0, converged=True)
+        live.pump(90, lambda: bool(live.of("reply_done", story)) and not live.speaker.speaking())
         state = live.app.echo_state()
-        n_wake = len(live.of("wake"))
+        n_wake, n_stops = len(live.of("wake")), len(live.of("interrupted"))
         fake.text = own_text
         t0 = time.monotonic()
-        live.app.submit_text(ASK)
-        live.pump(5, lambda: live.speaker.first_heard(2) is not None)
-        live.pump(120, lambda: bool(live.of("reply_done", 2)) and not live.speaker.speaking())
+        own = live.ask() or story + 1
+        live.pump(5, lambda: live.speaker.first_heard(own) is not None)
+        live.pump(120, lambda: bool(live.of("reply_done", own)) and not live.speaker.speaking())
         live.pump(1.5)
         aec, lin = live.peaks(t0, time.monotonic())
         return {
             "n": 8,
             "wakes": len(live.of("wake")) - n_wake,
-            "stops": len(live.of("interrupted", 2)),
-            "spoken": live.speaker.spoken_text(2)[:60],
+            "stops": len(live.of("interrupted")) - n_stops,  # of any turn: each one is false here
+            "spoken": live.speaker.spoken_text(own)[:60],
             "p_aec": aec,
             "p_linear": lin,
             "echo_before": state,
