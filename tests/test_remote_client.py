@@ -133,6 +133,21 @@ def test_truncated_reply_is_what_the_next_request_carries(fake):
     assert [m["role"] for m in fake.requests[-1]["messages"]] == ["system", "user"]
 
 
+def test_an_earlier_reply_cut_back_is_what_the_next_request_carries(fake):
+    """A stop with two replies queued in the speaker: the one heard is cut, the later turn stays as it was."""
+    backend = RemoteBackend(make_config(fake.url))
+    backend.reply(UserTurn(text="hi"), lambda s: None, threading.Event())
+    backend.reply(UserTurn(text="and?"), lambda s: None, threading.Event())
+    backend.truncate_reply("Hello", 1)
+    backend.truncate_last_reply("")
+    assert [(t.reply, t.interrupted) for t in backend.turns] == [("Hello", True), ("", True)]
+    backend.reply(UserTurn(text="again"), lambda s: None, threading.Event())
+    roles = [(m["role"], m["content"]) for m in fake.requests[-1]["messages"] if m["role"] == "assistant"]
+    assert roles == [("assistant", "Hello"), ("assistant", "")]
+    backend.truncate_reply("x", 5)  # no such turn: nothing changes
+    assert backend.turns[0].reply == "Hello"
+
+
 def test_language_hint_and_sampling_reach_the_server(fake):
     c = make_config(fake.url)
     c = dataclasses.replace(

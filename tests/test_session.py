@@ -198,6 +198,31 @@ def test_truncate_last_reply_keeps_what_was_spoken(tiny, speech):
     m.check_last(12)
 
 
+def test_truncate_an_earlier_reply_keeps_the_turns_after_it_and_the_next_turn_is_exact(tiny, speech, monkeypatch):
+    """A stop while two replies were queued in the speaker: the one playing is cut back to what was heard, the
+    later turn stays (its audio not encoded again), and the next turn matches a from-scratch run."""
+    m = Mirror(tiny, new_session(tiny, max_new_tokens=12))
+    m.turn([speech[0]])
+    r1 = m.turn([speech[1]])
+    r2 = m.turn([speech[2]], "And then?")
+    tok = tiny[1].tokenizer
+    ids1 = list(r1.reply_ids)
+    encoded = []
+    real = encoder_module.encode_audios
+    monkeypatch.setattr(encoder_module, "encode_audios", lambda *a, **k: encoded.append(1) or real(*a, **k))
+    m.session.truncate_reply(tok.decode(ids1[:4]), 1)
+    cut, last = m.session.turns[-2], m.session.turns[-1]
+    assert cut.interrupted and list(cut.reply_ids) == ids1[:4] and cut.reply_text == tok.decode(ids1[:4])
+    assert list(last.reply_ids) == list(r2.reply_ids) and not last.interrupted
+    assert len(m.session.ids) == sum(len(t.prompt_ids) + len(t.reply_ids) for t in m.session.turns)
+    m.turns[-2].reply_ids = ids1[:4]
+    m.turn([], "Go on.")
+    m.check_last(12)  # the rebuilt cache (after the cut) gives the from-scratch logits
+    assert encoded == [], "no audio was encoded again"
+    m.session.truncate_reply("anything", 9)  # no such turn: nothing changes
+    assert list(m.session.turns[-3].reply_ids) == ids1[:4]
+
+
 def test_context_budget_drops_oldest_turns_without_reencoding(tiny, speech, monkeypatch):
     encoded = []
     real = encoder_module.encode_audios

@@ -200,3 +200,101 @@ def test_text_of_a_reply_stopped_before_its_first_sound_is_never_spoken(pulse):
         speaker.close()
     assert first2 is not None, "the next reply was not spoken"
     assert heard == ("", "", None, "The next reply."), heard
+
+
+def _speech_stage(cfg: Config, speaker, control, cancelled: list):
+    import threading
+
+    from voiceassist.pipeline.speech import SpeechStage
+
+    return SpeechStage(
+        cfg,
+        speaker,
+        emit=lambda _e: None,
+        clock=time.monotonic,
+        model_control=control,
+        cancel_reply=cancelled.append,
+        on_change=lambda: None,
+        stop=threading.Event(),
+    )
+
+
+def test_a_stop_with_two_replies_queued_cuts_the_one_heard_and_the_next_to_nothing(pulse):
+    """A turn typed while the last reply still plays queues its reply behind that one. A stop (the wake word,
+    the key) then cuts the reply playing back to what was heard and the queued one to nothing, newest first; the
+    speech stage alone, fed as the model stage feeds it, with the real Speaker. (Before, only the last turn was
+    cut, to "", and the one playing kept all its text.)"""
+    import queue
+
+    from voiceassist.pipeline.messages import BeginReply, EndOfReply, SpeakText, StopSpeaking
+
+    cfg = config()
+    speaker = make_speaker(cfg)
+    control: queue.SimpleQueue = queue.SimpleQueue()
+    cancelled: list = []
+    stage = _speech_stage(cfg, speaker, control, cancelled)
+    one = "The first reply has several sentences. It goes on for a while. There is more of it. This is its end."
+    try:
+        stage.send(BeginReply(1))
+        stage.send(SpeakText(1, one))
+        stage.send(EndOfReply(1))
+        stage.send(BeginReply(2))
+        stage.send(SpeakText(2, "The second reply waits behind the first."))
+        stage.send(EndOfReply(2))
+        first = speaker.first_sound(1, 10.0)
+        assert first is not None, "reply 1 was not spoken"
+        while time.monotonic() < first + 1.0:
+            time.sleep(0.02)
+        assert speaker.speaking() and speaker.first_heard(2) is None, "reply 1 ended before the stop"
+        stage.send(StopSpeaking("wake", truncate=True))
+        cuts = []
+        while not control.empty():
+            cuts.append(control.get_nowait())
+    finally:
+        speaker.close()
+    assert [(c.turn, c.reason) for c in cuts] == [(2, "wake"), (1, "wake")], cuts
+    assert cuts[0].spoken == ""
+    heard = cuts[1].spoken
+    assert heard and one.startswith(heard) and len(heard) < len(one), heard
+    assert cancelled == ["wake"]
+
+
+def test_the_key_over_two_queued_replies_keeps_what_was_heard_of_each(pulse, session, monkeypatch):
+    """The App (push-to-talk mode, the tiny model, the real Speaker): a typed turn while reply 1 still plays,
+    then the key. The history and the model's own turns keep what was heard of reply 1 and nothing of reply 2,
+    both marked interrupted with one ``interrupted`` each; the next turn is answered as usual."""
+    pulse.load_sink("va_out")
+    monkeypatch.setenv("PULSE_SINK", "va_out")
+    cfg = config(**{"ui.mode": "ptt", "tts.rate": 110, "generation.max_new_tokens": 60})
+    fresh(session, cfg)
+    speaker = make_speaker(cfg)
+    app = mic_app(cfg, session, speaker)
+    app.start()
+    try:
+        app.submit_text("Tell me a story.")
+        evs = collect(app, 40, lambda e: any(x.kind == "reply_done" and x.turn == 1 for x in e))
+        app.submit_text("And another one.")  # reply 1 still plays: reply 2 queues behind it
+        evs += collect(app, 40, lambda e: any(x.kind == "reply_done" and x.turn == 2 for x in e))
+        playing = speaker.speaking() and speaker.first_heard(2) is None and speaker.first_heard(1) is not None
+        app.ptt_press()
+        app.ptt_release()
+        evs += collect(app, 10, lambda e: sum(x.kind == "interrupted" for x in e) >= 2)
+        evs += collect(app, 1.0)
+        history = app.history()
+        app.submit_text("Are you there?")
+        evs += collect(app, 40, lambda e: any(x.kind == "reply_done" and x.turn == 3 for x in e))
+    finally:
+        app.stop()
+        speaker.close()
+    assert playing, "reply 1 ended (or reply 2 began) before the key: nothing queued to test"
+    done = {e.turn: e for e in evs if e.kind == "reply_done"}
+    inter = [(e.turn, e.reason, e.kept_text) for e in evs if e.kind == "interrupted"]
+    assert sorted(t for t, _, _ in inter) == [1, 2] and {r for _, r, _ in inter} == {"ptt"}, inter
+    kept = dict((t, k) for t, _, k in inter)
+    assert kept[2] == "" and kept[1] and done[1].text.startswith(kept[1]) and len(kept[1]) < len(done[1].text)
+    assert [(h["reply"], h["interrupted"]) for h in history] == [(kept[1], True), ("", True)]
+    turns = session.turns
+    # the model keeps the longest run of its reply tokens that was heard: a prefix of what the speaker said
+    assert turns[0].interrupted and turns[0].reply_text and kept[1].startswith(turns[0].reply_text)
+    assert turns[1].interrupted and turns[1].reply_ids == ()
+    assert 3 in done and not done[3].interrupted

@@ -89,6 +89,20 @@ class SpeculatingReply(Protocol):
     ) -> str | None: ...
 
 
+@runtime_checkable
+class TruncatesEarlierReplies(Protocol):
+    """A backend capability: cut the reply ``later`` turns before the last back to ``spoken_text`` (a prefix
+    of it), marked as interrupted; the turns after it stay as they are. Needed when a stop comes while two
+    replies are queued in the speaker (a turn typed while the last reply still played)."""
+
+    def truncate_reply(self, spoken_text: str, later: int) -> None: ...
+
+
+def reply_truncator(backend: Backend) -> TruncatesEarlierReplies | None:
+    """The backend in ``backend``'s wrapper chain that can cut a reply before its last, or None."""
+    return next((b for b in _chain(backend) if isinstance(b, TruncatesEarlierReplies)), None)
+
+
 def reply_speculator(backend: Backend) -> SpeculatingReply | None:
     """The backend in ``backend``'s wrapper chain that decodes a speculative reply ahead, or None."""
     return next((b for b in _chain(backend) if isinstance(b, SpeculatingReply)), None)

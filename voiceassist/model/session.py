@@ -325,18 +325,28 @@ class Session:
         Keeps the longest prefix of the reply's tokens whose text is a prefix of ``spoken_text`` (never more
         than was spoken). The cache is cut back to match; the next turn then closes the reply as usual.
         """
+        self.truncate_reply(spoken_text, 0)
+
+    def truncate_reply(self, spoken_text: str, later: int) -> None:
+        """Cut the reply ``later`` turns before the last back to ``spoken_text``, as :meth:`truncate_last_reply`
+        does the last one (``later`` = 0). The turns after it keep their ids and audio embeddings; the cache
+        is cut back to the cut and the next turn rebuilds the rest from them (no audio is encoded again)."""
         with self._lock:
             self.cancel_speculation()
-            if not self._turns:
+            if not 0 <= later < len(self._turns):
                 return
-            last = self._turns[-1]
-            keep = _spoken_prefix(self.tokenizer, list(last.reply_ids), spoken_text)
-            if keep == len(last.reply_ids):
+            at = len(self._turns) - 1 - later
+            turn = self._turns[at]
+            keep = _spoken_prefix(self.tokenizer, list(turn.reply_ids), spoken_text)
+            if keep == len(turn.reply_ids):
                 return
-            ids = last.reply_ids[:keep]
+            ids = turn.reply_ids[:keep]
             text = self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            self._turns[-1] = dataclasses.replace(last, reply_ids=ids, reply_text=text, interrupted=True)
-            self._kv.crop(self.context_tokens)
+            self._turns[at] = dataclasses.replace(turn, reply_ids=ids, reply_text=text, interrupted=True)
+            # A later turn's prompt does not depend on an earlier reply (the builder renders the user messages;
+            # the reply's close is the next prompt's start), so only the cache after the cut is stale.
+            cut = sum(len(t.prompt_ids) + len(t.reply_ids) for t in self._turns[:at]) + len(turn.prompt_ids) + keep
+            self._kv.crop(min(cut, self.context_tokens))
 
     def reset(self) -> None:
         """Start a new conversation (the system prompt stays). Frees the cache and the audio embeddings."""

@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voiceassist.audio.cutting import level_profile, split_chunks
-from voiceassist.backend import Backend, ReplyResult, Speculating, SpeculatingReply, UserTurn
+from voiceassist.backend import (
+    Backend,
+    ReplyResult,
+    Speculating,
+    SpeculatingReply,
+    UserTurn,
+    reply_truncator,
+)
 from voiceassist.config import Config
 from voiceassist.errors import BackendError, VoiceAssistError, one_line
 from voiceassist.events import (
@@ -142,6 +149,9 @@ class ModelStage:
         self._cancelled_reason: InterruptReason = "cancel"
         self._history: list[dict[str, Any]] = []
         self._history_lock = threading.Lock()  # history() is read from the UI thread
+        # Turns whose reply the backend holds (it finished; an errored or given-up turn left none): a stop that
+        # cuts an earlier reply counts these after it to name it to the backend. Under the history lock.
+        self._held: set[int] = set()
         self.speculations_started = 0  # speculative prefills begun (a figure for tests)
         self.first_sentences_prepared = 0  # speculative first sentences sent to the speech stage (tests, benchmarks)
         self._first_sentence_on = config.tts.speculative_first_sentence  # SetSpeculativeSentence changes it
@@ -224,6 +234,7 @@ class ModelStage:
                         continue
                     with self._history_lock:
                         self._history.clear()
+                        self._held.clear()
                     self._report(detail="new conversation", force=True)
                 case TruncateReply():
                     if self._truncate(msg):
@@ -236,11 +247,18 @@ class ModelStage:
         """Barge-in / ptt / wake word over playback: the history keeps only what was heard, marked as
         interrupted. True if it did (and emitted Interrupted)."""
         with self._history_lock:
-            entry = self._history[-1] if self._history else None
-        if entry is None or entry["turn"] != msg.turn:
-            return False  # the speaker was on an older turn; the conversation has moved on
+            at = next((i for i in range(len(self._history) - 1, -1, -1) if self._history[i]["turn"] == msg.turn), -1)
+            entry = self._history[at] if at >= 0 else None
+            later = sum(1 for e in self._history[at + 1 :] if e["turn"] in self._held)
+        if entry is None or msg.turn not in self._held:
+            return False  # not this conversation's (a reset since), or a turn the backend never took (given up)
         try:
-            self.backend.truncate_last_reply(msg.spoken)
+            if later == 0:
+                self.backend.truncate_last_reply(msg.spoken)
+            elif (earlier := reply_truncator(self.backend)) is not None:
+                earlier.truncate_reply(msg.spoken, later)
+            else:
+                return False  # a backend that can cut only its last reply: this one stays whole
         except Exception as err:  # noqa: BLE001
             self._error(f"could not cut the reply back to what was spoken: {one_line(err)}", "model")
             return False
@@ -504,6 +522,7 @@ class ModelStage:
         voice = None if turn.speech_end_t is None or voice_t is None else voice_t + skew - turn.speech_end_t
         speculator = self._speculator
         with self._history_lock:
+            self._held.add(number)
             entry.update(
                 reply=text,
                 interrupted=bool(result.interrupted),

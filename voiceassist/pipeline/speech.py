@@ -147,14 +147,20 @@ class SpeechStage:
             if sp is not None and self._on:
                 quietly(sp.stop)
             return
-        spoken = ""
+        heard: dict[int, str] = {}
         if sp is not None:
             try:
-                spoken = sp.stop()
+                # Every reply not yet heard to its end: with two queued (a turn typed while the last reply still
+                # played), the one playing keeps what was heard and the later one nothing.
+                stop_turns = getattr(sp, "stop_turns", None)
+                heard = dict(stop_turns()) if callable(stop_turns) else {self._speaking_turn: sp.stop() or ""}
             except Exception as err:  # noqa: BLE001
                 self._error(f"speech output failed: {one_line(err)}")
-        # The truncation is queued before the cancel, so the model stage finds it as soon as the reply returns.
-        self._model_control.put(TruncateReply(self._speaking_turn, spoken or "", reason))
+        heard.setdefault(self._speaking_turn, "")
+        # The truncations are queued before the cancel, so the model stage finds them as soon as the reply
+        # returns; the newest first (each is then the last reply, or one before those already cut).
+        for turn in sorted(heard, reverse=True):
+            self._model_control.put(TruncateReply(turn, heard[turn] or "", reason))
         self._cancel_reply(reason)
 
     def _set_output(self, on: bool) -> None:

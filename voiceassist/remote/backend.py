@@ -221,12 +221,18 @@ class RemoteBackend:
 
     def truncate_last_reply(self, spoken_text: str) -> None:
         """Cut the last reply back to ``spoken_text`` (a prefix of it), marked as interrupted (barge-in)."""
-        if not self._turns:
+        self.truncate_reply(spoken_text, 0)
+
+    def truncate_reply(self, spoken_text: str, later: int) -> None:
+        """Cut the reply ``later`` turns before the last back to ``spoken_text``; the turns after it stay (the
+        server is sent the whole conversation each turn, so nothing else needs redoing)."""
+        if not 0 <= later < len(self._turns):
             return
-        last = self._turns[-1]
-        cut = _common_prefix(last.reply, spoken_text)
-        tokens = round(last.reply_tokens * len(cut) / len(last.reply)) if last.reply else 0
-        self._turns[-1] = dataclasses.replace(last, reply=cut, interrupted=True, reply_tokens=tokens)
+        at = len(self._turns) - 1 - later
+        turn = self._turns[at]
+        cut = _common_prefix(turn.reply, spoken_text)
+        tokens = round(turn.reply_tokens * len(cut) / len(turn.reply)) if turn.reply else 0
+        self._turns[at] = dataclasses.replace(turn, reply=cut, interrupted=True, reply_tokens=tokens)
 
     def reset(self) -> None:
         """Start a new conversation (the system prompt stays)."""

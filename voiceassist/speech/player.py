@@ -260,6 +260,11 @@ class Player:
         with self._lock:
             return self._spoken(turn)
 
+    def unfinished_turns(self) -> list[int]:
+        """Turns with samples not yet handed to the device, in playing order (the one playing first)."""
+        with self._lock:
+            return list(dict.fromkeys(s.turn for s in self._segs[self._idx :]))
+
     def stop(self, turn: int) -> str:
         """Silence within one block (after a 5 ms fade); drop everything queued; return ``turn``'s spoken text."""
         with self._lock:

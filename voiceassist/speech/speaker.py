@@ -104,6 +104,7 @@ class Speaker:
         self.prepared_used = 0
         self._lock = threading.Lock()  # guards everything below; taken before the player's lock, never after
         self._turn: int | None = None
+        self._synthesising: int | None = None  # the turn of the "say" job the speech thread is on
         self._splitter = SentenceSplitter()
         self._stopped: set[int] = set()  # turns stop() ended: later text for them is ignored
         self._epoch = 0
@@ -155,9 +156,20 @@ class Speaker:
     def stop(self) -> str:
         """Stop speaking (sound ends within one 20 ms block plus the device latency); drop everything queued;
         return the current turn's reply text actually spoken so far (a prefix of the reply)."""
+        heard = self.stop_turns()
+        return heard[max(heard)] if heard else ""  # the last fed turn is the newest
+
+    def stop_turns(self) -> dict[int, str]:
+        """Stop as :meth:`stop` does; return what was heard of each reply not yet heard to its end (turn → the
+        spoken prefix, "" for one not reached), the last fed turn always among them. Two replies can be
+        queued (a turn typed while the last reply still plays): a stop must cut each back to what was heard,
+        not only the last one."""
         with self._lock:
             self._epoch += 1
             self._pending = 0
+            unheard = set(self._player.unfinished_turns())
+            if self._synthesising is not None:
+                unheard.add(self._synthesising)
             while True:
                 try:
                     job = self._jobs.get_nowait()
@@ -166,13 +178,19 @@ class Speaker:
                 if job is None:  # close() is waiting for it
                     self._jobs.put_nowait(None)
                     break
+                if job.kind == "say":
+                    unheard.add(job.turn)
             self._splitter = SentenceSplitter()
             if self._turn is None:
-                return ""
+                return {}
+            unheard.add(self._turn)
             self._stopped.add(self._turn)
             if len(self._stopped) > 64:
                 self._stopped = {t for t in self._stopped if t >= self._turn - 32}
-            return self._player.stop(self._turn)
+            last = self._player.stop(self._turn)
+            out = {t: self._player.spoken_text(t) for t in sorted(unheard) if t != self._turn}
+            out[self._turn] = last
+            return out
 
     def speaking(self) -> bool:
         """Sentences are waiting, being synthesised, playing, or still on their way out of the device."""
@@ -353,6 +371,9 @@ class Speaker:
                 continue
             if job is None or self._closed.is_set():
                 return
+            if job.kind == "say":
+                with self._lock:
+                    self._synthesising = job.turn if job.epoch == self._epoch else None
             try:
                 if job.kind == "prepare":
                     self._prepare(job)
@@ -366,6 +387,7 @@ class Speaker:
                 with self._lock:
                     if job.epoch == self._epoch and job.kind == "say":
                         self._pending -= 1
+                    self._synthesising = None
 
     def _start_worker(self) -> bool:
         if time.monotonic() < self._engine_broken_until:
