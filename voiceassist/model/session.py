@@ -346,7 +346,7 @@ class Session:
             # A later turn's prompt does not depend on an earlier reply (the builder renders the user messages;
             # the reply's close is the next prompt's start), so only the cache after the cut is stale.
             cut = sum(len(t.prompt_ids) + len(t.reply_ids) for t in self._turns[:at]) + len(turn.prompt_ids) + keep
-            self._kv.crop(min(cut, self.context_tokens))
+            self._kv.crop(cut)
 
     def reset(self) -> None:
         """Start a new conversation (the system prompt stays). Frees the cache and the audio embeddings."""

@@ -149,9 +149,6 @@ class ModelStage:
         self._cancelled_reason: InterruptReason = "cancel"
         self._history: list[dict[str, Any]] = []
         self._history_lock = threading.Lock()  # history() is read from the UI thread
-        # Turns whose reply the backend holds (it finished; an errored or given-up turn left none): a stop that
-        # cuts an earlier reply counts these after it to name it to the backend. Under the history lock.
-        self._held: set[int] = set()
         self.speculations_started = 0  # speculative prefills begun (a figure for tests)
         self.first_sentences_prepared = 0  # speculative first sentences sent to the speech stage (tests, benchmarks)
         self._first_sentence_on = config.tts.speculative_first_sentence  # SetSpeculativeSentence changes it
@@ -234,7 +231,6 @@ class ModelStage:
                         continue
                     with self._history_lock:
                         self._history.clear()
-                        self._held.clear()
                     self._report(detail="new conversation", force=True)
                 case TruncateReply():
                     if self._truncate(msg):
@@ -249,8 +245,10 @@ class ModelStage:
         with self._history_lock:
             at = next((i for i in range(len(self._history) - 1, -1, -1) if self._history[i]["turn"] == msg.turn), -1)
             entry = self._history[at] if at >= 0 else None
-            later = sum(1 for e in self._history[at + 1 :] if e["turn"] in self._held)
-        if entry is None or msg.turn not in self._held:
+            # The backend holds a turn for each reply that finished (_finish_reply put its figures in the entry);
+            # an errored or given-up turn left none. Those after this one name it to the backend.
+            later = sum(1 for e in self._history[at + 1 :] if "n_tokens" in e)
+        if entry is None or "n_tokens" not in entry:
             return False  # not this conversation's (a reset since), or a turn the backend never took (given up)
         try:
             if later == 0:
@@ -522,7 +520,6 @@ class ModelStage:
         voice = None if turn.speech_end_t is None or voice_t is None else voice_t + skew - turn.speech_end_t
         speculator = self._speculator
         with self._history_lock:
-            self._held.add(number)
             entry.update(
                 reply=text,
                 interrupted=bool(result.interrupted),

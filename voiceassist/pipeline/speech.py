@@ -160,7 +160,7 @@ class SpeechStage:
         # The truncations are queued before the cancel, so the model stage finds them as soon as the reply
         # returns; the newest first (each is then the last reply, or one before those already cut).
         for turn in sorted(heard, reverse=True):
-            self._model_control.put(TruncateReply(turn, heard[turn] or "", reason))
+            self._model_control.put(TruncateReply(turn, heard[turn], reason))
         self._cancel_reply(reason)
 
     def _set_output(self, on: bool) -> None:
