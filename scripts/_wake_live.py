@@ -7,6 +7,8 @@ random-weight model's long replies (noise text). The visitor's wake word is mixe
 room's ``say`` (its DAC time is when it starts), in the renderings the detector hears alone in quiet.
 
 - onset: a fresh App (a fresh canceller) per wake word, said 1 s into its first reply;
+- first (``--first K``): a fresh App per wake word, said once the canceller reports "converged" and 3 s into its
+  first reply (AEC3 suppressing hard by then, the linear branch still learning the room);
 - converged: one App, a reply per wake word, said once the canceller reports "converged" and ≥ 3 s into the
   reply (3-6 s);
 - self: the assistant's reply says the wake word 8 times (a FAKE backend: the tiny model cannot be made to
@@ -227,10 +229,36 @@ def wake_wavs(wakes: list[np.ndarray], tmp: Path) -> list[tuple[Path, float]]:
     return out
 
 
+def fresh_trial(cfg: Any, session: Any, room: Room, wav: tuple[Path, float], heard_s: float, converged: bool) -> dict:
+    """A fresh App (a fresh canceller); the wake word ``heard_s`` into its first reply (and, if ``converged``,
+    once the canceller says so); the trial's row, and the run's recording beside ``wav``."""
+    session.reset()
+    live = Live(cfg, session)
+    row: dict = {"ok": False}
+    try:
+        first_turn = live.ask()
+        if first_turn is None or live.heard_for(first_turn, heard_s, converged) is None:
+            row = {"turn": first_turn, "ok": False, "why": "reply not heard, or not converged in 60 s"}
+        else:
+            row = stop_trial(live, room, first_turn, *wav, live.speaker.first_heard(first_turn))
+    finally:
+        live.close()
+        live.save(wav[0].with_suffix(f".{heard_s:g}s.npz"), [row])
+    return row
+
+
 def run_live(
-    word: str, wakes: list[np.ndarray], names: list[str], own_text: str, n: int, n_onset: int, tmp: Path
+    word: str,
+    wakes: list[np.ndarray],
+    names: list[str],
+    own_text: str,
+    n: int,
+    n_onset: int,
+    tmp: Path,
+    n_first: int = 0,
 ) -> dict:
-    """``n`` converged stops, ``n_onset`` onset stops, and the self case; rows of dicts."""
+    """``n`` converged stops, ``n_onset`` onset stops, ``n_first`` stops 3 s into a fresh App's converged first
+    reply, and the self case; rows of dicts."""
     import sounddevice as sd
 
     from voiceassist.config import Config, with_overrides
@@ -252,7 +280,7 @@ def run_live(
     )
     wavs = wake_wavs(wakes, tmp)
     rng = random.Random(13)
-    res: dict = {"onset": [], "converged": [], "self": {}, "room": {}}
+    res: dict = {"onset": [], "first": [], "converged": [], "self": {}, "room": {}}
     pulse = PulseServer().start()
     try:
         sd._terminate()
@@ -262,22 +290,14 @@ def run_live(
         room = Room(pulse, "va_sink", "va_mic", SPEC)
         try:
             session = open_backend(cfg)
-            for k in range(n_onset):  # a fresh App (canceller) each: the wake word 1 s into its first reply
-                session.reset()
-                live = Live(cfg, session)
-                try:
-                    first_turn = live.ask()
-                    if first_turn is None or live.heard_for(first_turn, 1.0) is None:
-                        row: dict = {"turn": first_turn, "ok": False, "why": "reply not heard"}
-                    else:
-                        first = live.speaker.first_heard(first_turn)
-                        row = stop_trial(live, room, first_turn, *wavs[k % len(wavs)], first)
-                finally:
-                    live.close()
-                    live.save(tmp / f"live_onset{k}.npz", [row])
-                row["voice"] = names[k % len(wavs)]
-                print(f"onset {k + 1}/{n_onset}: {row}", flush=True)
-                res["onset"].append(row)
+            # A fresh App (canceller) each: the wake word 1 s into its first reply (onset), or 3 s in once
+            # converged (first).
+            for case, count, heard_s, converged in (("onset", n_onset, 1.0, False), ("first", n_first, 3.0, True)):
+                for k in range(count):
+                    row = fresh_trial(cfg, session, room, wavs[k % len(wavs)], heard_s, converged)
+                    row["voice"] = names[k % len(wavs)]
+                    print(f"{case} {k + 1}/{count}: {row}", flush=True)
+                    res[case].append(row)
             session.reset()
             live = Live(cfg, session)
             try:

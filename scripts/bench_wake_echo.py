@@ -234,7 +234,7 @@ def report(res: dict, word: str, command: str, when: str) -> str:
             "",
             LIVE_TEXT,
             "",
-            live_report(res["live"]),
+            live_report(res["live"], word),
             "",
             LIVE_FINDINGS,
             "",
@@ -275,19 +275,27 @@ LIVE_FINDINGS = (
 )
 
 
-def live_report(live: dict) -> str:
+def live_report(live: dict, word: str) -> str:
     """The live rows (``--live``): stops per wake word, each detector's peak, the self case."""
+    from voiceassist.config import Config
+    from voiceassist.wake.live import LINEAR_MAX_DROP
+
+    own = build(word).trigger.threshold
+    drop = Config().wake.over_reply_drop
+    cut_aec, cut_lin = round(own - drop, 2), round(own - min(drop, LINEAR_MAX_DROP), 2)  # while the reply plays
     lines = [
-        '| case | wake words | stopped (one `interrupted` "wake", sound off ≤ 2 s) | AEC3 branch ≥ cutoff | '
-        "linear branch ≥ cutoff |",
+        '| case | wake words | stopped (one `interrupted` "wake", sound off ≤ 2 s) | '
+        f"AEC3 branch ≥ its cutoff ({cut_aec}) | linear branch ≥ its cutoff ({cut_lin}) |",
         "|---|---|---|---|---|",
     ]
-    for case in ("onset", "converged"):
-        rows = live[case]
-        cut = 0.85
+    for case in ("onset", "first", "converged"):
+        rows = live.get(case, [])
+        if not rows:
+            continue
         lines.append(
             f"| {case} | {len(rows)} | **{sum(r['ok'] for r in rows)}** | "
-            f"{sum(r.get('p_aec', 0) >= cut for r in rows)} | {sum(r.get('p_linear', 0) >= cut for r in rows)} |"
+            f"{sum(r.get('p_aec', 0) >= cut_aec for r in rows)} | "
+            f"{sum(r.get('p_linear', 0) >= cut_lin for r in rows)} |"
         )
     sc = live["self"]
     lines += [
@@ -301,8 +309,8 @@ def live_report(live: dict) -> str:
         "ms) | linear re-aligned | room: underflows / missing echo samples |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for case in ("onset", "converged"):
-        for r in live[case]:
+    for case in ("onset", "first", "converged"):
+        for r in live.get(case, []):
             if "p_aec" not in r:
                 lines.append(f"| {case} | {r.get('voice')} | | no trial: {r.get('why')} | | | | | |")
                 continue
@@ -328,6 +336,9 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; do not change BENCHMARKS.md")
     ap.add_argument("--live", type=int, default=0, metavar="N", help="also N wake words live, converged canceller")
     ap.add_argument("--onset", type=int, default=6, help="with --live: wake words 1 s into a fresh App's reply")
+    ap.add_argument(
+        "--first", type=int, default=0, help="with --live: wake words 3 s into a fresh App's converged first reply"
+    )
     ap.add_argument("--report-from", metavar="JSON", help="rewrite the section from a run's results.json")
     ap.add_argument("--live-only", action="store_true", help="with --live: skip the offline part (implies --no-write)")
     args = ap.parse_args()
@@ -336,7 +347,12 @@ def main() -> int:
         from _wake_live import run_live
 
         wakes, _, names = renderings(args.word, tmp)
-        print(live_report(run_live(args.word, wakes, names, own_text(args.word), args.live, args.onset, tmp)))
+        print(
+            live_report(
+                run_live(args.word, wakes, names, own_text(args.word), args.live, args.onset, tmp, args.first),
+                args.word,
+            )
+        )
         return 0
     if args.report_from:  # the section again from a run's saved results (its text changed, not the figures)
         saved = json.loads(Path(args.report_from).read_text())
@@ -347,7 +363,7 @@ def main() -> int:
             from _wake_live import run_live
 
             wakes, _, names = renderings(args.word, tmp)
-            res["live"] = run_live(args.word, wakes, names, own_text(args.word), args.live, args.onset, tmp)
+            res["live"] = run_live(args.word, wakes, names, own_text(args.word), args.live, args.onset, tmp, args.first)
         argv = [a for a in sys.argv[1:] if a != "--no-write"]
         command = ("python scripts/bench_wake_echo.py " + " ".join(argv)).strip()
         when = f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.machine()}, load average {os.getloadavg()[0]:.1f}"

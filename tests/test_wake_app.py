@@ -6,7 +6,7 @@ are noise text), and for the stop test the real Speaker playing into a second si
 does not hear it, so only the visitor's wake word can be what stopped it), with echo cancellation on. The
 loudspeaker room with the canceller on: tests/test_wake_echo.py (offline) and scripts/bench_wake_echo.py (with
 ``--live N`` the App in the time-indexed room: 23 of 24 stops once converged, 7 of 8 at onset, in the last two
-runs; no live loud-room test here yet, see BENCHMARKS.md "Wake word over a spoken reply").
+runs, see BENCHMARKS.md "Wake word over a spoken reply"), and the App live in that room: tests/test_wake_room.py.
 """
 
 from __future__ import annotations

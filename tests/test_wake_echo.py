@@ -150,3 +150,47 @@ def test_with_the_cutoffs_lowered_over_the_reply_the_assistants_own_voice_still_
     found_own, listener = run_chain(far, echo_of(far, RoomSpec()).copy(), drop=0.25)
     peaks = [max(p for _, p in d.trace or [(0.0, 0.0)]) for d in (listener.detector, listener.linear) if d]
     assert found_own == [], f"the assistant's own voice woke it at {found_own} (peaks {peaks})"
+
+
+def linear_branch_over(far: np.ndarray, mic: np.ndarray) -> tuple[linear.LinearWakeTap, np.ndarray]:
+    """The App's chain on one stream; the tap, and what its linear canceller handed the second detector."""
+    wake = WakeListener(build("okay_nabu"), WakeGate(5.0, 0.0))
+    wake.add_linear_branch()
+    ec = EchoCanceller(ArrayReference(far, 0.0), noise_suppression=True)
+    tap = linear.LinearWakeTap(ec, wake)
+    out: list[np.ndarray] = []
+    hear = wake.hear_linear
+
+    def keep(block: AudioBlock) -> None:
+        out.append(np.asarray(block.samples, np.float32))
+        hear(block)
+
+    wake.hear_linear = keep  # type: ignore[method-assign]
+    for i in range(0, len(mic), 320):
+        wake.process(ec.process(tap.process(AudioBlock(mic[i : i + 320], i / SR))))
+    return tap, np.concatenate(out)
+
+
+def erle_db(mic: np.ndarray, out: np.ndarray, start_s: float, end_s: float) -> float:
+    a, b = int(start_s * SR), int(end_s * SR)
+    return float(10 * np.log10(np.mean(mic[a:b] ** 2) / np.mean(out[a:b] ** 2)))
+
+
+def test_the_linear_branch_keeps_what_it_learned_of_the_room_when_the_first_delay_measurement_comes(audio):
+    """The canceller's first delay measurement (1-2 s into the first reply) is not a move of the echo: where the
+    echo already lies within the filter, the branch keeps the filter it has been learning since the reply began
+    (main restarted it, and 3 s into the first reply the wake word went unheard in 14 of 17 live runs:
+    tests/test_wake_room.py). An echo beyond the filter's reach still re-aligns it."""
+    reply, _, _ = audio
+    far = reply[: 6 * SR]
+    mic = echo_of(far, RoomSpec()).copy()  # 60 ms: 80 ms behind the reference as the tap reads it first
+    tap, out = linear_branch_over(far, mic)
+    assert tap.canceller.state().delay_ms is not None, "no delay measurement in 6 s of reply"
+    learned = [round(erle_db(mic, out, s, s + 1.0), 1) for s in (1.0, 2.0, 3.0, 4.0)]
+    print("linear ERLE per second from 1 s, dB:", learned, "re-aligned", tap.realigned)
+    assert tap.realigned == 0, (tap.realigned, learned)
+    assert learned[1] >= 6.0 and learned[3] >= 7.0, learned  # it learns the room (offline 9.3 and 8.6 dB)
+    far_mic = echo_of(far, RoomSpec(delay_ms=250.0)).copy()  # beyond 150 ms: the filter cannot cover its tail
+    tap, out = linear_branch_over(far, far_mic)
+    assert tap.realigned == 1, tap.realigned
+    assert erle_db(far_mic, out, 4.5, 5.5) >= 6.0

@@ -125,10 +125,21 @@ class LinearWakeTap:
     the canceller's own alignment (``reference_lead_s``). Measured on the test's PulseAudio room, the delay is
     150-900 ms and moves when the player reopens its stream, beyond what AEC3 (250 ms) and this filter cover
     unaligned; the canceller itself re-aligns only after 3 agreeing measurements, this branch after one (a
-    wrong move costs this branch alone a second, and the AEC3 branch still hears)."""
+    wrong move costs this branch alone a second, and the AEC3 branch still hears).
 
-    LEAD_S = 0.04  # the reference leads its echo by this much, s (slack for the measurement's jitter)
-    MOVE_S = 0.03  # re-align when the wanted lead moves by more than this, s (the filter absorbs less)
+    The first measurement is not a move: the filter has been learning the path as it is since playback began,
+    and restarting it costs seconds of convergence (measured live, tests/test_wake_room.py: the restart when the
+    first measurement came, 1-2 s into the first reply, left the linear branch's wake-word peak at 0.01-0.32
+    3 s into that reply, against 0.87-0.97 in the next). So the filter restarts only when the echo lies outside
+    the part of the filter that can model it (``WINDOW_S``: it would stay uncancelled), or when the measured
+    delay moves by more than MOVE_S (a new path: the taps are wrong)."""
+
+    LEAD_S = 0.04  # the reference leads its echo by this much after a re-alignment, s (slack for jitter)
+    MOVE_S = 0.03  # re-align when the measured delay moves by more than this, s (the filter absorbs less)
+    # Where in the filter the echo may start without a re-alignment, s behind the reference as handed: ahead of
+    # 10 ms (less is the measurement's jitter from acausal, which no filter cancels) and behind 150 ms (the
+    # room's tail must fit in the rest of the 300 ms filter).
+    WINDOW_S = (0.01, 0.15)
     CHECK_S = 0.5  # s of audio between looks at the canceller's delay measurement
 
     def __init__(self, canceller: EchoCanceller, listener: WakeListener) -> None:
@@ -139,13 +150,26 @@ class LinearWakeTap:
         self._frames = FrameCarry(FRAME)  # < FRAME samples waiting for a whole frame
         self._lead: float | None = None  # the reference is read at t + this, s (None: not yet decided)
         self._since_check = float("inf")  # s of audio since the last look at the delay measurement
+        self._delay: float | None = None  # the measured delay the filter was last placed for, s
         self.realigned = 0  # times the filter was re-aligned (restarted) because the echo's delay moved
 
-    def _wanted_lead(self) -> float:
+    def _check(self) -> None:
+        """Place the filter on the reference (first call), or move it when the echo left its window or moved."""
         delay_ms = self.canceller.state().delay_ms
+        if self._lead is None:
+            self._lead = self.canceller.reference_lead_s
         if delay_ms is None:
-            return self.canceller.reference_lead_s
-        return self.LEAD_S - delay_ms / 1000
+            return
+        delay = delay_ms / 1000
+        at = self._lead + delay  # where the echo starts in the filter, s behind the reference as handed
+        moved = self._delay is not None and abs(delay - self._delay) > self.MOVE_S
+        if self._delay is None or moved:
+            self._delay = delay
+        if moved or not self.WINDOW_S[0] <= at <= self.WINDOW_S[1]:
+            # The taps are for the old alignment; a fresh filter learns the new one sooner than they unlearn it.
+            self._lead = self.LEAD_S - delay
+            self._linear.reset()
+            self.realigned += 1
 
     def process(self, block: AudioBlock) -> AudioBlock:
         data, t = self._frames.whole(block)
@@ -156,15 +180,7 @@ class LinearWakeTap:
             self._since_check += n / SAMPLE_RATE
             if self._since_check >= self.CHECK_S:
                 self._since_check = 0.0
-                want = self._wanted_lead()
-                if self._lead is None:
-                    self._lead = want
-                elif abs(want - self._lead) > self.MOVE_S:
-                    # The taps are for the old alignment; a fresh filter learns the new one sooner than they
-                    # unlearn it.
-                    self._lead = want
-                    self._linear.reset()
-                    self.realigned += 1
+                self._check()
             assert self._lead is not None
             far = reference.read(t + self._lead, n)
             self.listener.hear_linear(AudioBlock(self._linear.process(data, far), t))
@@ -173,4 +189,4 @@ class LinearWakeTap:
     def reset(self) -> None:
         self._linear.reset()
         self._frames.clear()
-        self._lead, self._since_check = None, float("inf")
+        self._lead, self._delay, self._since_check = None, None, float("inf")
