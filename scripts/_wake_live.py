@@ -212,7 +212,7 @@ def stop_trial(live: Live, room: Room, turn: int, wav: Path, dur: float, first: 
         "still_speaking": still,
         "p_aec": aec,
         "p_linear": lin,
-        "echo": {k: state.get(k) for k in ("convergence", "erle_db", "delay_ms", "realigned")},
+        "echo": {k: state.get(k) for k in ("convergence", "erle_db", "delay_ms", "realigned", "wake_linear")},
         "tap_realigned": live.tap.realigned,
         "lost": lost,
         "t_said": t0,

@@ -186,11 +186,13 @@ def test_the_linear_branch_keeps_what_it_learned_of_the_room_when_the_first_dela
     mic = echo_of(far, RoomSpec()).copy()  # 60 ms: 80 ms behind the reference as the tap reads it first
     tap, out = linear_branch_over(far, mic)
     assert tap.canceller.state().delay_ms is not None, "no delay measurement in 6 s of reply"
-    learned = [round(erle_db(mic, out, s, s + 1.0), 1) for s in (1.0, 2.0, 3.0, 4.0)]
-    print("linear ERLE per second from 1 s, dB:", learned, "re-aligned", tap.realigned)
-    assert tap.realigned == 0, (tap.realigned, learned)
+    learned = [round(erle_db(mic, out, s, s + 1.0), 1) for s in (1.0, 2.0, 3.0, 4.0, 5.0)]
+    state = tap.state()  # what status --json shows under echo.wake_linear
+    print("linear ERLE per second from 1 s, dB:", learned, "state", state)
+    assert tap.realigned == 0 and state["realigned"] == 0, (tap.realigned, learned)
     assert learned[1] >= 6.0 and learned[3] >= 7.0, learned  # it learns the room (offline 9.3 and 8.6 dB)
+    assert state["erle_db"] is not None and abs(state["erle_db"] - learned[4]) < 3.0, (state, learned)
     far_mic = echo_of(far, RoomSpec(delay_ms=250.0)).copy()  # beyond 150 ms: the filter cannot cover its tail
     tap, out = linear_branch_over(far, far_mic)
-    assert tap.realigned == 1, tap.realigned
+    assert tap.realigned == 1 and tap.state()["realigned"] == 1, tap.state()
     assert erle_db(far_mic, out, 4.5, 5.5) >= 6.0

@@ -185,6 +185,7 @@ class App:
         # The wake word (issue 13): its detector runs last in the processor chain (after an echo canceller, so the
         # assistant's own voice cannot wake it); the capture stage puts its gate behind the segmenter.
         wake = None
+        self._wake_tap: Any = None  # the wake word's linear branch (wake/linear.py), when it runs
         if config.wake.word:
             from voiceassist.wake import check_config
             from voiceassist.wake.live import WakeListener
@@ -201,7 +202,8 @@ class App:
 
                 if linear.available():
                     wake.add_linear_branch()
-                    chain.insert(chain.index(ec), linear.LinearWakeTap(ec, wake))
+                    self._wake_tap = linear.LinearWakeTap(ec, wake)
+                    chain.insert(chain.index(ec), self._wake_tap)
                 else:
                     notices.append(
                         "wake word: libspeexdsp is not installed, so the wake word is heard only through the echo "
@@ -427,9 +429,15 @@ class App:
         return self._turns.pending()
 
     def echo_state(self) -> dict[str, Any] | None:
-        """The echo canceller's delay, ERLE and convergence (for status and the kiosk's health); None without."""
+        """The echo canceller's delay, ERLE and convergence (for status and the kiosk's health), and with a wake
+        word the ERLE of its linear branch (``wake_linear``); None without a canceller."""
         ec = self.echo_canceller
-        return None if ec is None else ec.state().as_dict()
+        if ec is None:
+            return None
+        state = ec.state().as_dict()
+        if self._wake_tap is not None:
+            state["wake_linear"] = self._wake_tap.state()
+        return state
 
     @property
     def turns_queued(self) -> int:
