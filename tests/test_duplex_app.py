@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 from support.app_devices import collect, make_speaker, tiny_config
-from support.room import Room, RoomSpec
 from support.speech import silence, speech_16k
 
 from voiceassist.app import App
@@ -46,15 +45,6 @@ def config(**overrides) -> Config:
 @pytest.fixture(scope="module")
 def session():
     return open_backend(config())
-
-
-@pytest.fixture
-def room(pulse):
-    pulse.load_sink("va_mic")
-    pulse._run("pactl", "set-default-source", "va_mic.monitor")  # before the room: it moves default streams
-    r = Room(pulse, "va_sink", "va_mic", RoomSpec(delay_ms=60, rt60_s=0.45))
-    yield r
-    r.close()
 
 
 def describe(evs: list) -> list:

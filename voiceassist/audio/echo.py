@@ -77,6 +77,43 @@ EPS = 1e-10
 INSTALL_HINT = "pip install 'voiceassist[aec]'"
 
 
+class ErleMeter:
+    """A canceller's echo return loss enhancement, dB: the smoothed per-sample powers of its input and output
+    over the 10 ms frames where the far end plays (``db`` None until it has). The echo canceller's and the wake
+    word's linear branch's (wake/linear.py) figure alike."""
+
+    def __init__(self) -> None:
+        self.db: float | None = None
+        self._e_in = self._e_out = 0.0
+
+    def reset(self) -> None:
+        self.db, self._e_in, self._e_out = None, 0.0, 0.0
+
+    def measure(self, near: np.ndarray, far: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """One chunk of whole frames (the canceller's input, its reference, its output; the same length): the
+        figure updated; the mask of the frames where the far end plays."""
+        frames = len(near) // FRAME
+        f2 = far.reshape(frames, FRAME)
+        active = np.einsum("ij,ij->i", f2, f2) > FAR_ACTIVE_ENERGY  # per 10 ms frame (einsum: no temporaries)
+        n_act = int(np.count_nonzero(active))
+        if not n_act:
+            return active
+        if n_act == frames:  # the far end plays throughout (the usual case): no selection, no copies
+            e_in, e_out = np.einsum("i,i->", near, near), np.einsum("i,i->", out, out)
+        else:
+            n2, o2 = near.reshape(frames, FRAME)[active], out.reshape(frames, FRAME)[active]
+            e_in, e_out = np.einsum("ij,ij->", n2, n2), np.einsum("ij,ij->", o2, o2)
+        p_in, p_out = float(e_in) / (n_act * FRAME), float(e_out) / (n_act * FRAME)
+        if self.db is None:
+            self._e_in, self._e_out = p_in, p_out
+        else:
+            a = 1 - (1 - ERLE_SMOOTHING) ** n_act
+            self._e_in += a * (p_in - self._e_in)
+            self._e_out += a * (p_out - self._e_out)
+        self.db = 10 * math.log10((self._e_in + EPS) / (self._e_out + EPS))
+        return active
+
+
 class Convergence(enum.Enum):
     IDLE = "idle"  # nothing played yet: nothing to cancel
     CONVERGING = "converging"  # playing, the echo is not yet CONVERGED_ERLE_DB down
@@ -171,8 +208,7 @@ class EchoCanceller:
         self._frames = FrameCarry(FRAME, RATE)  # < FRAME samples waiting for a whole frame
         self._offset_s = 0.0  # extra shift of the reference after a re-alignment, s
         self._estimator = DelayEstimator()
-        self._erle_db: float | None = None
-        self._e_in = self._e_out = 0.0  # smoothed per-sample power of input and output over far-end frames
+        self._erle = ErleMeter()
         self._converged_frames = 0  # far-end frames running at ≥ CONVERGED_ERLE_DB
         self._diverged_frames = 0  # far-end frames running under DIVERGED_ERLE_DB
         self._converged = False
@@ -197,7 +233,7 @@ class EchoCanceller:
         return mic and (self.reference is None or self.reference.timed)
 
     def state(self) -> EchoState:
-        erle = self._erle_db
+        erle = self._erle.db
         if self.reference is None or (erle is None and not self._played):
             conv = Convergence.IDLE
         else:
@@ -249,7 +285,7 @@ class EchoCanceller:
         self._resets += 1
 
     def _forget_convergence(self) -> None:
-        self._erle_db, self._e_in, self._e_out = None, 0.0, 0.0
+        self._erle.reset()
         self._converged, self._converged_frames, self._diverged_frames = False, 0, 0
 
     # ---- processing ------------------------------------------------------------------------------------------
@@ -287,17 +323,11 @@ class EchoCanceller:
         far = self.reference.read(t + self.reference_lead_s, len(near))
         out = self._apm.process(near, far)
         frames = len(near) // FRAME
-        f2 = far.reshape(frames, FRAME)
-        active = np.einsum("ij,ij->i", f2, f2) > FAR_ACTIVE_ENERGY  # per 10 ms frame (einsum: no temporaries)
+        active = self._erle.measure(near, far, out)
         n_act = int(np.count_nonzero(active))
         if n_act:
             self._played = True
-            if n_act == frames:  # the far end plays throughout (the usual case): no selection, no copies
-                e_in, e_out = np.einsum("i,i->", near, near), np.einsum("i,i->", out, out)
-            else:
-                n2, o2 = near.reshape(frames, FRAME)[active], out.reshape(frames, FRAME)[active]
-                e_in, e_out = np.einsum("ij,ij->", n2, n2), np.einsum("ij,ij->", o2, o2)
-            self._update_erle(float(e_in) / (n_act * FRAME), float(e_out) / (n_act * FRAME), n_act)
+            self._count_convergence(n_act)
             self._since_far = int(active[::-1].argmax()) * FRAME / RATE  # frames after the last active one
         else:
             self._since_far += frames * FRAME / RATE
@@ -322,17 +352,10 @@ class EchoCanceller:
             self._check_alignment(delay)
         return out
 
-    def _update_erle(self, p_in: float, p_out: float, n_act: int) -> None:
-        """Smooth the per-sample powers of input and output over ``n_act`` more far-end frames; ERLE and
-        convergence from them."""
-        if self._erle_db is None:
-            self._e_in, self._e_out = p_in, p_out
-        else:
-            a = 1 - (1 - ERLE_SMOOTHING) ** n_act
-            self._e_in += a * (p_in - self._e_in)
-            self._e_out += a * (p_out - self._e_out)
-        erle = self._erle_db = 10 * math.log10((self._e_in + EPS) / (self._e_out + EPS))
-        if erle >= CONVERGED_ERLE_DB:
+    def _count_convergence(self, n_act: int) -> None:
+        """Convergence from the ERLE just measured over ``n_act`` more far-end frames."""
+        erle = self._erle.db
+        if erle is not None and erle >= CONVERGED_ERLE_DB:
             self._converged_frames += n_act
             self._diverged_frames = 0
             if self._converged_frames >= CONVERGED_FRAMES:
@@ -350,7 +373,7 @@ class EchoCanceller:
         Only while the echo is not well cancelled (ERLE under CONVERGED_ERLE_DB): a cancelling AEC3 proves the
         reference is where it needs to be, and espeak's regular rhythm gives GCC-PHAT false peaks that agree
         with each other often enough (measured in the room: re-alignments to 1.5 and 2 s under a 45 dB ERLE)."""
-        if self._erle_db is not None and self._erle_db >= CONVERGED_ERLE_DB:
+        if self._erle.db is not None and self._erle.db >= CONVERGED_ERLE_DB:
             self._out_of_range, self._moved = 0, None
             if AEC_MIN_DELAY_MS <= delay_ms <= AEC_MAX_DELAY_MS:
                 self._settled_ms = delay_ms

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from voiceassist.audio.echo import ERLE_SMOOTHING, FAR_ACTIVE_ENERGY
+from voiceassist.audio.echo import ErleMeter
 from voiceassist.audio.framing import FrameCarry
 from voiceassist.events import SAMPLE_RATE, AudioBlock
 
@@ -158,32 +157,12 @@ class LinearWakeTap:
         # restart): smoothed per-sample powers of its input and output over 10 ms frames where the far end plays,
         # as the echo canceller measures its own. A wake word over the reply is heard through this branch once
         # it is ~10 dB or more (tests/test_wake_room.py; ~8 dB 3 s into the first sound, 13-15 dB from 5 s).
-        self._e_in = self._e_out = 0.0
-        self._erle_db: float | None = None
+        self._erle = ErleMeter()
 
     def state(self) -> dict[str, Any]:
         """For ``status --json`` and the kiosk's health (under ``echo.wake_linear``)."""
-        erle = self._erle_db
+        erle = self._erle.db
         return {"erle_db": None if erle is None else round(erle, 1), "realigned": self.realigned}
-
-    def _measure(self, near: np.ndarray, far: np.ndarray, out: np.ndarray) -> None:
-        frames = len(near) // FRAME
-        f2 = far[: frames * FRAME].reshape(frames, FRAME)
-        active = np.einsum("ij,ij->i", f2, f2) > FAR_ACTIVE_ENERGY
-        n_act = int(np.count_nonzero(active))
-        if not n_act:
-            return
-        n2 = near[: frames * FRAME].reshape(frames, FRAME)[active]
-        o2 = out[: frames * FRAME].reshape(frames, FRAME)[active]
-        p_in = float(np.einsum("ij,ij->", n2, n2)) / (n_act * FRAME)
-        p_out = float(np.einsum("ij,ij->", o2, o2)) / (n_act * FRAME)
-        if self._erle_db is None:
-            self._e_in, self._e_out = p_in, p_out
-        else:
-            a = 1 - (1 - ERLE_SMOOTHING) ** n_act
-            self._e_in += a * (p_in - self._e_in)
-            self._e_out += a * (p_out - self._e_out)
-        self._erle_db = 10 * math.log10((self._e_in + 1e-12) / (self._e_out + 1e-12))
 
     def _check(self) -> None:
         """Place the filter on the reference (first call), or move it when the echo left its window or moved."""
@@ -201,7 +180,7 @@ class LinearWakeTap:
             # The taps are for the old alignment; a fresh filter learns the new one sooner than they unlearn it.
             self._lead = self.LEAD_S - delay
             self._linear.reset()
-            self._erle_db = None
+            self._erle.reset()
             self.realigned += 1
 
     def process(self, block: AudioBlock) -> AudioBlock:
@@ -217,12 +196,12 @@ class LinearWakeTap:
             assert self._lead is not None
             far = reference.read(t + self._lead, n)
             out = self._linear.process(data, far)
-            self._measure(data, far, out)
+            self._erle.measure(data, far, out)
             self.listener.hear_linear(AudioBlock(out, t))
         return block
 
     def reset(self) -> None:
         self._linear.reset()
         self._frames.clear()
-        self._erle_db = None
+        self._erle.reset()
         self._lead, self._delay, self._since_check = None, None, float("inf")
