@@ -25,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.playback import AlwaysSpeaking  # noqa: E402
 
 from voiceassist.config import Config, with_overrides  # noqa: E402
 from voiceassist.events import AudioBlock  # noqa: E402
@@ -40,22 +44,13 @@ FAR_ACTIVE = 1e-5  # mean square of a block of the reference above this: the far
 BACK_S = 0.25  # ``date``: how far before a double talk's start a near-end frame may date it, s
 
 
-class Playback:
-    """The speech stage's view the policy asks (a stand-in: the recording tells when the far end played)."""
+class Playback(AlwaysSpeaking):
+    """The speech stage's view the policy asks (a FAKE: the recording tells when the far end played)."""
 
     speaking_now = False
 
     def speaking(self) -> bool:
         return self.speaking_now
-
-    def output_on(self) -> bool:
-        return True
-
-    def quiet_since(self) -> float | None:
-        return None
-
-    def echo_overlaps(self, start_t: float, end_t: float) -> bool:
-        return True
 
 
 def near_end_frames(mic: np.ndarray, far: np.ndarray, drop_db: float, min_base_db: float) -> np.ndarray:
