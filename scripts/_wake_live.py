@@ -229,9 +229,11 @@ def wake_wavs(wakes: list[np.ndarray], tmp: Path) -> list[tuple[Path, float]]:
     return out
 
 
-def fresh_trial(cfg: Any, session: Any, room: Room, wav: tuple[Path, float], heard_s: float, converged: bool) -> dict:
+def fresh_trial(
+    cfg: Any, session: Any, room: Room, wav: tuple[Path, float], heard_s: float, converged: bool, save: Path
+) -> dict:
     """A fresh App (a fresh canceller); the wake word ``heard_s`` into its first reply (and, if ``converged``,
-    once the canceller says so); the trial's row, and the run's recording beside ``wav``."""
+    once the canceller says so); the trial's row, and the run's recording in ``save``."""
     session.reset()
     live = Live(cfg, session)
     row: dict = {"ok": False}
@@ -243,7 +245,7 @@ def fresh_trial(cfg: Any, session: Any, room: Room, wav: tuple[Path, float], hea
             row = stop_trial(live, room, first_turn, *wav, live.speaker.first_heard(first_turn))
     finally:
         live.close()
-        live.save(wav[0].with_suffix(f".{heard_s:g}s.npz"), [row])
+        live.save(save, [row])
     return row
 
 
@@ -294,7 +296,8 @@ def run_live(
             # converged (first).
             for case, count, heard_s, converged in (("onset", n_onset, 1.0, False), ("first", n_first, 3.0, True)):
                 for k in range(count):
-                    row = fresh_trial(cfg, session, room, wavs[k % len(wavs)], heard_s, converged)
+                    wav, save = wavs[k % len(wavs)], tmp / f"live_{case}{k}.npz"  # one per trial, as before
+                    row = fresh_trial(cfg, session, room, wav, heard_s, converged, save)
                     row["voice"] = names[k % len(wavs)]
                     print(f"{case} {k + 1}/{count}: {row}", flush=True)
                     res[case].append(row)
