@@ -179,8 +179,8 @@ def erle_db(mic: np.ndarray, out: np.ndarray, start_s: float, end_s: float) -> f
 def test_the_linear_branch_keeps_what_it_learned_of_the_room_when_the_first_delay_measurement_comes(audio):
     """The canceller's first delay measurement (1-2 s into the first reply) is not a move of the echo: where the
     echo already lies within the filter, the branch keeps the filter it has been learning since the reply began
-    (main restarted it, and 3 s into the first reply the wake word went unheard in 14 of 17 live runs:
-    tests/test_wake_room.py). An echo beyond the filter's reach still re-aligns it."""
+    (main restarted it; 3 s into the first reply the wake word went unheard in 12 of 14 live runs of
+    tests/test_wake_room.py before the change). An echo beyond the filter's reach still re-aligns it."""
     reply, _, _ = audio
     far = reply[: 6 * SR]
     mic = echo_of(far, RoomSpec()).copy()  # 60 ms: 80 ms behind the reference as the tap reads it first

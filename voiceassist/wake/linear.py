@@ -129,11 +129,11 @@ class LinearWakeTap:
     wrong move costs this branch alone a second, and the AEC3 branch still hears).
 
     The first measurement is not a move: the filter has been learning the path as it is since playback began,
-    and restarting it costs seconds of convergence (measured live, tests/test_wake_room.py: the restart when the
-    first measurement came, 1-2 s into the first reply, left the linear branch's wake-word peak at 0.01-0.32
-    3 s into that reply, against 0.87-0.97 in the next). So the filter restarts only when the echo lies outside
-    the part of the filter that can model it (``WINDOW_S``: it would stay uncancelled), or when the measured
-    delay moves by more than MOVE_S (a new path: the taps are wrong)."""
+    and restarting it costs seconds of convergence (the restart when the first measurement came, 1-2 s into the
+    first reply, was part of why a wake word 3 s into that reply went unheard: live, 3 of 8 stopped with it and
+    5 of 8 without, BENCHMARKS.md "The first seconds of the very first reply"). So the filter restarts only
+    when the echo lies outside the part of the filter that can model it (``WINDOW_S``: it would stay
+    uncancelled), or when the measured delay moves by more than MOVE_S (a new path: the taps are wrong)."""
 
     LEAD_S = 0.04  # the reference leads its echo by this much after a re-alignment, s (slack for jitter)
     MOVE_S = 0.03  # re-align when the measured delay moves by more than this, s (the filter absorbs less)
