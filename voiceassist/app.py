@@ -48,7 +48,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voiceassist.audio.echo import EchoCanceller
 from voiceassist.audio.echo import from_config as echo_from_config
@@ -83,6 +83,9 @@ from voiceassist.pipeline.queues import EventStream, TurnQueue
 from voiceassist.pipeline.speech import Speaker, SpeechStage
 from voiceassist.pipeline.state import StatusBoard
 from voiceassist.vad import VoiceDetector
+
+if TYPE_CHECKING:
+    from voiceassist.wake.linear import LinearWakeTap
 
 
 class App:
@@ -185,7 +188,7 @@ class App:
         # The wake word (issue 13): its detector runs last in the processor chain (after an echo canceller, so the
         # assistant's own voice cannot wake it); the capture stage puts its gate behind the segmenter.
         wake = None
-        self._wake_tap: Any = None  # the wake word's linear branch (wake/linear.py), when it runs
+        self._wake_tap: LinearWakeTap | None = None  # the wake word's linear branch (wake/linear.py), when it runs
         if config.wake.word:
             from voiceassist.wake import check_config
             from voiceassist.wake.live import WakeListener
