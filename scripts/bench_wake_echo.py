@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _sections import replace_section  # noqa: E402 (scripts/ is on sys.path when run)
 from support.echo_path import RoomSpec, echo_of  # noqa: E402
 from support.speech import SR, silence, speech_16k  # noqa: E402
+from support.wake_clips import heard_alone  # noqa: E402
 
 from voiceassist.audio.echo import EchoCanceller  # noqa: E402
 from voiceassist.audio.farend import ArrayReference  # noqa: E402
@@ -114,12 +115,6 @@ def traced(word: str, far: np.ndarray, mic: np.ndarray) -> tuple[list[float], li
 
 def hits(times: list[float], words: list[tuple[float, float]]) -> int:
     return sum(any(s <= t <= e + 1.0 for t in times) for s, e in words)
-
-
-def heard_alone(word: str, wake: np.ndarray) -> bool:
-    det = build(word)
-    mic = np.concatenate([silence(1.0), wake, silence(1.5)])
-    return any(det.process(AudioBlock(mic[i : i + BLOCK], i / SR)) for i in range(0, len(mic), BLOCK))
 
 
 def own_text(word: str) -> str:

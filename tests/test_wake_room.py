@@ -25,19 +25,18 @@ import pytest
 import soundfile as sf
 from support.app_devices import collect, make_speaker, tiny_config
 from support.speech import silence, speech_16k
+from support.wake_clips import heard_alone
 
 from voiceassist.app import App
 from voiceassist.audio.sources import MicrophoneSource
 from voiceassist.config import Config
-from voiceassist.events import AssistantState, AudioBlock
+from voiceassist.events import AssistantState
 from voiceassist.openers import open_backend
-from voiceassist.wake.detector import build
 
 pytest.importorskip("pywebrtc_audio")
 pytest.importorskip("pymicro_wakeword")
 pytestmark = [pytest.mark.pulse, pytest.mark.slow]
 SR = 16000
-BLOCK = 320  # 20 ms at 16 kHz, the capture stage's block
 ATTEMPTS = 3
 # espeak renderings of the wake word; the test uses those the detector hears said alone in quiet (what is left is
 # espeak's limit, measured in BENCHMARKS.md "Wake word", not the echo's).
@@ -64,17 +63,11 @@ def session():
     return open_backend(config())
 
 
-def heard_alone(wake: np.ndarray) -> bool:
-    det = build("okay_nabu")
-    mic = np.concatenate([silence(1.0), wake, silence(1.5)])
-    return any(det.process(AudioBlock(mic[i : i + BLOCK], i / SR)) for i in range(0, len(mic), BLOCK))
-
-
 def wake_wavs(tmp_path) -> list:
     out = []
     for voice, speed in RENDERINGS:
         w = speech_16k("Okay Nabu", tmp_path, voice=voice, speed=speed)
-        if heard_alone(w):
+        if heard_alone("okay_nabu", w):
             path = tmp_path / f"wake_{voice}_{speed}.wav"
             sf.write(path, np.concatenate([w, silence(0.2)]), SR)
             out.append(path)
