@@ -48,7 +48,7 @@ BACKCHANNELS = ["Yeah.", "Uh-huh."]
 class Run:
     """One App in the room, with the capture stage's barge-in decisions timed (wall clock)."""
 
-    def __init__(self, max_tokens: int, duck_db: float | None = None) -> None:
+    def __init__(self, max_tokens: int) -> None:
         from voiceassist.app import App
         from voiceassist.audio.sources import MicrophoneSource
         from voiceassist.config import Config, with_overrides
@@ -65,22 +65,18 @@ class Run:
                 "tts.rate": 150,
                 "audio.echo_cancel": "on",
                 "audio.full_duplex": True,
-            }
-            | ({} if duck_db is None else {"tts.duck_db": duck_db}),
+            },
         )
         self.speaker = Speaker(self.cfg.tts, self.cfg.audio.output_device)
         assert self.speaker.wait_ready(15), "speech worker / output device did not come up"
         self.session = open_backend(self.cfg)
         self.app = App(self.cfg, MicrophoneSource(None), self.session, speaker=self.speaker)
         self.stops: list[tuple[float, dict]] = []  # (wall clock, echo state) of each barge-in decision
-        self.ducks: list[float] = []  # wall clock of each duck (tts.duck_db)
         capture, orig = self.app.capture, self.app.capture._speech
 
         def speech(msg: object) -> None:
             if getattr(msg, "reason", "") == "barge_in":
                 self.stops.append((time.monotonic(), self.app.echo_state() or {}))
-            if getattr(msg, "db", 0) > 0:
-                self.ducks.append(time.monotonic())
             orig(msg)
 
         capture._speech = speech
@@ -240,7 +236,7 @@ def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, tu
         bc.append(path)
     rows = []
     for k in range(n):
-        n_stops, n_ducks = len(run.stops), len(run.ducks)
+        n_stops = len(run.stops)
         # The last turn asked for (the barge-in part's last user words may still be waiting for their reply):
         # its reply ends before the next is asked for, so each trial times its own reply.
         turn = max([turn] + [e.turn for e in run.of("utterance")])
@@ -261,7 +257,6 @@ def quiet_trials(run: Run, room: Room, n: int, tmp: Path, rng: random.Random, tu
         run.pump(1.5)  # the echo's tail and the segmenter's hang-over
         row["heard_s"] = round(run.speaker._player.last_audio_end() - first, 1)
         row["barge_ins"] = len(run.stops) - n_stops
-        row["ducks"] = len(run.ducks) - n_ducks
         row["interrupted"] = len(run.of("interrupted", turn))
         # microphone turns only (the next trial's typed request is an utterance event too)
         heard = [e for e in run.of("utterance", turn + 1) if e.durations]
@@ -283,7 +278,6 @@ def main() -> int:
         "--quiet-tokens", type=int, default=40, help="longest reply of the quiet part, tokens (~0.3 s of speech each)"
     )
     ap.add_argument("--seed", type=int, default=12)
-    ap.add_argument("--duck-db", type=float, help="tts.duck_db (default: the config's)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--record", metavar="NPZ", help="save the canceller's input, reference and output there")
     args = ap.parse_args()
@@ -301,7 +295,7 @@ def main() -> int:
         pulse._run("pactl", "set-default-source", "va_mic.monitor")  # before the room: it moves default streams
         room = Room(pulse, "va_sink", "va_mic", spec)
         try:
-            run = Run(args.max_tokens, args.duck_db)
+            run = Run(args.max_tokens)
             if args.record:
                 run.record()
             run.app.start()
@@ -321,7 +315,7 @@ def main() -> int:
     finally:
         pulse.stop()
     took = time.monotonic() - t_start
-    text = report(barge, quiet, spec, run.cfg.tts.barge_in_ms, run.cfg.tts.duck_db, took)
+    text = report(barge, quiet, spec, run.cfg.tts.barge_in_ms, took)
     print(text)
     if not args.no_write:
         from _sections import replace_section
@@ -330,7 +324,7 @@ def main() -> int:
     return 0
 
 
-def report(barge: list[dict], quiet: list[dict], spec: RoomSpec, barge_in_ms: int, duck_db: float, took: float) -> str:
+def report(barge: list[dict], quiet: list[dict], spec: RoomSpec, barge_in_ms: int, took: float) -> str:
     conf = np.array([r["confirm_ms"] for r in barge if "confirm_ms" in r])
     stop = np.array([r["stopped_ms"] for r in barge if "stopped_ms" in r])
     ok = sum(r["ok"] for r in barge)
@@ -349,8 +343,7 @@ def report(barge: list[dict], quiet: list[dict], spec: RoomSpec, barge_in_ms: in
         "`flock -s /work/coord/quiet.lock env PYTHONPATH=. .venv/bin/python scripts/bench_bargein.py` "
         f"({time.strftime('%Y-%m-%d')}, one run of {took / 60:.0f} min, shared lock: other tests may run). The App "
         '(`echo_cancel = "on"`, `full_duplex = true`, barge_in_ms '
-        f"{barge_in_ms}, duck_db {duck_db:g}) on real devices, the room process ({spec.delay_ms:g} ms, "
-        f"RT60 {spec.rt60_s:g} s, the "
+        f"{barge_in_ms}) on real devices, the room process ({spec.delay_ms:g} ms, RT60 {spec.rt60_s:g} s, the "
         "echo as loud as the user) between its sink and its microphone, espeak speaking the tiny random-weight "
         "model's replies; one conversation.",
         "",
@@ -364,10 +357,6 @@ def report(barge: list[dict], quiet: list[dict], spec: RoomSpec, barge_in_ms: in
         f"| (b) false barge-ins / turns over replies spoken to the end | 0 | "
         f"{sum(r.get('barge_ins', 0) + r.get('turns', 0) for r in quiet)} in {len(quiet)} replies "
         f"({sum(r.get('heard_s', 0) for r in quiet):.0f} s of speech) |",
-        f"| (b) the reply ducked over nobody talking / over a backchannel | rare | "
-        f"{sum(r.get('ducks', 0) for r in quiet if not r['backchannel'])} in "
-        f"{sum(not r['backchannel'] for r in quiet)} replies / "
-        f"{sum(r.get('ducks', 0) > 0 for r in bcs)} of {len(bcs)} |",
         f"| (b) a backchannel (< barge_in_ms) stopped the reply or became a turn | never | "
         f"{sum(not r['ok'] for r in bcs)} of {len(bcs)} |",
         "",

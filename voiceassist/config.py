@@ -263,13 +263,6 @@ class TtsConfig:
     )
     barge_in: bool = _f(False, "speech over the assistant stops it (needs a headset or echo cancellation)")
     barge_in_ms: int = _f(500, "speech needed over playback to barge in", unit="ms", lo=100, hi=5000)
-    duck_db: float = _f(
-        20.0,
-        "full duplex: the reply plays this much quieter while speech over it may be a barge-in; 0 = never",
-        unit="dB",
-        lo=0.0,
-        hi=60.0,
-    )
 
 
 @dataclass(frozen=True)

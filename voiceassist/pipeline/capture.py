@@ -44,7 +44,6 @@ from voiceassist.pipeline.frontend import EchoPolicy, PassAllGate, ProcessorChai
 from voiceassist.pipeline.messages import (
     CaptureControl,
     CaptureReport,
-    DuckSpeaking,
     InterruptReason,
     Mode,
     ReplyEnded,
@@ -142,7 +141,6 @@ class CaptureStage:
         # Full duplex: a barge-in decided on double talk before the segmenter started the utterance (capture
         # clock of the decision, s): the SpeechStarted that follows is the barged-in speech
         self._early_barge_t: float | None = None
-        self._ducked = False  # the reply plays tts.duck_db quieter: speech over it may be a barge-in
         self._pace: tuple[float, float] | None = None  # (wall, block clock) while pacing a fast hang-over
         self._spec: SpeculationRequest | None = None  # the last speculation asked for
         self._last_end_t = now()
@@ -226,8 +224,6 @@ class CaptureStage:
         block = self.processors.process(block)
         echo_active = self._echo_sensing(block.t)
         wake_msgs = self._wake_detections(t_end)
-        if self._muted or self._mode == "ptt":
-            self._duck(False)
         if self._muted:
             self._seg = None
             self._hearing = False
@@ -344,9 +340,6 @@ class CaptureStage:
                 else:
                     self._early_barge_t = t_end
                 self._report(t_end)
-        self._duck(
-            echo and self.wake is None and not self._barged and self._early_barge_t is None and self._echo.ducked(t_end)
-        )
         if state is not VadState.QUIET and echo and not got_utterance:
             self._utt_echo = True  # playback started during the speech: it may contain the assistant's voice
         if (
@@ -368,14 +361,6 @@ class CaptureStage:
             self._utt_echo = self._barged = False
             self._drop_speculation()
             self._report(t_end)
-
-    def _duck(self, on: bool) -> None:
-        """Full duplex: the reply quieter while speech over it may barge in (the echo it makes then hides less of
-        the user's voice from the canceller's suppressor), full again once that is over (BENCHMARKS: ducking)."""
-        on = on and self.config.tts.duck_db > 0
-        if on != self._ducked:
-            self._ducked = on
-            self._speech(DuckSpeaking(self.config.tts.duck_db if on else 0.0))
 
     def _on_utterance(self, utt: Utterance, t_end: float) -> None:
         ignored = (self._utt_echo or self._echo.overlapped(utt)) and not self._barged

@@ -41,10 +41,6 @@ DOUBLE_TALK_MIN_S = 0.21  # s of speech frames the bursts must hold (residual ec
 # rules 1 and 0, while 13 rather than 15 of the 38 barge-ins came within barge_in_ms + 200 ms (median +50 ms).
 DOUBLE_TALK_START_S = 0.12  # a double talk starts with a run of speech frames this long, s
 DOUBLE_TALK_BURST_S = 0.09  # a later run counts (extends it) once it is this long, s
-# Ducking (``tts.duck_db``): the reply plays quieter from a run of speech this long over it until the double talk
-# it may start is over (DOUBLE_TALK_GAP_S without speech) or barges in. Recorded live (bench_bargein --record),
-# 310 s of reply with nobody talking held runs of leaked echo of 1, 1, 2 and 5 frames: one duck in 5 minutes.
-DUCK_START_S = 0.09  # s
 
 
 @runtime_checkable
@@ -78,7 +74,6 @@ class FullDuplexPolicy(EchoPolicy):
         self._dt_speech = 0.0  # s of speech frames in it
         self._run = 0  # consecutive speech frames up to now
         self._run_t = 0.0  # start of that run, s
-        self._duck_last = float("-inf")  # end of the last frame of a run of at least DUCK_START_S, s
 
     def audible(self, t: float) -> bool:
         if not self.enabled:
@@ -99,7 +94,7 @@ class FullDuplexPolicy(EchoPolicy):
 
     def double_talk(self, t: float, speech: bool, frame_s: float) -> bool:
         if not (self.enabled and self.converged() and self.playback.output_on() and self.playback.speaking()):
-            self._dt_onset, self._run, self._duck_last = None, 0, float("-inf")
+            self._dt_onset, self._run = None, 0
             return False
         if not speech:
             self._run = 0
@@ -108,8 +103,6 @@ class FullDuplexPolicy(EchoPolicy):
             self._run_t = t
         self._run += 1
         run_s = self._run * frame_s
-        if run_s >= DUCK_START_S - frame_s / 2:
-            self._duck_last = t + frame_s
         if self._dt_onset is None or self._run_t - self._dt_last > DOUBLE_TALK_GAP_S:
             if run_s < DOUBLE_TALK_START_S - frame_s / 2:
                 return False  # not (yet) a run that starts a double talk
@@ -125,9 +118,3 @@ class FullDuplexPolicy(EchoPolicy):
             self._dt_onset, self._run = None, 0  # one barge-in per double talk
             return True
         return False
-
-    def ducked(self, t: float) -> bool:
-        if not (self.enabled and self.converged() and self.playback.output_on() and self.playback.speaking()):
-            return False
-        last = max(self._duck_last, self._dt_last if self._dt_onset is not None else float("-inf"))
-        return t - last <= DOUBLE_TALK_GAP_S

@@ -134,8 +134,3 @@ class EchoPolicy:
         """One VAD frame (starting at ``t``, capture clock, s) over playback: does the speech so far barge in,
         before the segmenter has started an utterance? Half duplex: never (only ``barges_in``)."""
         return False
-
-    def ducked(self, t: float) -> bool:
-        """Should the reply play quieter at ``t`` (capture clock, s), because speech over it may be about to
-        barge in? Half duplex: never (the user's speech is not told from the echo there)."""
-        return False

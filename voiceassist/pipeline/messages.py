@@ -176,15 +176,6 @@ class StopSpeaking:
 
 
 @dataclass(frozen=True)
-class DuckSpeaking:
-    """Full duplex (#12): play the reply ``db`` quieter from the next block on (0: at full volume again), while
-    speech over it may be a barge-in. The far-end reference gets the quieter samples too, so the echo canceller
-    follows; a stop or the next reply does not undo it (the capture stage, which decided it, does)."""
-
-    db: float
-
-
-@dataclass(frozen=True)
 class SetSpeechOutput:
     """Speak replies (from the next text on) or not; the speaker is opened on first use."""
 
@@ -206,16 +197,7 @@ class DiscardPrepared:
     """The speculation was rolled back (speech resumed): drop the held sentence."""
 
 
-SpeechMessage = (
-    BeginReply
-    | SpeakText
-    | EndOfReply
-    | StopSpeaking
-    | DuckSpeaking
-    | SetSpeechOutput
-    | PrepareSentence
-    | DiscardPrepared
-)
+SpeechMessage = BeginReply | SpeakText | EndOfReply | StopSpeaking | SetSpeechOutput | PrepareSentence | DiscardPrepared
 
 
 # ---- reports to the status board (every stage → StatusBoard) -------------------------------------------------

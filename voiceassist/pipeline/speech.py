@@ -20,7 +20,6 @@ from voiceassist.events import ErrorEvent, Event
 from voiceassist.pipeline.messages import (
     BeginReply,
     DiscardPrepared,
-    DuckSpeaking,
     EndOfReply,
     InterruptReason,
     ModelControl,
@@ -36,17 +35,11 @@ HOUSEKEEPING_S = 0.02  # how often the stage looks at the speaker's errors and p
 
 
 @runtime_checkable
+@runtime_checkable
 class FarEndWriter(Protocol):
     """A speaker that can publish what its player writes (speech.speaker.Speaker; stand-ins need not)."""
 
     def set_far_end(self, reference: object) -> None: ...
-
-
-@runtime_checkable
-class Ducking(Protocol):
-    """A speaker that can play quieter for a moment (speech.speaker.Speaker; stand-ins need not)."""
-
-    def duck(self, db: float) -> None: ...
 
 
 class Speaker(Protocol):
@@ -134,9 +127,6 @@ class SpeechStage:
                         quietly(lambda: sp.end_reply(turn))
                 case StopSpeaking(reason=reason, truncate=truncate):
                     self._stop_speaking(reason, truncate)
-                case DuckSpeaking(db=db):
-                    if isinstance(sp, Ducking):
-                        quietly(lambda: sp.duck(db))
                 case SetSpeechOutput(on=on):
                     self._set_output(on)
                 case PrepareSentence(text=text):

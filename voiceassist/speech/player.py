@@ -17,8 +17,6 @@ block into it, so :meth:`Player.quiet_since` is when the last sample really left
 Echo cancellation (#12): with a far-end reference attached (:meth:`Player.set_reference`), the callback also
 hands every block it writes (silence included: the exact samples the device gets) and the capture-clock time
 its first sample is heard to ``FarEndReference.write`` — a copy and a lock-free append, nothing more.
-:meth:`Player.duck` scales the blocks from the next one on (a linear ramp over that block down, over
-DUCK_RELEASE_S back up, against a click); the reference gets the scaled samples, what the room really hears.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ BLOCK_MS = 20  # callback block; stop() takes effect at the next block
 FADE_MS = 5  # fade-out on stop(), against a click
 VOICED_LEVEL = 0.02  # |sample| above this is voice (for the spoken fraction); espeak peaks at ~0.75
 MERGE_GAP_S = 0.05  # audio blocks closer than this belong to one playback interval
-DUCK_RELEASE_S = 0.15  # a duck's gain returns to full over this long (it drops within one block), s
 CLOCK_MATCH_S = 1.0  # PortAudio's currentTime this close to a clock of ours is on that clock, s
 
 
@@ -88,12 +85,6 @@ class Player:
         self._idle_since = time.monotonic()
         self._reference: Any = None  # audio.farend.FarEndReference fed by the callback (None: nobody listens)
         self.dac_timed = True  # the last callback had a usable DAC time (False: stamped with latency_s)
-        self._gain = 1.0  # linear gain of the last sample written (duck)
-        self._gain_target = 1.0  # where duck() wants it
-
-    def duck(self, db: float) -> None:
-        """Play ``db`` quieter from the next block on; 0 = full volume again (full duplex, #12)."""
-        self._gain_target = float(10 ** (-max(0.0, db) / 20))
 
     def set_reference(self, reference: Any) -> None:
         """Feed ``reference`` (an ``audio.farend.FarEndReference``) with every block written from now on."""
@@ -222,12 +213,6 @@ class Player:
                     self._intervals[-1][1] = end
                 else:
                     self._intervals.append([start, end])
-        target, gain = self._gain_target, self._gain
-        if target != gain or gain != 1.0:
-            if target > gain:  # release: slowly, so the reply fades back in
-                target = min(target, gain + frames / (self.rate * DUCK_RELEASE_S))
-            out *= np.linspace(gain, target, frames + 1, dtype=np.float32)[1:]
-            self._gain = target
         outdata[:] = out[:, None]
         reference = self._reference
         if reference is not None:

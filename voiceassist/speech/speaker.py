@@ -205,10 +205,6 @@ class Speaker:
             return None
         return self._player.last_audio_end()
 
-    def duck(self, db: float) -> None:
-        """Play ``db`` quieter from the next block on (0: full volume again; ``Player.duck``)."""
-        self._player.duck(db)
-
     def set_far_end(self, reference: object) -> None:
         """Publish every block the player writes into ``reference`` (an ``audio.farend.FarEndReference``, #12)."""
         self._player.set_reference(reference)
