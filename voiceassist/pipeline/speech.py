@@ -35,7 +35,6 @@ HOUSEKEEPING_S = 0.02  # how often the stage looks at the speaker's errors and p
 
 
 @runtime_checkable
-@runtime_checkable
 class FarEndWriter(Protocol):
     """A speaker that can publish what its player writes (speech.speaker.Speaker; stand-ins need not)."""
 
