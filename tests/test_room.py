@@ -19,7 +19,7 @@ import pytest
 import soxr
 from support.echo_path import PartitionedConvolver, impulse_response
 from support.pulse import start_player
-from support.room import Room, RoomSpec
+from support.room import IN_STEP, OUT_STEP, Room, RoomSpec, SampleClock
 
 from voiceassist.audio.farend import FarEndReference
 from voiceassist.audio.sources import MicrophoneSource
@@ -37,6 +37,35 @@ def test_the_partitioned_convolver_is_the_convolution():
     conv = PartitionedConvolver(h, 80)
     y = np.concatenate([conv.process(x[i : i + 160]) for i in range(0, len(x), 160)])
     assert np.max(np.abs(y - np.convolve(x, h)[: len(x)])) < 1e-4
+
+
+def clock_run(step: tuple[float, float], offsets_ms: list[float], frames: int = 80) -> tuple[SampleClock, list[int]]:
+    """A SampleClock fed blocks whose stamps are the true time + offsets_ms[k] (a real clock at 1000 s); returns
+    it and, per block, its count's error against the truth, samples."""
+    clock, errors = SampleClock(step), []
+    for k, off in enumerate(offsets_ms):
+        true = 1000 * SR + k * frames  # the block's true ring index
+        errors.append(clock.block((true + off * SR / 1000) / SR, frames, False) - true)
+    return clock, errors
+
+
+def test_the_output_clock_follows_samples_the_server_inserted_within_20_ms_and_ignores_one_late_stamp():
+    # 0.5 s settled; one stamp 6 ms late; then the server inserts 6.2 ms (every later stamp that much off).
+    offsets = [0.0] * 100 + [6.0] + [0.0] * 100 + [6.2] * 200
+    clock, errors = clock_run(OUT_STEP, offsets)
+    assert errors[:201] == [0] * 201 and clock.steps == 1, (errors[:201], clock.steps)  # the late stamp moved nothing
+    followed = next(k for k in range(201, 401) if errors[k] == round(6.2 * SR / 1000))
+    assert (followed - 201) * 80 / SR <= 0.025, followed  # within 20 ms (+ the block that completes them)
+    assert set(errors[followed:]) == {round(6.2 * SR / 1000)}, errors[followed:]
+
+
+def test_the_input_clock_ignores_a_backlog_s_early_stamps_and_follows_a_persistent_deviation_after_300_ms():
+    # After a stall the backlog's stamps sit 4.5 ms early for 150 ms, then come back (the echo did not move).
+    clock, errors = clock_run(IN_STEP, [0.0] * 100 + [-4.5] * 30 + [0.0] * 100)
+    assert set(errors) == {0} and clock.steps == 0, errors
+    clock, errors = clock_run(IN_STEP, [0.0] * 100 + [-4.5] * 200)  # samples really dropped: followed
+    assert clock.steps == 1 and errors[-1] == round(-4.5 * SR / 1000), (clock.steps, errors[-1])
+    assert errors.index(errors[-1]) * 80 / SR - 100 * 80 / SR <= 0.31, errors
 
 
 def bursts(seconds: float) -> np.ndarray:

@@ -70,14 +70,21 @@ REANCHOR_S = 0.02  # a stamp this far off its stream's sample count is a jump (a
 # idle): an anchor is refined once, REFINE_BLOCKS after it, by the median deviation of those blocks' stamps.
 REFINE_BLOCKS = 60
 # A smaller deviation that persists is real (the server dropped or inserted samples behind the streams' back, no
-# flag raised): all stamps over STEP_CONFIRM_S more than STEP_S off and agreeing within STEP_AGREE_S move the
-# count by their median. Single late stamps (the jitter above) do not, and neither does a stretch of them: with
-# 3 ms over 50 ms (the rule before) a busy spell's late stamps moved the count and the next quiet one moved it
-# back, so the echo path stepped by ~3 ms every few seconds (measured by GCC-PHAT on a recorded bargein run: 15
-# moves, 80 → 83.7 → 86.8 → 83.8 ms, 32 steps counted; none with steps off). A linear canceller must re-learn
-# the whole path after each such step, and a real room's path never moves, so now the rule is the product's own
-# (audio/timeline.py): beyond 5 ms for 2 s.
-STEP_S, STEP_AGREE_S, STEP_CONFIRM_S = 0.005, 0.002, 2.0
+# flag raised): all stamps over a side's confirm time more than STEP_S off and agreeing within its agree spread
+# move the count by their median. Single late stamps do not, and neither does a busy spell's scatter: with 3 ms
+# over 50 ms agreeing within 2 ms on both sides (the first rule) a busy spell's late stamps moved the count and the
+# next quiet one moved it back (the echo path stepped by ~3 ms every few seconds on a recorded bargein run).
+# What a loaded 2-core machine does (traced with ``trace``, 2026-12-04: 26 stall runs, 18 beside two busy loops):
+# - the output's stamps agree within 0.1 ms; after a callback ran ~10 ms late the server plays 5.4–7.4 ms of
+#   silence unflagged: every later stamp is that much off, and the echo at the microphone moved by as much until
+#   the count followed (with the rule before this one, beyond 5 ms for 2 s agreeing within 2 ms: 2 s or more of
+#   a path 6 ms off, test_room's flakes). So the output follows after 20 ms agreeing within 0.5 ms.
+# - the input's stamps scatter more (single ones up to 5 ms early) and for ~150 ms after the room's own stall,
+#   while it reads the backlog, sit ~4.5 ms early and come back (the echo did not move): following them would
+#   move the path and move it back, so the input asks for 300 ms (never met by that backlog in the 26 runs).
+STEP_S = 0.003
+IN_STEP, OUT_STEP = (0.3, 0.001), (0.02, 0.0005)  # (confirm time, agree spread), s
+TRACE_BLOCKS = 16000  # blocks of stamps kept for ``trace`` (80 s at 5 ms)
 RING_S = 4.0  # s of echo kept (far more than any delay)
 SETTLE_S = 0.5  # both streams keep time with enough slack for this long before the room says ready, s
 START_TIMEOUT_S = 6.0  # per attempt: a stream through ALSA's pulse plugin can stay silent for ~1.7 s at first, s
@@ -120,9 +127,11 @@ class EchoRing:
 class SampleClock:
     """A stream's sample count on the capture clock: ``idx`` is the ring index (``round(t · SR)``) of its next
     sample. It follows the stamps only at an anchor (the first block, a flagged over/underflow, a stamp more than
-    REANCHOR_S off the count), refined once by the median deviation of the next REFINE_BLOCKS stamps."""
+    REANCHOR_S off the count), refined once by the median deviation of the next REFINE_BLOCKS stamps, and moved by
+    a deviation beyond STEP_S that persists, agreeing, for ``step`` = (confirm time, agree spread), s."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: tuple[float, float]) -> None:
+        self.confirm_s, self.agree_s = step  # a persistent deviation is followed after this long, this close, s
         self.idx: int | None = None
         self.devs: list[float] = []  # stamp − count of the blocks since the anchor, until refined, s
         self.reanchors = 0
@@ -130,10 +139,13 @@ class SampleClock:
         self.off: list[float] = []  # the latest run of deviations beyond STEP_S, s
         self.changed_at = 0.0  # capture clock of the last anchor or refinement, s
         self.max_dev = 0.0  # largest |stamp − count| that did not re-anchor, s
+        # (stamp, stamp − count before this block's rule, s) of the latest blocks, for ``trace`` (diagnosis)
+        self.trace: collections.deque[tuple[float, float]] = collections.deque(maxlen=TRACE_BLOCKS)
 
     def block(self, t: float, frames: int, flagged: bool) -> int:
         """The ring index of this block's first sample (``t``: its stamp on the capture clock)."""
         dev = math.inf if self.idx is None else t - self.idx / SR
+        self.trace.append((t, dev))
         if flagged or abs(dev) > REANCHOR_S:
             self.idx, self.devs, self.off = round(t * SR), [], []
             self.reanchors += 1
@@ -144,12 +156,12 @@ class SampleClock:
                 self.off.append(dev)
             else:
                 self.off.clear()
-            if len(self.off) * frames >= STEP_CONFIRM_S * SR and max(self.off) - min(self.off) < STEP_AGREE_S:
+            if len(self.off) * frames >= self.confirm_s * SR and max(self.off) - min(self.off) < self.agree_s:
                 self.idx = int(self.idx or 0) + round(float(np.median(self.off)) * SR)
                 self.off = []
                 self.steps += 1
                 self.changed_at = time.monotonic()
-            elif len(self.off) * frames >= STEP_CONFIRM_S * SR:
+            elif len(self.off) * frames >= self.confirm_s * SR:
                 del self.off[0]
             if len(self.devs) < REFINE_BLOCKS:
                 self.devs.append(dev)
@@ -222,8 +234,8 @@ class LiveRoom:
         self.conv = PartitionedConvolver(impulse_response(spec.rt60_s, spec.drr_db, spec.seed), self.block)
         # Producer: the input callback (put); consumer: the worker. Items: (block, ADC time, overflow flag).
         self.inbox: queue.SimpleQueue[tuple[np.ndarray, float, bool]] = queue.SimpleQueue()
-        self.in_clock = SampleClock()  # the input's samples by ADC time (worker thread)
-        self.out_clock = SampleClock()  # the echo due with the output's samples, by DAC time − delay (callback)
+        self.in_clock = SampleClock(IN_STEP)  # the input's samples by ADC time (worker thread)
+        self.out_clock = SampleClock(OUT_STEP)  # the echo due with the output's samples, by DAC time − delay (callback)
         self.c = Counters(out_latency_ms=self.out_latency * 1000)
         self.ready = False
         self.last_in = self.last_out = 0.0  # capture clock of the latest callbacks, s
@@ -429,6 +441,9 @@ def _main(argv: list[str]) -> int:
                     print(f"said {arg} {room.say(data):.6f}", flush=True)
                 except RuntimeError as err:
                     print(f"error {err}", flush=True)
+            elif cmd == "trace":  # the clocks' recent stamps and deviations, for diagnosing a moved path
+                np.savez(arg, inp=np.array(room.in_clock.trace), out=np.array(room.out_clock.trace))
+                print(f"traced {arg}", flush=True)
             elif cmd == "stats":
                 print(json.dumps(room.counters()), flush=True)
             elif cmd == "quit":
@@ -479,6 +494,10 @@ class Room:
     def stats(self) -> dict[str, float]:
         """The room's :class:`Counters` since it said ready."""
         return dict(json.loads(self._ask("stats")))
+
+    def trace(self, path: str | os.PathLike[str]) -> None:
+        """Save the clocks' recent (stamp, stamp − count) pairs, s, to ``path`` (npz: ``inp``, ``out``)."""
+        self._ask(f"trace {path}")
 
     def close(self) -> None:
         if self.proc.poll() is None:
