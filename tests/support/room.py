@@ -74,7 +74,7 @@ REFINE_BLOCKS = 60
 # move the count by their median. Single late stamps do not, and neither does a busy spell's scatter: with 3 ms
 # over 50 ms agreeing within 2 ms on both sides (the first rule) a busy spell's late stamps moved the count and the
 # next quiet one moved it back (the echo path stepped by ~3 ms every few seconds on a recorded bargein run).
-# What a loaded 2-core machine does (traced with ``trace``, 2026-12-04: 26 stall runs, 18 beside two busy loops):
+# What a loaded 2-core machine does (scripts/trace_room.py, 2026-12-04: 26 stall runs, 18 beside two busy loops):
 # - the output's stamps agree within 0.1 ms; after a callback ran ~10 ms late the server plays 5.4–7.4 ms of
 #   silence unflagged: every later stamp is that much off, and the echo at the microphone moved by as much until
 #   the count followed (with the rule before this one, beyond 5 ms for 2 s agreeing within 2 ms: 2 s or more of
