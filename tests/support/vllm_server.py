@@ -127,7 +127,13 @@ class VllmServer:
         """SIGTERM to the server's process group (it started it), SIGKILL if it lingers; ``hard``: SIGKILL at
         once, a crash (a graceful stop may first finish the requests in flight)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
+            return
+        if proc.poll() is not None:  # the leader exited (a crash): its engine and worker processes may not have
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # nothing left in the group
+                pass
             return
         try:
             os.killpg(proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
