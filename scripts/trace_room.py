@@ -20,25 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import signal
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-import soxr  # noqa: E402
-from support.pulse import PulseServer, start_player  # noqa: E402
-from support.room import Room, RoomSpec  # noqa: E402
-from test_room import MAX_LAG_S, SR, bursts, echo_delays  # noqa: E402
-
-from voiceassist.audio.farend import FarEndReference  # noqa: E402
-from voiceassist.audio.sources import MicrophoneSource  # noqa: E402
-from voiceassist.speech.player import Player, Segment  # noqa: E402
+from support.pulse import PulseServer  # noqa: E402
+from support.room import RoomSpec  # noqa: E402
+from support.room_probe import stall_run  # noqa: E402
 
 
 def _busy() -> None:
@@ -53,52 +43,12 @@ def one_run(k: int, out: Path) -> str:
     sd._terminate()  # PortAudio must see the new server's devices
     sd._initialize()
     try:
-        pulse.load_sink("va_mic")
-        pulse._run("pactl", "set-default-source", "va_mic.monitor")
-        room = Room(pulse, "va_sink", "va_mic", RoomSpec(delay_ms=60, rt60_s=0.3))
-        try:
-            player = Player(None)
-            start_player(player)
-            ref = FarEndReference()
-            player.set_reference(ref)
-            mic = MicrophoneSource(None, block_ms=20)
-            mic.start()
-            blocks, stall_at = [], 0.0
-            try:
-                player.enqueue(Segment.make(1, "b", soxr.resample(bursts(10.0), SR, player.rate).astype(np.float32)))
-                t_start = time.monotonic()
-                while player.busy() or time.monotonic() - t_start < 1.0:
-                    b = mic.read(timeout=0.5)
-                    if b is not None:
-                        blocks.append((b, ref.read(b.t, len(b.samples))))
-                    if not stall_at and time.monotonic() - t_start > 4.0:
-                        os.kill(room.proc.pid, signal.SIGSTOP)
-                        stall_at = time.monotonic()
-                        time.sleep(0.2)
-                        os.kill(room.proc.pid, signal.SIGCONT)
-                for _ in range(int(MAX_LAG_S / 0.02) + 5):
-                    b = mic.read(timeout=0.5)
-                    if b is not None:
-                        blocks.append((b, ref.read(b.t, len(b.samples))))
-            finally:
-                mic.close()
-                player.close()
-            stats = room.stats()
-            room.trace(out / f"trace{k}.npz")
-        finally:
-            room.close()
+        run = stall_run(pulse, RoomSpec(delay_ms=60, rt60_s=0.3), trace=out / f"trace{k}.npz")
     finally:
         pulse.stop()
-    t0 = blocks[0][0].t
-    n = round((blocks[-1][0].t - t0) * SR) + len(blocks[-1][1])
-    samples, far = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    for b, r in blocks:  # each block at its ADC time
-        i = round((b.t - t0) * SR)
-        samples[i : i + len(r)], far[i : i + len(r)] = b.samples[: n - i], r[: n - i]
-    found = echo_delays(samples, far, t0)
-    (out / f"res{k}.json").write_text(json.dumps({"stall": stall_at, "found": found, "stats": stats}))
-    delays = " ".join(f"{t - stall_at:+.1f}:{d:.1f}" for t, d, _p in found)
-    return f"{k} {delays}  steps in {stats['in_steps']} out {stats['out_steps']}"
+    (out / f"res{k}.json").write_text(json.dumps({"stall": run.stall_at, "found": run.found, "stats": run.room}))
+    delays = " ".join(f"{t - run.stall_at:+.1f}:{d:.1f}" for t, d, _p in run.found)
+    return f"{k} {delays}  steps in {run.room['in_steps']} out {run.room['out_steps']}"
 
 
 def main() -> int:

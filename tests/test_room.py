@@ -5,29 +5,17 @@ make it exactly ``RoomSpec.delay_ms`` and keep it there, also after the room pro
 streams then underrun and back up; a room that passed blocks along lengthened the path for good each time).
 Measured here with the real Player (a far-end reference stamped from its DAC times) and the real
 MicrophoneSource (ADC-stamped blocks): noise bursts into the assistant's sink, their echo found in the
-microphone by cross-correlation, burst by burst.
+microphone by cross-correlation, burst by burst (tests/support/room_probe.py, which scripts/trace_room.py runs too).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-
 import numpy as np
 import pytest
-import soxr
 from support.echo_path import PartitionedConvolver, impulse_response
-from support.pulse import start_player
-from support.room import IN_STEP, OUT_STEP, Room, RoomSpec, SampleClock
+from support.room import IN_STEP, OUT_STEP, RoomSpec, SampleClock
+from support.room_probe import BURST_S, SR, stall_run
 
-from voiceassist.audio.farend import FarEndReference
-from voiceassist.audio.sources import MicrophoneSource
-from voiceassist.speech.player import Player, Segment
-
-SR = 16000
-BURST_S, EVERY_S = 0.08, 0.5  # white-noise bursts of 80 ms, one every 0.5 s
-MAX_LAG_S = 0.5  # echo searched up to this late (a broken room shows its real path, not a clipped one)
 TOLERANCE_MS = 3.0
 
 
@@ -68,77 +56,13 @@ def test_the_input_clock_ignores_a_backlog_s_early_stamps_and_follows_a_persiste
     assert errors.index(errors[-1]) * 80 / SR - 100 * 80 / SR <= 0.31, errors
 
 
-def bursts(seconds: float) -> np.ndarray:
-    rng = np.random.default_rng(3)
-    x = np.zeros(int(seconds * SR), np.float32)
-    n = int(BURST_S * SR)
-    for start in range(int(0.2 * SR), len(x) - n, int(EVERY_S * SR)):
-        x[start : start + n] = 0.05 * rng.standard_normal(n)  # linear range of the room's loudspeaker
-    return x
-
-
-def echo_delays(mic: np.ndarray, ref: np.ndarray, t0: float) -> list[tuple[float, float, float]]:
-    """(capture-clock time of the burst, its echo's delay ms, peak / median |correlation|) for each burst."""
-    out = []
-    loud = np.flatnonzero(np.abs(ref) > 1e-3)
-    starts = loud[np.diff(loud, prepend=-SR) > SR // 10]  # the first loud sample after 100 ms of quiet
-    n, lags = int(BURST_S * SR), int(MAX_LAG_S * SR)
-    for s in starts:
-        if s + n + lags > len(mic):
-            break
-        c = np.abs(np.correlate(mic[s : s + n + lags], ref[s : s + n], "valid"))
-        k = int(np.argmax(c))
-        out.append((t0 + s / SR, k * 1000 / SR, float(c[k] / (np.median(c) + 1e-12))))
-    return out
-
-
 @pytest.mark.pulse
 def test_the_room_echo_arrives_after_its_delay_and_stays_there_across_a_stall_of_the_room(pulse):
     spec = RoomSpec(delay_ms=60, rt60_s=0.3)
-    pulse.load_sink("va_mic")
-    pulse._run("pactl", "set-default-source", "va_mic.monitor")  # before the room: it moves default streams
-    room = Room(pulse, "va_sink", "va_mic", spec)
-    try:
-        player = Player(None)
-        start_player(player)
-        ref = FarEndReference()
-        player.set_reference(ref)
-        mic = MicrophoneSource(None, block_ms=20)
-        mic.start()
-        blocks = []  # (microphone block, the far end heard over the same stretch of the capture clock)
-        stall_at = None
-        try:
-            player.enqueue(Segment.make(1, "bursts", soxr.resample(bursts(10.0), SR, player.rate).astype(np.float32)))
-            t_start = time.monotonic()
-            while player.busy() or time.monotonic() - t_start < 1.0:
-                b = mic.read(timeout=0.5)
-                if b is not None:
-                    blocks.append((b, ref.read(b.t, len(b.samples))))  # (the reference keeps only 4 s)
-                if stall_at is None and time.monotonic() - t_start > 4.0:
-                    os.kill(room.proc.pid, signal.SIGSTOP)  # the room process stalls for 200 ms
-                    stall_at = time.monotonic()
-                    time.sleep(0.2)
-                    os.kill(room.proc.pid, signal.SIGCONT)
-            for _ in range(int(MAX_LAG_S / 0.02) + 5):  # the last echo
-                b = mic.read(timeout=0.5)
-                if b is not None:
-                    blocks.append((b, ref.read(b.t, len(b.samples))))
-        finally:
-            mic.close()
-            player.close()
-        stats = room.stats()
-    finally:
-        room.close()
-    assert stall_at is not None
-    t0 = blocks[0][0].t
-    n = round((blocks[-1][0].t - t0) * SR) + len(blocks[-1][1])
-    samples, far = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    for b, r in blocks:  # each block at its ADC time
-        i = round((b.t - t0) * SR)
-        samples[i : i + len(r)], far[i : i + len(r)] = b.samples[: n - i], r[: n - i]
-    found = echo_delays(samples, far, t0)
+    run = stall_run(pulse, spec)
+    found, stall_at, stats = run.found, run.stall_at, run.room
     seen = [(round(t - stall_at, 2), round(d, 2), round(p)) for t, d, p in found]
-    print(f"bursts (s from the stall, echo delay ms, peak/median): {seen}; room {stats}; mic {mic.stats}")
+    print(f"bursts (s from the stall, echo delay ms, peak/median): {seen}; room {stats}; mic {run.mic}")
     assert len(found) >= 18, seen
     # Bursts whose echo overlaps the stall (the room played nothing then) are not measured.
     measured = [(t, d) for t, d, p in found if not stall_at - BURST_S - 0.15 < t < stall_at + 0.35]
