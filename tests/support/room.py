@@ -25,7 +25,8 @@ textbook partitioned one (scipy's convolutions do not stream).
 Commands on its stdin: ``say PATH`` (mix a 16 kHz mono WAV into the microphone, after any speech still
 playing); it answers on stdout ``said PATH T`` with T the capture-clock time (``time.monotonic``, shared by all
 processes) at which the speech's first sample plays into the microphone sink (its DAC time). ``stats`` answers
-one JSON line of counters (:class:`Counters`); ``quit`` ends it.
+one JSON line of counters (:class:`Counters`); ``trace PATH`` saves both clocks' recent stamps and deviations
+(:meth:`Room.trace`) and answers ``traced PATH``; ``quit`` ends it.
 """
 
 from __future__ import annotations

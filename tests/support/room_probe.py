@@ -11,7 +11,6 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import soxr
 from support.pulse import start_player
 from support.room import Room, RoomSpec
 from voiceassist.audio.farend import FarEndReference
-from voiceassist.audio.sources import MicrophoneSource
+from voiceassist.audio.sources import CaptureStats, MicrophoneSource
 from voiceassist.speech.player import Player, Segment
 
 SR = 16000
@@ -59,7 +58,7 @@ class StallRun:
     found: list[tuple[float, float, float]]  # echo_delays of every burst
     stall_at: float  # capture-clock time the room was stopped, s
     room: dict[str, float]  # the room's counters
-    mic: Any  # the MicrophoneSource's CaptureStats
+    mic: CaptureStats  # the MicrophoneSource's counters
 
 
 def stall_run(pulse: Any, spec: RoomSpec, trace: str | os.PathLike[str] | None = None) -> StallRun:
@@ -98,7 +97,7 @@ def stall_run(pulse: Any, spec: RoomSpec, trace: str | os.PathLike[str] | None =
             player.close()
         stats = room.stats()
         if trace is not None:
-            room.trace(Path(trace))
+            room.trace(trace)
     finally:
         room.close()
     if stall_at is None:

@@ -129,13 +129,10 @@ class VllmServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is not None:  # the leader exited (a crash): its engine and worker processes may not have
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:  # nothing left in the group
-                pass
-            return
         try:
+            if proc.poll() is not None:  # the leader exited (a crash): its engine and worker processes may not have
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
             os.killpg(proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
