@@ -39,11 +39,18 @@ def reply(seconds: float = 14.0) -> np.ndarray:
     return (0.5 * x / np.max(np.abs(x))).astype(np.float32)
 
 
-def feed_player(ref: FarEndReference, far16: np.ndarray, t0: float, timed: bool = True) -> list:
-    """Blocks as the player's callback would write them: 20 ms at 48 kHz stereo, stamped when heard."""
+def feed_player(
+    ref: FarEndReference, far16: np.ndarray, t0: float, timed: bool = True, guessed: tuple[int, float] = (0, 0.0)
+) -> list:
+    """Blocks as the player's callback would write them: 20 ms at 48 kHz stereo, stamped when heard.
+    ``guessed`` (k, error s): the first k carry no DAC time, their stamps (the write time + a nominal latency)
+    ``error`` s later than when they are heard; they are written by when they are heard, as a player does."""
     far48 = soxr.resample(far16, SR, 48000).astype(np.float32)
+    k, error = guessed
     return [
-        (np.repeat(far48[i : i + 960, None], 2, axis=1), 48000, t0 + i / 48000, timed)
+        (np.repeat(far48[i : i + 960, None], 2, axis=1), 48000, t0 + i / 48000 + error, False, t0 + i / 48000)
+        if i < k * 960
+        else (np.repeat(far48[i : i + 960, None], 2, axis=1), 48000, t0 + i / 48000, timed)
         for i in range(0, len(far48) - 959, 960)
     ]
 
@@ -52,14 +59,15 @@ def run(
     ec: EchoCanceller, mic: np.ndarray, pending: list, ref: FarEndReference | None, block: int = 320, skew: float = 0.0
 ) -> np.ndarray:
     """Mic blocks through the canceller in real-time order: the player's blocks are written ~60 ms before
-    they are heard, the mic's are processed once captured; ``skew``: error of the mic's stamps, s."""
+    they are heard (their stamp, or a 5th item: when heard), the mic's are processed once captured; ``skew``:
+    error of the mic's stamps, s."""
     out = []
     ECHO_FLAGS.clear()
     CONVERGENCE.clear()
     for i in range(0, len(mic), block):
         t = T0 + i / SR
-        while ref is not None and pending and pending[0][2] < t + block / SR + 0.06:
-            ref.write(*pending.pop(0))
+        while ref is not None and pending and pending[0][-1 if len(pending[0]) > 4 else 2] < t + block / SR + 0.06:
+            ref.write(*pending.pop(0)[:4])
         out.append(ec.process(AudioBlock(mic[i : i + block], t + skew)).samples)
         ECHO_FLAGS.append(ec.echo_active)
         CONVERGENCE.append(ec.state().convergence)
@@ -165,6 +173,40 @@ def test_stamps_far_off_are_re_aligned_from_the_measured_delay():
     print(state, ec.notices())
     assert state.realigned == 1
     assert erle(mic, out, 8.0) >= 30.0
+
+
+def test_dac_times_after_a_guessed_first_stamp_do_not_move_the_reference_twice():
+    # The CI flake of test_echo_devices: the player's first callback had no DAC time, its guessed stamp 90 ms
+    # late. The far end's timeline refined that away after 1 s, under a delay measurement that had seen it; the
+    # canceller then re-aligned on it too, read the reference past what was written, and cancelled nothing
+    # (0.2 dB). Now DAC times re-anchor the run, and a placement move discards the measurement window.
+    far = reply()
+    mic = echo_of(far, RoomSpec(delay_ms=40))
+    ref = FarEndReference()
+    ec = EchoCanceller(ref, noise_suppression=True)
+    out = run(ec, mic, feed_player(ref, far, T0, guessed=(1, 0.09)), ref)[ec.latency :]
+    state = ec.state()
+    got = erle(mic, out, 6.0)
+    print(f"ERLE {got:.1f} dB; {state}; {ec.notices()}")
+    assert state.realigned == 0 and state.convergence == "converged" and state.delay_ms == pytest.approx(40, abs=2)
+    assert got >= 30.0
+
+
+def test_a_re_alignment_the_far_end_then_outruns_is_pulled_back():
+    # 3 s of guessed stamps 300 ms late: the canceller re-aligns to them, rightly. Then DAC times arrive and
+    # place the far end where it really is; the re-aligned reference now reads 300 ms past what was written
+    # (silence: before, it stayed there for good, 0.2 dB). It is pulled back and cancels again.
+    far = reply(20.0)
+    mic = echo_of(far, RoomSpec(delay_ms=40))
+    ref = FarEndReference()
+    ec = EchoCanceller(ref, noise_suppression=True)
+    out = run(ec, mic, feed_player(ref, far, T0, guessed=(150, 0.3)), ref)[ec.latency :]
+    state, notices = ec.state(), ec.notices()
+    got = erle(mic, out, 9.0)
+    print(f"ERLE {got:.1f} dB; {state}; {notices}")
+    assert state.realigned == 2 and state.convergence == "converged" and state.delay_ms == pytest.approx(40, abs=2)
+    assert sum("pulled back" in n for n in notices) == 1
+    assert got >= 30.0
 
 
 @pytest.mark.parametrize("block", [1, 157, 320, 1000])

@@ -56,6 +56,13 @@ class DelayEstimator:
         self.delay_ms: float | None = None  # the last believable measurement
         self.measurements = 0
 
+    def discard(self) -> None:
+        """Forget the window (the reference or the microphone was just placed anew: a window spanning the move
+        would measure the old placement's delay, or a mix). The last measurement stays, for ``status``."""
+        self._near[:] = 0.0
+        self._far[:] = 0.0
+        self._since = self._far_active = 0
+
     def push(
         self, near: np.ndarray, far: np.ndarray, far_active_frames: int, every_s: float = XCORR_EVERY_S
     ) -> float | None:

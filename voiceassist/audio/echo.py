@@ -21,7 +21,9 @@ the real latency, which AEC3's estimator covers (measured: 500 ms of lead cancel
 measures the delay that remains, for ``status``, and re-aligns the reference only when it falls outside what
 AEC3 covers: moving the reference under a working canceller makes AEC3 re-learn the path,
 and the echo leaks through for seconds meanwhile (measured in the room: out ≈ in for 3.5 s after a move from
-300 to 20 ms of lead, which barged in by itself).
+300 to 20 ms of lead, which barged in by itself). A move of either stamp timeline discards the measurement
+window (measured across it, the delay is the old placement's), and a re-alignment that comes to read past what
+the player has written (the stamp error it compensated was corrected at its source) is pulled back.
 
 Nothing is dropped: every input sample comes out, while the canceller starts (its first block is processed,
 not skipped) and across :meth:`EchoCanceller.reset`. WebRTC delays its output by :attr:`EchoCanceller.latency`
@@ -57,6 +59,17 @@ AEC_MIN_DELAY_MS, AEC_MAX_DELAY_MS = 2.0, 450.0
 REALIGN_AFTER = 2  # consecutive out-of-range measurements (1 s apart) before the reference moves
 REALIGN_AGREE_MS = 5.0  # ... that agree within this
 REALIGN_LEAD_MS = 80.0  # a re-aligned reference leads its echo by this (room for the path to grow or shrink)
+# A move of either stamp timeline by this much (the far end's re-anchors, refinements, jumps; the microphone's
+# stamps against its sample count) discards the delay estimator's window and its pending evidence: measured across
+# the move, it is the old placement's delay, and re-aligning on it corrects the same error twice.
+PLACEMENT_MOVE_S = 0.001
+# A re-aligned reference read past what the player has written (while it writes on) gets silence: nothing to
+# cancel, nothing to measure a delay on, so nothing would ever move it back. It happens when a stamp error the
+# re-alignment compensated is corrected at its source after all. After STARVED_S of it the re-alignment is
+# pulled back to end STARVED_MARGIN_S inside what was written.
+STARVED_S = 0.5  # s of microphone audio
+STARVED_TOLERANCE_S = 0.005  # s past the written end that still counts as fed (the player's block jitter)
+STARVED_MARGIN_S = 0.02  # s
 # ERLE: 10·log10(power in / power out) over frames while the far end plays, the two powers smoothed over ~0.3 s
 # of them (smoothing the ratio in dB instead lets a few fully suppressed frames hide echo leaking through).
 ERLE_SMOOTHING = 0.03  # per 10 ms frame
@@ -226,6 +239,10 @@ class EchoCanceller:
         self._since_far = math.inf  # s of capture since the far end last played
         self._next_t: float | None = None  # where the next input block starts if its stamps run on, s
         self._mic_moves = 0  # input blocks whose stamp was off that by half a sample or more
+        self._ref_steps = -1  # the reference's placement moves (FarEndReference.steps) when last looked at
+        self._horizon = -math.inf  # the reference's written end at the last read, s
+        self._starved_s = 0.0  # s of microphone audio running whose reference was read past the written end
+        self._told_starved = False
 
     # ---- state -----------------------------------------------------------------------------------------------
     def _timed(self) -> bool:
@@ -294,6 +311,8 @@ class EchoCanceller:
         The returned block's ``t`` is the capture time of its first sample."""
         if self._next_t is not None and abs(block.t - self._next_t) * RATE >= 0.5:
             self._mic_moves += 1
+            if abs(block.t - self._next_t) >= PLACEMENT_MOVE_S:
+                self._placement_moved()
         self._next_t = block.t + len(block.samples) / RATE
         data, t = self._frames.whole(block)
         out_t = t - self.latency / RATE  # what comes out now was captured `latency` samples earlier
@@ -320,7 +339,13 @@ class EchoCanceller:
                 "echo cancellation: an audio device reports no latency; the canceller estimates the echo delay "
                 "itself (it may take a few seconds longer to converge)"
             )
+        steps = getattr(self.reference, "steps", 0)
+        if steps != self._ref_steps:
+            if self._ref_steps >= 0:
+                self._placement_moved()
+            self._ref_steps = steps
         far = self.reference.read(t + self.reference_lead_s, len(near))
+        self._check_fed(t + self.reference_lead_s + len(near) / RATE, len(near) / RATE)
         out = self._apm.process(near, far)
         frames = len(near) // FRAME
         active = self._erle.measure(near, far, out)
@@ -351,6 +376,45 @@ class EchoCanceller:
                 observe(self._unshifted_ms(delay) / 1000)
             self._check_alignment(delay)
         return out
+
+    def _placement_moved(self) -> None:
+        """The far end or the microphone was just placed anew on the capture clock (PLACEMENT_MOVE_S)."""
+        self._estimator.discard()
+        self._out_of_range, self._moved = 0, None
+
+    def _check_fed(self, read_end: float, seconds: float) -> None:
+        """After a read up to ``read_end`` (capture clock, s): pull a re-alignment back that reads past what the
+        player has written while it writes on (STARVED_S). Before any re-alignment the reference is read at most
+        LEAD_MS ahead of the microphone, which the output and input latencies always cover."""
+        horizon = getattr(self.reference, "horizon", math.inf)
+        writing, self._horizon = horizon > self._horizon, horizon
+        if self._offset_s <= 0 or read_end <= horizon + STARVED_TOLERANCE_S:
+            self._starved_s = 0.0
+            return
+        if not writing:  # the player's stream is closed or between callbacks: nothing to judge by
+            return
+        self._starved_s += seconds
+        if self._starved_s < STARVED_S:
+            return
+        self._starved_s = 0.0
+        self._offset_s = max(0.0, self._offset_s - (read_end - horizon) - STARVED_MARGIN_S)
+        self._realigned += 1
+        self._restart_after_move()
+        if not self._told_starved:
+            self._told_starved = True
+            self._notices.append(
+                "echo cancellation: the re-aligned reference ran ahead of what the speaker played (a device's "
+                "timing corrected itself); the re-alignment was pulled back"
+            )
+
+    def _restart_after_move(self) -> None:
+        """The reference was moved under AEC3: a fresh one learns the new path in ~0.5 s; the old one took 3.5 s
+        to find it again, passing the echo through meanwhile (measured in the room). Not converged until it has."""
+        self._apm = self._make()
+        self._forget_convergence()
+        self._estimator = DelayEstimator()
+        self._settled_ms = self._moved = None
+        self._out_of_range = 0
 
     def _count_convergence(self, n_act: int) -> None:
         """Convergence from the ERLE just measured over ``n_act`` more far-end frames."""
@@ -401,15 +465,8 @@ class EchoCanceller:
             return
         # Shift the reference so that it leads the echo by REALIGN_LEAD_MS: a delay d behind means reading d later.
         self._offset_s += (REALIGN_LEAD_MS - delay_ms) / 1000
-        self._out_of_range = 0
         self._realigned += 1
-        # The echo path AEC3 learned has just moved. A fresh AEC3 learns the new one in ~0.5 s; the old one took
-        # 3.5 s to find it again, passing the echo through meanwhile (measured in the room). Not converged until
-        # it has.
-        self._apm = self._make()
-        self._forget_convergence()
-        self._estimator = DelayEstimator()
-        self._settled_ms = self._moved = None
+        self._restart_after_move()
         if self._realigned == 1:
             self._notices.append(
                 f"echo cancellation: the echo arrived {delay_ms:.0f} ms after the reference (outside what the "

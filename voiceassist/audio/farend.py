@@ -27,7 +27,11 @@ HISTORY_S = 4.0  # s of far end kept (longer than any output latency + room dela
 # sample timeline, and the timeline moves only as audio/timeline.py decides (its refinement, a jump — an
 # underrun put silence into the output, and what follows is heard that much later: stepped at once, confirmed
 # by the next block —, or a real clock drift, one sample at a time), or a new run starts when one block is more
-# than REANCHOR_S off (a restarted stream).
+# than REANCHOR_S off (a restarted stream), or at the first DAC-timed block of a run anchored on a guess (the write
+# time plus the nominal latency: a PulseAudio stream's first callbacks may carry no DAC time, and the guess is tens
+# of ms off; within the run that error stayed in the timeline until its refinement moved it, under a delay
+# measurement that had seen it: the CI flake of test_echo_devices). An untimed block inside a timed run is one
+# more jittery stamp.
 REANCHOR_S = 0.1  # s
 JUMP_CONFIRM = 2  # blocks (20 ms each) a jump must show: the block itself and the next
 INBOX_BLOCKS = 2000  # far-end blocks the callback may queue before the capture side reads (40 s at 20 ms)
@@ -59,6 +63,7 @@ class FarEndReference:
         self._run_pos = 0  # absolute position of the next resampled sample of the current run
         self._run_t = -math.inf  # capture-clock time the current run's next input sample is heard, s
         self._run_rate = 0
+        self._run_timed: bool | None = None  # the current run's stamps come from the DAC clock
         self._timeline = StampTimeline(RATE, JUMP_CONFIRM)  # when the current run's timeline moves (restarted per run)
         self.reanchors = 0  # runs started (stream opened, or a stamp jumped)
         self._resampler: Any = None
@@ -87,6 +92,18 @@ class FarEndReference:
         """All moves of the timeline inside the runs (refinements, jumps, drift steps): each makes AEC3
         re-adapt, so on one clock they should stay at one per run."""
         return self._timeline.moves
+
+    @property
+    def steps(self) -> int:
+        """Moves of the far end's placement by more than a drift step: re-anchors, refinements that moved, jumps.
+        A delay measured over a window that spans one mixes two placements (the echo canceller discards it)."""
+        return self.reanchors + self._timeline.refine_moves + self._timeline.jumps
+
+    @property
+    def horizon(self) -> float:
+        """Capture-clock time (s) up to which the far end was written, as of the last :meth:`read`: a read past it
+        gets silence for sound not yet played (or not yet handed over by the player's callback)."""
+        return self._end / RATE
 
     @property
     def held(self) -> int:
@@ -136,14 +153,14 @@ class FarEndReference:
         while self._inbox:
             block, rate, t, timed = self._inbox.popleft()
             self._any, self._timed = True, timed
-            if rate != self._run_rate or abs(t - self._run_t) > REANCHOR_S:
-                # A new run: the stream (re)opened, or the clock jumped. The old run's last few ms are in the
-                # resampler's filter; they belong where that run ends.
+            if rate != self._run_rate or abs(t - self._run_t) > REANCHOR_S or (timed and not self._run_timed):
+                # A new run: the stream (re)opened, the clock jumped, or DAC times began. The old run's last few
+                # ms are in the resampler's filter; they belong where that run ends.
                 if self._resampler is not None:
                     tail = self._resampler.flush()
                     self._put(self._run_pos, tail)
                 self._resampler = StreamingResampler(rate, 1 if block.ndim == 1 else block.shape[1])
-                self._run_rate, self._run_pos, self._run_t = rate, round(t * RATE), t
+                self._run_rate, self._run_pos, self._run_t, self._run_timed = rate, round(t * RATE), t, timed
                 self._timeline.restart(jumps=timed)
                 self.reanchors += 1
             else:
