@@ -18,7 +18,7 @@ response and writes the echo into a ring indexed by capture-clock sample (``roun
 ``time.monotonic``); the output callback, for the block whose DAC time is T, plays the echo that entered at
 T − delay. Both sides count samples contiguously from an anchor, and re-anchor on their stamps only after an
 overflow / underflow, when a stamp is more than REANCHOR_S off the count, or when a smaller deviation persists
-(STEP_S): a stall then loses echo (zeros, counted) but never moves it, and one late stamp moves nothing.
+(IN_STEP, OUT_STEP): a stall then loses echo (zeros, counted) but never moves it, and one late stamp moves nothing.
 Hand-written because it is a test fixture and no library does a time-indexed room; the convolution is the
 textbook partitioned one (scipy's convolutions do not stream).
 
@@ -83,8 +83,14 @@ REFINE_BLOCKS = 60
 # - the input's stamps scatter more (single ones up to 5 ms early) and for ~150 ms after the room's own stall,
 #   while it reads the backlog, sit ~4.5 ms early and come back (the echo did not move): following them would
 #   move the path and move it back, so the input asks for 300 ms (never met by that backlog in the 26 runs).
-STEP_S = 0.003
-IN_STEP, OUT_STEP = (0.3, 0.001), (0.02, 0.0005)  # (confirm time, agree spread), s
+# - the input's slower rule (0.3 s) still moved the path in long runs: in bench_bargein (2026-12-07, 8 min) the
+#   input stepped 7–15 times, the echo slid with the player's own stamp walk (the stamps of the assistant's sink
+#   and of its monitor walk together; the samples do not), and the product followed it with hundreds of drift
+#   steps: 2 false barge-ins and a backchannel stop in 10 replies, against none with the rule before, side by
+#   side. The input is back on that rule (beyond 5 ms for 2 s, agreeing within 2 ms), which the stall's backlog
+#   (~4.5 ms, 150 ms) never meets; the output keeps its fast one, which a walk does not meet within 20 ms.
+STEP_S = 0.003  # the output's threshold (the input's is in IN_STEP)
+IN_STEP, OUT_STEP = (0.005, 2.0, 0.002), (STEP_S, 0.02, 0.0005)  # (threshold, confirm time, agree spread), s
 TRACE_BLOCKS = 16000  # blocks of stamps kept for ``trace`` (80 s at 5 ms)
 RING_S = 4.0  # s of echo kept (far more than any delay)
 SETTLE_S = 0.5  # both streams keep time with enough slack for this long before the room says ready, s
@@ -129,15 +135,16 @@ class SampleClock:
     """A stream's sample count on the capture clock: ``idx`` is the ring index (``round(t · SR)``) of its next
     sample. It follows the stamps only at an anchor (the first block, a flagged over/underflow, a stamp more than
     REANCHOR_S off the count), refined once by the median deviation of the next REFINE_BLOCKS stamps, and moved by
-    a deviation beyond STEP_S that persists, agreeing, for ``step`` = (confirm time, agree spread), s."""
+    a deviation that persists, agreeing, by ``step`` = (threshold, confirm time, agree spread), s."""
 
-    def __init__(self, step: tuple[float, float]) -> None:
-        self.confirm_s, self.agree_s = step  # a persistent deviation is followed after this long, this close, s
+    def __init__(self, step: tuple[float, float, float]) -> None:
+        # a deviation beyond the threshold that persists this long, this close, is followed, s
+        self.step_s, self.confirm_s, self.agree_s = step
         self.idx: int | None = None
         self.devs: list[float] = []  # stamp − count of the blocks since the anchor, until refined, s
         self.reanchors = 0
         self.steps = 0  # confirmed persistent deviations followed
-        self.off: list[float] = []  # the latest run of deviations beyond STEP_S, s
+        self.off: list[float] = []  # the latest run of deviations beyond the threshold, s
         self.changed_at = 0.0  # capture clock of the last anchor or refinement, s
         self.max_dev = 0.0  # largest |stamp − count| that did not re-anchor, s
         # (stamp, stamp − count before this block's rule, s) of the latest blocks, for ``trace`` (diagnosis)
@@ -153,7 +160,7 @@ class SampleClock:
             self.changed_at = time.monotonic()
         else:
             self.max_dev = max(self.max_dev, abs(dev))
-            if abs(dev) > STEP_S and self.settled:
+            if abs(dev) > self.step_s and self.settled:
                 self.off.append(dev)
             else:
                 self.off.clear()
@@ -188,7 +195,7 @@ class Counters:
     out_blocks: int = 0
     in_reanchors: int = 0  # input count re-anchored on its ADC stamp (an overflow, or a stamp > REANCHOR_S off)
     out_reanchors: int = 0  # output count re-anchored on its DAC stamp (an underflow, or a stamp > REANCHOR_S off)
-    in_steps: int = 0  # input count moved by a persistent deviation (STEP_S)
+    in_steps: int = 0  # input count moved by a persistent deviation (IN_STEP)
     out_steps: int = 0
     overflows: int = 0
     underflows: int = 0
