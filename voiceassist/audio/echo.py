@@ -309,9 +309,10 @@ class EchoCanceller:
     def process(self, block: AudioBlock) -> AudioBlock:
         """Whole 10 ms frames of (carry + block) through the canceller; the rest waits for the next block.
         The returned block's ``t`` is the capture time of its first sample."""
-        if self._next_t is not None and abs(block.t - self._next_t) * RATE >= 0.5:
+        moved = 0.0 if self._next_t is None else abs(block.t - self._next_t)  # s
+        if moved * RATE >= 0.5:
             self._mic_moves += 1
-            if abs(block.t - self._next_t) >= PLACEMENT_MOVE_S:
+            if moved >= PLACEMENT_MOVE_S:
                 self._placement_moved()
         self._next_t = block.t + len(block.samples) / RATE
         data, t = self._frames.whole(block)
@@ -339,11 +340,6 @@ class EchoCanceller:
                 "echo cancellation: an audio device reports no latency; the canceller estimates the echo delay "
                 "itself (it may take a few seconds longer to converge)"
             )
-        steps = getattr(self.reference, "steps", 0)
-        if steps != self._ref_steps:
-            if self._ref_steps >= 0:
-                self._placement_moved()
-            self._ref_steps = steps
         far = self.reference.read(t + self.reference_lead_s, len(near))
         self._check_fed(t + self.reference_lead_s + len(near) / RATE, len(near) / RATE)
         out = self._apm.process(near, far)
@@ -356,14 +352,7 @@ class EchoCanceller:
             self._since_far = int(active[::-1].argmax()) * FRAME / RATE  # frames after the last active one
         else:
             self._since_far += frames * FRAME / RATE
-        # The far end's timeline restarted (a stream reopened, or a jump of more than REANCHOR_S): the echo path
-        # AEC3 learned may have moved with it (measured: ERLE 60 → 5 dB after one), so not converged until it
-        # shows it is. (The small steps of output underruns keep the path: they are not counted.)
-        moves = getattr(self.reference, "reanchors", 0)
-        if moves != self._ref_moves:
-            if self._ref_moves >= 0 and moves > 1:
-                self._forget_convergence()
-            self._ref_moves = moves
+        self._follow_reference()
         # Measure the delay twice as often until converged: a path beyond AEC3's range is re-aligned sooner.
         every = XCORR_EVERY_S if self._converged else XCORR_EVERY_S / 2
         delay = self._estimator.push(near, far, n_act, every)
@@ -376,6 +365,20 @@ class EchoCanceller:
                 observe(self._unshifted_ms(delay) / 1000)
             self._check_alignment(delay)
         return out
+
+    def _follow_reference(self) -> None:
+        """After a read (which takes in what the player wrote), the far end's placement moves since the last one.
+        A new run (a stream reopened, or a jump of more than REANCHOR_S): the echo path AEC3 learned may have moved
+        with it (measured: ERLE 60 → 5 dB after one), so not converged until it shows it is; the small steps of
+        output underruns keep the path and leave convergence be. Any move (re-anchor, refinement, jump) discards
+        the delay measurement's window."""
+        reanchors = getattr(self.reference, "reanchors", 0)
+        steps = getattr(self.reference, "steps", 0)
+        if self._ref_moves >= 0 and reanchors != self._ref_moves and reanchors > 1:
+            self._forget_convergence()
+        if self._ref_steps >= 0 and steps != self._ref_steps:
+            self._placement_moved()
+        self._ref_moves, self._ref_steps = reanchors, steps
 
     def _placement_moved(self) -> None:
         """The far end or the microphone was just placed anew on the capture clock (PLACEMENT_MOVE_S)."""

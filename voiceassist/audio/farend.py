@@ -63,7 +63,6 @@ class FarEndReference:
         self._run_pos = 0  # absolute position of the next resampled sample of the current run
         self._run_t = -math.inf  # capture-clock time the current run's next input sample is heard, s
         self._run_rate = 0
-        self._run_timed: bool | None = None  # the current run's stamps come from the DAC clock
         self._timeline = StampTimeline(RATE, JUMP_CONFIRM)  # when the current run's timeline moves (restarted per run)
         self.reanchors = 0  # runs started (stream opened, or a stamp jumped)
         self._resampler: Any = None
@@ -153,15 +152,16 @@ class FarEndReference:
         while self._inbox:
             block, rate, t, timed = self._inbox.popleft()
             self._any, self._timed = True, timed
-            if rate != self._run_rate or abs(t - self._run_t) > REANCHOR_S or (timed and not self._run_timed):
+            dac_began = timed and not self._timeline.jumps_allowed  # the run was anchored on a guess
+            if rate != self._run_rate or abs(t - self._run_t) > REANCHOR_S or dac_began:
                 # A new run: the stream (re)opened, the clock jumped, or DAC times began. The old run's last few
                 # ms are in the resampler's filter; they belong where that run ends.
                 if self._resampler is not None:
                     tail = self._resampler.flush()
                     self._put(self._run_pos, tail)
                 self._resampler = StreamingResampler(rate, 1 if block.ndim == 1 else block.shape[1])
-                self._run_rate, self._run_pos, self._run_t, self._run_timed = rate, round(t * RATE), t, timed
-                self._timeline.restart(jumps=timed)
+                self._run_rate, self._run_pos, self._run_t = rate, round(t * RATE), t
+                self._timeline.restart(jumps=timed)  # jumps_allowed: this run's stamps are DAC times
                 self.reanchors += 1
             else:
                 shift = self._timeline.update(t - self._run_t, len(block) / rate)
