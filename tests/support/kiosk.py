@@ -21,6 +21,13 @@ from support.speech import speech_wav
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_cli(*args: str, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """``python -m voiceassist ARGS`` from the repository, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "voiceassist", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw
+    )
+
+
 def visitor_wav(tmp: Path, texts: list[str], gap_s: float = 1.2, tail_s: float = 1.0) -> Path:
     """``tmp``/visitor.wav: each question after 0.6 s of silence and followed by ``gap_s``, then ``tail_s`` (s)."""
     return speech_wav(tmp / "visitor.wav", *[p for text in texts for p in (0.6, text, gap_s)], tail_s)

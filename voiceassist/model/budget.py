@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from voiceassist import conversation
-from voiceassist.errors import ConfigError
+from voiceassist.errors import BackendError, ConfigError
 
 log = logging.getLogger("voiceassist.model")
 
@@ -32,10 +32,41 @@ def count_tokens_upto(tokenizer: Any, text: str, limit: int) -> int:
     return len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
 
 
+def reply_reserve(context_limit: int, max_new_tokens: int) -> int:
+    """The tokens a reply is sure to get: max_new_tokens, at most REPLY_SHARE of the context (more only while
+    the context has room, never at the history's cost)."""
+    return max(1, min(max_new_tokens, int(context_limit * conversation.REPLY_SHARE)))
+
+
 def system_prompt_room(context_limit: int, max_new_tokens: int) -> int:
     """The most tokens a system prompt may have: the context less a minimal turn and the reply's reserve."""
-    reserve = max(1, min(max_new_tokens, int(context_limit * conversation.REPLY_SHARE)))
-    return context_limit - reserve - MIN_TURN_TOKENS
+    return context_limit - reply_reserve(context_limit, max_new_tokens) - MIN_TURN_TOKENS
+
+
+def warn_reply_capped(max_new_tokens: int, room: int, context_limit: int) -> None:
+    """Say (a log warning: the plain and kiosk front ends show it, the TUI's stderr capture too) that this
+    reply may have only ``room`` (< max_new_tokens) tokens; the Session says it once."""
+    log.warning(
+        "max_new_tokens %d does not fit the context now: this reply may have up to %d tokens (context limit %d, "
+        "%d in use); earlier turns are kept",
+        max_new_tokens,
+        room,
+        context_limit,
+        context_limit - room,
+    )
+
+
+def turn_too_long(prompt_tokens: int, context_limit: int, positions: int | None) -> BackendError:
+    """The error of a turn that does not fit even with every earlier turn dropped."""
+    # #16: "raise --context-limit" is no advice when the limit is already the model's whole context.
+    advice = (
+        f"send shorter audio (the model's whole context is {context_limit} tokens)"
+        if positions is not None and context_limit >= positions
+        else "send shorter audio or raise --context-limit"
+    )
+    return BackendError(
+        f"this turn needs {prompt_tokens} tokens, more than the context limit of {context_limit} allows; {advice}"
+    )
 
 
 def check_system_prompt(tokens: int, context_limit: int, max_new_tokens: int, approx: bool = False) -> None:

@@ -188,3 +188,15 @@ class Sampler:
 
     def set_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
+
+
+def spoken_prefix_ids(tokenizer: Any, ids: list[int], spoken: str) -> int:
+    """The largest k such that ids[:k] decodes to a prefix of ``spoken`` (no half characters)."""
+    best = 0
+    for k in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:k], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if spoken.startswith(text):
+            best = k
+        elif not spoken.startswith(text.rstrip("\ufffd")):
+            break  # past what was spoken (a trailing half character may still complete: keep going then)
+    return best

@@ -30,12 +30,18 @@ import torch
 from voiceassist import conversation
 from voiceassist.backend import ReplyResult, UserTurn
 from voiceassist.config import GenerationConfig
-from voiceassist.errors import BackendError
-from voiceassist.model import encoder, features
-from voiceassist.model.chunking import SAMPLE_RATE, split_long_audio
-from voiceassist.model.decoding import IncrementalDetokenizer, Sampler, resolve_sampling, sampling_defaults
+from voiceassist.model import budget, encoder, features
+from voiceassist.model.chunking import SAMPLE_RATE
+from voiceassist.model.decoding import (
+    IncrementalDetokenizer,
+    Sampler,
+    resolve_sampling,
+    sampling_defaults,
+    spoken_prefix_ids,
+)
 from voiceassist.model.kvcache import KVCache
 from voiceassist.model.prompt import PromptBuilder, UserMessage
+from voiceassist.model.turns import backend_error, check_turn, same_turn
 
 # The chat's structural tokens: never sampled into a reply (the next turn's prompt would no longer be the
 # conversation the template describes). <|im_end|> and <|endoftext|> end a reply instead.
@@ -161,6 +167,7 @@ class Session:
         self._lock = threading.RLock()
         self._turns: list[TurnRecord] = []
         self._dropped_total = 0
+        self._cap_warned = False  # the reply's cap said (once per session)
         self._snap: _Snapshot | None = None  # during a turn: the state to go back to if it fails
         self._spec: _Prefilled | None = None  # a speculative prefill waiting for its reply
         self._cpu0 = 0.0  # thread_time() when the current reply() began
@@ -224,7 +231,7 @@ class Session:
         self._cpu0 = time.thread_time()
         with self._lock:
             spec, self._spec = self._spec, None
-            if spec is not None and not _same_turn(spec.turn, turn):
+            if spec is not None and not same_turn(spec.turn, turn):
                 self._rollback(spec.snap)
                 spec = None
             self.last_speculated = spec is not None
@@ -239,7 +246,7 @@ class Session:
                     raise
                 if type(err).__name__ == "OutOfMemoryError" and torch.cuda.is_available():
                     torch.cuda.empty_cache()  # give back what the failed step allocated
-                raise _backend_error(err, self.context_tokens) from err
+                raise backend_error(err, self.context_tokens) from err
             finally:
                 self._snap = None
 
@@ -337,7 +344,7 @@ class Session:
                 return
             at = len(self._turns) - 1 - later
             turn = self._turns[at]
-            keep = _spoken_prefix(self.tokenizer, list(turn.reply_ids), spoken_text)
+            keep = spoken_prefix_ids(self.tokenizer, list(turn.reply_ids), spoken_text)
             if keep == len(turn.reply_ids):
                 return
             ids = turn.reply_ids[:keep]
@@ -360,7 +367,7 @@ class Session:
 
     def _prefill(self, turn: UserTurn, snap: _Snapshot, cancel: threading.Event | None) -> _Prefilled | None:
         """Add ``turn`` (checked, encoded, fitted to the budget) and prefill it; None if ``cancel`` was set."""
-        audios = _check_turn(turn)
+        audios = check_turn(turn)
         embeds = self._encode(audios, cancel)
         if embeds is None:  # cancelled inside the encoder: nothing was added yet
             return None
@@ -481,8 +488,7 @@ class Session:
         """
         counts = [e.shape[0] for e in embeds]
         prompt = self._builder.turn_ids(self.system_prompt, [t.message for t in self._turns], message, counts)
-        # What the reply is sure to get; more only while the context has it (never at the history's cost).
-        reserve = max(1, min(max_new, int(self.context_limit * conversation.REPLY_SHARE)))
+        reserve = budget.reply_reserve(self.context_limit, max_new)
         room = self.context_limit - self.context_tokens - len(prompt)
         if room >= max_new:
             return prompt, 0, max_new
@@ -510,33 +516,14 @@ class Session:
         room = self.context_limit - self.context_tokens - len(prompt)
         if room < 1:
             positions = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
-            # #16: "raise --context-limit" is no advice when the limit is already the model's whole context.
-            advice = (
-                f"send shorter audio (the model's whole context is {self.context_limit} tokens)"
-                if positions is not None and self.context_limit >= positions
-                else "send shorter audio or raise --context-limit"
-            )
-            raise BackendError(
-                f"this turn needs {len(prompt)} tokens, more than the context limit of "
-                f"{self.context_limit} allows; {advice}"
-            )
+            raise budget.turn_too_long(len(prompt), self.context_limit, positions)
         return prompt, dropped, self._capped(max_new, room) if room < max_new else max_new
 
     def _capped(self, max_new: int, room: int) -> int:
-        """``room`` (< max_new): the reply's cap this turn; said once per session (a log warning: the plain
-        and kiosk front ends show it, the TUI's stderr capture too). getattr: kept out of __init__ (#14 edits it)."""
-        if not getattr(self, "_cap_warned", False):
+        """``room`` (< max_new): the reply's cap this turn; said once per session."""
+        if not self._cap_warned:
             self._cap_warned = True
-            import logging
-
-            logging.getLogger("voiceassist.model").warning(
-                "max_new_tokens %d does not fit the context now: this reply may have up to %d tokens (context "
-                "limit %d, %d in use); earlier turns are kept",
-                max_new,
-                room,
-                self.context_limit,
-                self.context_limit - room,
-            )
+            budget.warn_reply_capped(max_new, room, self.context_limit)
         return room
 
     def _renumbered(self, turns: list[TurnRecord]) -> list[TurnRecord]:
@@ -577,59 +564,3 @@ class Session:
         self._dropped_total = snap.dropped_total
         self._sampler.set_state(snap.sampler_state)
         self._kv.restore(snap.cache_mark)
-
-
-def _same_turn(a: UserTurn, b: UserTurn) -> bool:
-    """Same text and the same audio samples (a speculation holds for exactly the turn it prefilled)."""
-    return (
-        a.text == b.text
-        and len(a.audios) == len(b.audios)
-        and all(x is y or (np.shape(x) == np.shape(y) and np.array_equal(x, y)) for x, y in zip(a.audios, b.audios))
-    )
-
-
-def _check_turn(turn: UserTurn) -> list[np.ndarray]:
-    """The turn's audios as 16 kHz mono float32 arrays of at most 30 s (longer ones split)."""
-    audios: list[np.ndarray] = []
-    for a in turn.audios:
-        a = np.asarray(a)
-        if np.issubdtype(a.dtype, np.integer):  # PCM samples (e.g. int16): scale to [-1, 1]
-            a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-        a = a.astype(np.float32, copy=False)
-        if a.ndim != 1:
-            raise BackendError(f"an audio must be mono (one dimension), not of shape {a.shape}")
-        if len(a) < SAMPLE_RATE // 100:
-            raise BackendError("an audio is empty (shorter than 10 ms); record again")
-        if not np.isfinite(a).all():
-            raise BackendError("an audio contains NaN or infinite samples")
-        audios.extend(split_long_audio(a))
-    if not audios and not turn.text.strip():
-        raise BackendError("a turn needs audio or text; nothing was given")
-    return audios
-
-
-def _spoken_prefix(tokenizer: Any, ids: list[int], spoken: str) -> int:
-    """The largest k such that ids[:k] decodes to a prefix of ``spoken`` (no half characters)."""
-    best = 0
-    for k in range(1, len(ids) + 1):
-        text = tokenizer.decode(ids[:k], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        if spoken.startswith(text):
-            best = k
-        elif not spoken.startswith(text.rstrip("\ufffd")):
-            break  # past what was spoken (a trailing half character may still complete: keep going then)
-    return best
-
-
-def _backend_error(err: BaseException, context_tokens: int) -> BackendError:
-    if isinstance(err, BackendError):
-        return err
-    if type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower():
-        return BackendError(
-            f"out of GPU memory during the turn ({context_tokens} tokens of context); the "
-            "conversation is unchanged: lower --context-limit, reset, or use --quantization 4bit"
-        )
-    first = str(err).splitlines()[0] if str(err) else ""
-    return BackendError(
-        f"the model failed during the turn ({type(err).__name__}: {first[:200]}); "
-        "the conversation is unchanged, try again"
-    )
