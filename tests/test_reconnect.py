@@ -92,25 +92,6 @@ def test_plain_reader_reconnects_inside_read(pulse):
         src.close()
 
 
-def test_the_echo_cancellers_view_of_the_microphone_reaches_the_open_device(pulse):
-    """The canceller asks the App's source whether its stamps are ADC times and hands it the echo's lag; the
-    CLI's source is this wrapper, so both must reach the MicrophoneSource inside (they stopped at the wrapper)."""
-    src = reconnecting_microphone(AudioConfig(input_device="default"))
-    src.observe_echo(0.08)  # nothing open yet: nothing to tell, no error
-    assert src.timing_reported is True
-    src.start()
-    try:
-        assert _read_until_block(src, 5) is not None
-        inner = src._inner
-        assert src.timing_reported == inner.timing_reported
-        for _ in range(3):
-            src.observe_echo(0.08)
-        echo = list(inner._timeline._echo)  # the microphone's timeline has the echo's evidence (negated: its side)
-        assert len(echo) == 3 and len(set(echo)) == 1 and abs(echo[0] + 0.08) < 0.05, echo
-    finally:
-        src.close()
-
-
 def test_portaudio_is_not_reinitialised_under_an_open_stream(pulse):
     """Pa_Terminate would close every stream of the process (e.g. the speaker's): it is skipped then."""
     import sounddevice as sd

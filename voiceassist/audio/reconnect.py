@@ -194,19 +194,6 @@ class ReconnectingSource:
                 raise DeviceError(why + "; reopening it when it comes back")
             return block
 
-    @property
-    def timing_reported(self) -> bool:
-        """The open device's (MicrophoneSource.timing_reported); True while none is open."""
-        return bool(getattr(self._inner, "timing_reported", True))
-
-    def observe_echo(self, lag_s: float) -> None:
-        """Passed to the open device (MicrophoneSource.observe_echo); nothing while none is open. The capture
-        thread, as read(): the lock is not taken (it may be held by a read waiting for audio)."""
-        inner = self._inner
-        observe = getattr(inner, "observe_echo", None)
-        if observe is not None:
-            observe(lag_s)
-
     def close(self) -> None:
         """Close the device. After a loss the state stays "lost" (start() reconnects); else "closed"."""
         with self._lock:
