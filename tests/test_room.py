@@ -28,7 +28,7 @@ def test_the_partitioned_convolver_is_the_convolution():
 
 
 def clock_run(
-    step: tuple[float, float, float], offsets_ms: list[float], frames: int = 80, walks: bool = False
+    step: tuple[float, float, float], offsets_ms: list[float], walks: bool = False, frames: int = 80
 ) -> tuple[SampleClock, list[int]]:
     """A SampleClock fed blocks whose stamps are the true time + offsets_ms[k] (a real clock at 1000 s); returns
     it and, per block, its count's error against the truth, samples."""
@@ -51,15 +51,13 @@ def test_the_output_clock_follows_samples_the_server_inserted_within_20_ms_and_i
 
 def test_the_input_clock_ignores_a_backlog_and_a_stamp_walk_and_follows_a_persistent_deviation_after_2_s():
     # After a stall the backlog's stamps sit 4.5 ms early for 150 ms, then come back (the echo did not move).
-    clock, errors = clock_run(IN_STEP, walks=True, offsets_ms=[0.0] * 100 + [-4.5] * 30 + [0.0] * 100)
+    clock, errors = clock_run(IN_STEP, [0.0] * 100 + [-4.5] * 30 + [0.0] * 100, walks=True)
     assert set(errors) == {0} and clock.steps == 0, errors
     # The stamps walk 4 ms away over 5 s and back (the server's latency estimate; the samples keep time).
     walk = [4.0 * min(k, 1000 - k) / 500 for k in range(1000)]
-    clock, errors = clock_run(IN_STEP, walks=True, offsets_ms=[0.0] * 100 + walk)
+    clock, errors = clock_run(IN_STEP, [0.0] * 100 + walk, walks=True)
     assert set(errors) == {0} and clock.steps == 0, (clock.steps, sorted(set(errors)))
-    clock, errors = clock_run(
-        IN_STEP, walks=True, offsets_ms=[0.0] * 100 + [-6.0] * 500
-    )  # samples really dropped: followed
+    clock, errors = clock_run(IN_STEP, [0.0] * 100 + [-6.0] * 500, walks=True)  # samples really dropped: followed
     assert clock.steps == 1 and errors[-1] == round(-6.0 * SR / 1000), (clock.steps, errors[-1])
     assert errors.index(errors[-1]) * 80 / SR - 100 * 80 / SR <= 2.01, errors
 
@@ -70,7 +68,7 @@ def test_the_input_clock_ignores_a_slow_walk_past_reanchor_s_and_re_anchors_on_a
     n = 24000  # blocks of 5 ms
     walk = [30.0 * k / n - (4.0 if k % 50 == 7 else 0.0) for k in range(n)]
     jump = [55.0 - (4.0 if k % 50 == 7 else 0.0) for k in range(400)]
-    clock, errors = clock_run(IN_STEP, walks=True, offsets_ms=[0.0] * 100 + walk + jump)
+    clock, errors = clock_run(IN_STEP, [0.0] * 100 + walk + jump, walks=True)
     walked = errors[: 100 + n]
     assert set(walked) == {0}, (clock.reanchors, clock.steps, sorted(set(walked)))
     # anchored at the first block and at the jump, and then counting from where the stamps jumped to

@@ -177,10 +177,11 @@ class SampleClock:
             self.changed_at = time.monotonic()
         else:
             self.max_dev = max(self.max_dev, abs(dev))
-            self.recent.append(dev)
-            self.since_level += 1
-            if self.walks and self.since_level >= LEVEL_EVERY:
-                self.level, self.since_level = float(np.median(self.recent)), 0
+            if self.walks:  # the output's level stays 0: nothing to keep in its callback
+                self.recent.append(dev)
+                self.since_level += 1
+                if self.since_level >= LEVEL_EVERY:
+                    self.level, self.since_level = float(np.median(self.recent)), 0
             if abs(dev) > self.step_s and self.settled:
                 self.off.append(dev)
             else:
