@@ -4,6 +4,7 @@ is unloaded (the device disappears) and loaded again (it comes back)."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +14,7 @@ from voiceassist.audio.reconnect import (
     reconnecting_microphone,
     reinitialize_portaudio,
 )
+from voiceassist.audio.sources import MicrophoneSource
 from voiceassist.config import AudioConfig
 from voiceassist.errors import DeviceError
 
@@ -88,6 +90,30 @@ def test_plain_reader_reconnects_inside_read(pulse):
         pulse.load_sink("va_sink")
         assert _read_until_block(src, 6) is not None
         assert src.state == "open" and src.reconnects == 1
+    finally:
+        src.close()
+
+
+class _NoAdcTimes(MicrophoneSource):
+    """A real PulseAudio device whose callbacks are handed no ADC time, as some drivers give (a named fake of
+    PortAudio's time info only: every PulseAudio device here reports one)."""
+
+    def _callback(self, indata, frames, time_info, status):
+        untimed = SimpleNamespace(inputBufferAdcTime=0.0, currentTime=time_info.currentTime)
+        super()._callback(indata, frames, untimed, status)
+
+
+@pytest.mark.parametrize("adc_times", [True, False])
+def test_the_open_devices_timing_reaches_the_echo_cancellers_question(pulse, adc_times):
+    """The App's canceller asks its source whether the block stamps are ADC times (and, if not, says once that
+    it estimates the delay itself); in the CLI that source is this wrapper, so the answer must be the device's."""
+    kind = MicrophoneSource if adc_times else _NoAdcTimes
+    src = ReconnectingSource(lambda name: kind(name if name is not None else "default"))
+    assert src.timing_reported is True  # nothing open yet: nothing known against the device
+    src.start()
+    try:
+        assert _read_until_block(src, 5) is not None
+        assert src.timing_reported is adc_times
     finally:
         src.close()
 

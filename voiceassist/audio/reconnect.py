@@ -194,6 +194,13 @@ class ReconnectingSource:
                 raise DeviceError(why + "; reopening it when it comes back")
             return block
 
+    @property
+    def timing_reported(self) -> bool:
+        """The open device's MicrophoneSource.timing_reported (its blocks carry ADC times); True while none is
+        open. The echo canceller asks the App's source, which in the CLI is this wrapper: without this it saw
+        True for every device and never said that it falls back to estimating the delay."""
+        return bool(getattr(self._inner, "timing_reported", True))
+
     def close(self) -> None:
         """Close the device. After a loss the state stays "lost" (start() reconnects); else "closed"."""
         with self._lock:
