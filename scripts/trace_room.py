@@ -9,7 +9,7 @@ OUT: ``traceK.npz`` (the room's ``trace``: per block, the stamp and its deviatio
 ``inp`` and ``out``) and ``resK.json`` (the stall time, the bursts, the room's counters).
 
 ``--busy K`` runs K busy loops beside it (a loaded 2-core machine, like CI's). This is how the room's step rule
-was chosen (the comment on STEP_S in tests/support/room.py): a path that moves shows whether the room's stamps
+was chosen (the comment on STEP_S in tests/support/sample_clock.py): a path that moves shows whether the room's stamps
 moved with it.
 
 Usage: python scripts/trace_room.py [--runs 8] [--busy 0] [--out /tmp/room-trace]

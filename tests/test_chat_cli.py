@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from support.kiosk import popen_cli
 from support.speech import silence, speech_16k
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,36 +95,9 @@ def test_ctrl_c_cancels_the_reply_then_quits_when_idle(speech, tmp_path):
     events = tmp_path / "events.jsonl"
     # Seeded sampling at a high temperature: the random model's end token is then about 1 in 1000 per step,
     # so the reply runs for hundreds of tokens (a greedy reply to this clip ends by itself after ~86).
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "voiceassist",
-            "--model",
-            "tiny",
-            "--temperature",
-            "2",
-            "--top-p",
-            "1",
-            "--seed",
-            "7",
-            "--max-new-tokens",
-            "3000",
-            "--from-file",
-            str(a),
-            "--fast",
-            "--stay",
-            "--events",
-            str(events),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        # Like a terminal: a shell that ran this test run in the background (`cmd &`)
-        # leaves SIGINT ignored, which the child would inherit and Ctrl-C never reach it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    proc = popen_cli(
+        *("--model", "tiny", "--temperature", "2", "--top-p", "1", "--seed", "7", "--max-new-tokens", "3000"),
+        *("--from-file", str(a), "--fast", "--stay", "--events", str(events)),
     )
 
     def records() -> list[dict]:

@@ -19,7 +19,7 @@ import threading
 import numpy as np
 import pytest
 import soundfile as sf
-from support.kiosk import ROOT, KioskProcess, run_cli
+from support.kiosk import ROOT, KioskProcess, popen_cli, run_cli
 from support.speech import silence, speech_16k, speech_wav
 
 from voiceassist.audio.chatter import is_chatter
@@ -200,17 +200,7 @@ class _EventsProcess:
 
         self._time = time
         self._stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "voiceassist", *args, "--events", "-"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            # Like a terminal: a shell that ran this test run in the background (`cmd &`) leaves SIGINT ignored,
-            # which the child would inherit, and Ctrl-C would never reach it (as in tests/test_chat_cli.py).
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        self.proc = popen_cli(*args, "--events", "-", stderr=self._stderr)
         self.records: list[tuple[float, dict]] = []
         self._new: queue.Queue[tuple[float, dict]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from support.echo_path import PartitionedConvolver, impulse_response
-from support.room import IN_STEP, OUT_STEP, RoomSpec, SampleClock
+from support.room import RoomSpec
 from support.room_probe import BURST_S, SR, stall_run
+from support.sample_clock import IN_STEP, OUT_STEP, SampleClock
 
 TOLERANCE_MS = 3.0
 

@@ -28,6 +28,20 @@ def run_cli(*args: str, timeout: float = 120, **kw: Any) -> subprocess.Completed
     )
 
 
+def popen_cli(*args: str, **kw: Any) -> subprocess.Popen[str]:
+    """``python -m voiceassist ARGS`` started from the repository, stdin closed, text pipes by default, with
+    SIGINT at its default: a shell that ran the test run in the background (``cmd &``) leaves SIGINT ignored,
+    which the child would inherit, and a test's Ctrl-C would never reach it (as a terminal's does)."""
+    opts: dict[str, Any] = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    opts.update(kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "voiceassist", *args],
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **opts,
+    )
+
+
 def visitor_wav(tmp: Path, texts: list[str], gap_s: float = 1.2, tail_s: float = 1.0) -> Path:
     """``tmp``/visitor.wav: each question after 0.6 s of silence and followed by ``gap_s``, then ``tail_s`` (s)."""
     return speech_wav(tmp / "visitor.wav", *[p for text in texts for p in (0.6, text, gap_s)], tail_s)
