@@ -22,7 +22,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from voiceassist.audio.cutting import sound_bounds, split_chunks, trim_silence
 from voiceassist.audio.sources import AudioSource, EndOfInput
 from voiceassist.config import Config
 from voiceassist.errors import AudioFileError, one_line, quietly
@@ -58,13 +57,13 @@ from voiceassist.pipeline.messages import (
     WakeKey,
 )
 from voiceassist.pipeline.queues import POLL_S, TurnQueue, take_waiting
+from voiceassist.pipeline.recording import Recording, recording_turn
 from voiceassist.vad import Segmenter, VadState, VoiceDetector
 from voiceassist.wake.gate import GateMessage, SpeechDiscarded, StateChanged, StopReply, WakeState, WakeTurn
 from voiceassist.wake.live import WakeListener
 
 LEVEL_EVERY_S = 0.05  # at most one Level event per this much capture time, s
 DIGITAL_SILENCE = 1.0 / 32768  # peak below one 16-bit step: the input is digitally silent
-RECORDING_STATUS_EVERY_S = 0.5  # recording indicator refresh, s of recording
 RETRY_DEVICE_S = 1.0  # wait between attempts to reopen a lost input device, s
 SPEC_PICKUP_WAIT_S = 5.0  # a fast file waits at most this long for the model stage to take a speculation, s
 EARLY_BARGE_WAIT_S = 2.0  # a double-talk barge-in waits this long for the segmenter to start its utterance, s
@@ -130,9 +129,8 @@ class CaptureStage:
         self._level_next_t = float("-inf")
         self._silent_s = 0.0  # digital silence so far, s
         self._silence_warned = False
-        self._rec: list[AudioBlock] | None = None  # push-to-talk recording in progress
-        self._rec_status_s = 0.0
-        self._recording_s: float | None = None
+        self._rec: Recording | None = None  # push-to-talk recording in progress
+        self._recording_s: float | None = None  # s recorded, as the status shows it (None: not recording)
         self._hearing = False
         self._device_lost = False
         self._utt_echo = False  # the current speech overlapped the assistant's playback (or its echo tail)
@@ -250,14 +248,11 @@ class CaptureStage:
 
     def _record(self, block: AudioBlock, t_end: float) -> None:
         assert self._rec is not None
-        self._rec.append(block)
-        held = sum(len(b.samples) for b in self._rec) / SAMPLE_RATE
-        if held - self._rec_status_s >= RECORDING_STATUS_EVERY_S:
-            self._rec_status_s = held
-            self._recording_s = held
+        if self._rec.add(block):
+            self._recording_s = self._rec.held_s
             self._report(t_end)
-        limit = self.config.vad.max_chunk_s * self.config.vad.max_chunks_per_turn
-        if held >= limit:
+        if self._rec.full:
+            limit = self._rec.limit_s
             self._error(f"recording stopped at {limit:.0f} s (vad.max_chunk_s × max_chunks_per_turn)", t_end)
             self._ptt_key.clear()
             self._ptt_step()
@@ -500,36 +495,29 @@ class CaptureStage:
                 self._report()
             return
         if self._ptt_key.is_set() and self._rec is None:
-            self._rec, self._rec_status_s, self._recording_s = [], 0.0, 0.0
+            vad = self.config.vad
+            self._rec, self._recording_s = Recording(vad.max_chunk_s * vad.max_chunks_per_turn), 0.0
             self._report(self._last_end_t)
         elif not self._ptt_key.is_set() and self._rec is not None:
-            blocks, self._rec, self._recording_s = self._rec, None, None
-            self._finish_recording(blocks)
+            rec, self._rec, self._recording_s = self._rec, None, None
+            self._finish_recording(rec)
 
-    def _finish_recording(self, blocks: list[AudioBlock]) -> None:
-        if not blocks:
-            self._report(detail="nothing recorded", force=True)
+    def _finish_recording(self, rec: Recording) -> None:
+        made = recording_turn(rec, self.config.vad)
+        if isinstance(made, str):
+            self._report(rec.end_t, detail=made, force=True)
             return
-        audio = np.concatenate([b.samples for b in blocks])
-        t0 = blocks[0].t
-        t_end = blocks[-1].t + len(blocks[-1].samples) / SAMPLE_RATE
-        bounds = sound_bounds(audio)
-        if bounds is None:
-            self._report(t_end, detail="only silence recorded", force=True)
-            return
-        vad = self.config.vad
-        chunks, capped = split_chunks(trim_silence(audio), vad.max_chunk_s, vad.max_chunks_per_turn, vad.cut_search_s)
         if self._fast:
-            self.skew = t_end - now()
+            self.skew = made.end_t - now()
         turn = TurnRequest(
             "audio",
-            audios=chunks,
-            speech_end_t=t0 + bounds[1] / SAMPLE_RATE,
+            audios=made.chunks,
+            speech_end_t=made.speech_end_t,
             skew=self.skew,
-            capped=capped,
-            reasons=tuple("ptt" for _ in chunks),
+            capped=made.capped,
+            reasons=tuple("ptt" for _ in made.chunks),
         )
-        self._submit(turn, t_end)
+        self._submit(turn, made.end_t)
 
     # ---- end of input, lost devices -------------------------------------------------------------------------
     def _end_of_input(self) -> None:
@@ -545,8 +533,8 @@ class CaptureStage:
                 elif isinstance(ev, Utterance):
                     self._on_utterance(ev, self._last_end_t)
         if self._rec is not None:
-            blocks, self._rec, self._recording_s = self._rec, None, None
-            self._finish_recording(blocks)
+            rec, self._rec, self._recording_s = self._rec, None, None
+            self._finish_recording(rec)
         self._hearing = False
         if self.wake is not None:
             # No more input: no window can be used, and nothing will tick this clock any more.
