@@ -112,7 +112,7 @@ def run_ours(pulse: PulseServer, audio: np.ndarray) -> tuple[float, dict, np.nda
     player.set_reference(ref)
     mic = MicrophoneSource(None, block_ms=20, stall_s=5.0)  # a loaded 2-core machine stalls the server
     mic.start()
-    ec = EchoCanceller(ref, noise_suppression=True, mic_timed=lambda: mic.timing_reported)
+    ec = EchoCanceller(ref, noise_suppression=True, mic_timed=lambda: mic.timing_reported, mic_echo=mic.observe_echo)
     raw, out = [], []
     player.enqueue(Segment.make(1, "reply", soxr.resample(audio, SR, player.rate).astype(np.float32)))
     deadline = time.monotonic() + len(audio) / SR + 0.5
@@ -125,6 +125,8 @@ def run_ours(pulse: PulseServer, audio: np.ndarray) -> tuple[float, dict, np.nda
     finally:
         mic.close()
         player.close()
+    tl = mic._timeline  # what kind of moves the microphone's timeline made (each moves the echo for AEC3)
+    print(f"microphone timeline: refined {tl.refine_moves}, jumps {tl.jumps}, drift steps {tl.drift_steps}", flush=True)
     raw_a = np.concatenate(raw)
     out_a = np.concatenate(out)[ec.latency :]
     return erle(raw_a, out_a), ec.state().as_dict(), raw_a
@@ -279,6 +281,9 @@ def main() -> int:
                 ours, state, last_raw = run_ours(pulse, audio)
                 theirs = run_pulse(pulse, audio, pulse.runtime / "reply.wav")
                 fair = run_pulse(pulse, audio, pulse.runtime / "reply.wav", PULSE_FAIR)
+                # the room's own moves (re-anchors, steps) move the echo path the cancellers see
+                moved = {k: v for k, v in room.stats().items() if k.endswith(("reanchors", "steps", "flows"))}
+                print("room:", moved, flush=True)
             finally:
                 room.close()
         finally:

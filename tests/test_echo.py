@@ -14,6 +14,7 @@ from support.speech import SR, rms, silence
 
 from voiceassist.audio.echo import EchoCanceller
 from voiceassist.audio.farend import ArrayReference, FarEndReference
+from voiceassist.audio.sources import MicrophoneSource
 from voiceassist.config import VadConfig
 from voiceassist.errors import ConfigError
 from voiceassist.events import AudioBlock, Utterance
@@ -400,4 +401,47 @@ def test_the_reference_moves_slowly_only_when_the_echo_moves_too(clocks):
         assert tl.drift_steps == 0 and tl.jumps == 0 and tl.held > 50
     else:
         assert tl.drift_steps > 30 and tl.jumps == 0 and tl.held == 0
+    assert min(got) >= 30.0
+
+
+@pytest.mark.parametrize("clocks", ["one", "two"])
+def test_the_microphone_moves_slowly_only_when_the_echo_moves_too(clocks):
+    # "one": the microphone's ADC stamps walk 12 ms from its sample count over 40 s while the echo stays put (one
+    # clock; an 8-min room run followed such a walk with 370 drift steps): its timeline must hold. "two": an ADC
+    # 150 ppm slower than the DAC, the stamps honest; the echo really drifts and the microphone must follow it.
+    # The microphone's timeline is the real MicrophoneSource's, driven as its read() drives it (no stream here).
+    far = reply(60.0)
+    spec = RoomSpec(delay_ms=80, rt60_s=0.4)
+    drift = 150e-6 if clocks == "two" else 0.0
+    echo = echo_of(far, spec)[: len(far)]
+    mic = soxr.resample(echo, SR, SR * (1 - drift)).astype(np.float32) if drift else echo
+    mic = mic[: len(far) - SR] + np.random.default_rng(5).normal(0, 3e-4, len(far) - SR).astype(np.float32)
+    src = MicrophoneSource(None)
+    ref = FarEndReference()
+    ec = EchoCanceller(ref, noise_suppression=True, mic_echo=src.observe_echo)
+    pending, out, offset, block = feed_player(ref, far, T0), [], None, 320
+    for i in range(0, len(mic) - block + 1, block):
+        true = T0 + i / (SR * (1 - drift))  # when sample i was captured, s
+        stamp = true + (0.012 * min((i / SR) / 40, 1.0) if not drift else 0.0)
+        measured = stamp - i / SR  # capture clock − stream position, as MicrophoneSource.read measures it
+        if offset is None:
+            offset = measured
+            src._timeline.restart()
+        else:
+            offset += src._timeline.update(measured - offset, block / SR)
+        while pending and pending[0][2] < true + block / SR + 0.06:
+            ref.write(*pending.pop(0)[:4])
+        out.append(ec.process(AudioBlock(mic[i : i + block], offset + i / SR)).samples)
+    got_out = np.concatenate(out)[ec.latency :]
+    n = len(got_out)
+    got = erle(mic[: 40 * SR], got_out[: 40 * SR], 20.0), erle(mic[:n], got_out, 45.0)
+    tl = src._timeline
+    print(
+        f"{clocks}: ERLE 20-40 s {got[0]:.1f} dB, 45-59 s {got[1]:.1f} dB; microphone drift steps "
+        f"{tl.drift_steps}, jumps {tl.jumps}, held {tl.held}; far end {ref._timeline.drift_steps} steps; {ec.state()}"
+    )
+    if clocks == "one":
+        assert tl.drift_steps == 0 and tl.jumps == 0 and tl.held > 50
+    else:
+        assert tl.drift_steps > 30 and tl.jumps == 0
     assert min(got) >= 30.0

@@ -118,6 +118,22 @@ def test_the_open_devices_timing_reaches_the_echo_cancellers_question(pulse, adc
         src.close()
 
 
+def test_the_echos_lag_reaches_the_open_devices_timeline(pulse):
+    """The App hands the canceller the source's observe_echo (the evidence the microphone timeline's slow moves
+    need); the CLI's source is this wrapper, so each measurement must reach the MicrophoneSource inside."""
+    src = reconnecting_microphone(AudioConfig(input_device="default"))
+    src.observe_echo(0.08)  # nothing open yet: nothing to tell, no error
+    src.start()
+    try:
+        assert _read_until_block(src, 5) is not None
+        for _ in range(3):
+            src.observe_echo(0.08)
+        echo = list(src._inner._timeline._echo)  # the microphone's side: negated
+        assert len(echo) == 3 and len(set(echo)) == 1 and abs(echo[0] + 0.08) < 0.05, echo
+    finally:
+        src.close()
+
+
 def test_portaudio_is_not_reinitialised_under_an_open_stream(pulse):
     """Pa_Terminate would close every stream of the process (e.g. the speaker's): it is skipped then."""
     import sounddevice as sd

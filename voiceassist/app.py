@@ -180,6 +180,7 @@ class App:
                 speech_output=config.tts.enabled,
                 reference=far_end,
                 mic_timed=lambda: bool(getattr(source, "timing_reported", True)),
+                mic_echo=getattr(source, "observe_echo", None),
             )
             if self.echo_canceller is not None:
                 processors = ProcessorChain([self.echo_canceller])

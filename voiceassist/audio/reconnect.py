@@ -201,6 +201,13 @@ class ReconnectingSource:
         True for every device and never said that it falls back to estimating the delay."""
         return bool(getattr(self._inner, "timing_reported", True))
 
+    def observe_echo(self, lag_s: float) -> None:
+        """Passed to the open device (MicrophoneSource.observe_echo); nothing while none is open. The capture
+        thread, as read(): the lock is not taken (it may be held by a read waiting for audio)."""
+        observe = getattr(self._inner, "observe_echo", None)
+        if observe is not None:
+            observe(lag_s)
+
     def close(self) -> None:
         """Close the device. After a loss the state stays "lost" (start() reconnects); else "closed"."""
         with self._lock:

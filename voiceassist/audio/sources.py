@@ -175,6 +175,18 @@ class MicrophoneSource:
         each anchor, jumps, drift steps): each moves the echo canceller's reference against the microphone."""
         return self._timeline.moves
 
+    def observe_echo(self, lag_s: float) -> None:
+        """The echo canceller's measurement of the echo's lag behind the far end, as this microphone's blocks
+        placed it (s; the canceller's own shifts undone): the evidence the timeline's slow moves need
+        (audio/timeline.py), as the far end's do. Negated: a microphone placed later than its samples were
+        captured makes the lag look longer, the opposite of a late far end. Capture thread (read's thread)."""
+        self._timeline.observe_echo(-lag_s)
+
+    @property
+    def clock_held(self) -> int:
+        """Drift checks where the ADC stamps asked for a slow move that the echo's lag did not show."""
+        return self._timeline.held
+
     def start(self) -> None:
         if self._stream is not None:
             return

@@ -16,13 +16,16 @@ timeline moves only
 - with a real clock drift (two sound cards: ppm, 100 ppm = 0.1 ms/s): when the median deviation over the last
   DRIFT_WINDOW_S exceeds DRIFT_S, one sample at a time, at most one per DRIFT_STEP_S (≤ 250 ppm at 16 kHz).
 
-Where the echo of the stream is measured (the far end: the canceller's GCC-PHAT lag, ``observe_echo``), the
-slow moves — drift steps and a persistent offset — also need the echo to agree: the stamps alone are not
-evidence enough. Measured in the room (one clock, 3 minutes of replies): the player's DAC stamps walked 19 ms
-from the sample count while the echo's lag held within 0.7 ms; following them took 216 one-sample steps, moved
-the reference against a steady echo (the lag wandered 75–88 ms) and cost the linear canceller's ERLE 16.9 → 4.3
-dB (median). Two sound cards really drift: the echo's lag then moves with the stamps, and the timeline follows.
-With no echo measured (nothing heard yet, a headset, the microphone's timeline) the stamps decide alone.
+Where the echo of the stream is measured (the canceller's GCC-PHAT lag, ``observe_echo``: the far end's, and the
+microphone's negated, since a late microphone makes the lag look longer), the slow moves — drift steps and a
+persistent offset — also need the echo to agree: the stamps alone are not evidence enough. Measured in the room
+(one clock, 3 minutes of replies): the player's DAC stamps walked 19 ms from the sample count while the echo's
+lag held within 0.7 ms; following them took 216 one-sample steps, moved the reference against a steady echo (the
+lag wandered 75–88 ms) and cost the linear canceller's ERLE 16.9 → 4.3 dB (median). Two sound cards really
+drift: the echo's lag then moves with the stamps, and the timeline follows. The microphone's ADC stamps walk the
+same way: in scripts/bench_aec.py's 150 ms room (2026-12-08) following them took 3–6 moves in 25 s in 6 of 7
+runs and ERLE fell to 25.6–35.6 dB; held by the echo's evidence, 39.8–43.6 dB in 3 of 3 (BENCHMARKS.md). With
+no echo measured (nothing heard yet, a headset, no canceller) the stamps decide alone.
 Confirmed jumps need no echo: they are samples lost or inserted, which the echo shows only after the fact.
 """
 
