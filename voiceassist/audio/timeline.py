@@ -23,7 +23,7 @@ persistent offset — also need the echo to agree: the stamps alone are not evid
 lag held within 0.7 ms; following them took 216 one-sample steps, moved the reference against a steady echo (the
 lag wandered 75–88 ms) and cost the linear canceller's ERLE 16.9 → 4.3 dB (median). Two sound cards really
 drift: the echo's lag then moves with the stamps, and the timeline follows. The microphone's ADC stamps walk the
-same way: in scripts/bench_aec.py's 150 ms room (2026-12-08) following them took 3–6 moves in 25 s in 6 of 7
+same way: in scripts/bench_aec.py's 150 ms room (2026-12-08) following them took 3–6 moves in 25 s in 6 of 10
 runs and ERLE fell to 25.6–35.6 dB; held by the echo's evidence, 39.8–43.6 dB in 3 of 3 (BENCHMARKS.md). With
 no echo measured (nothing heard yet, a headset, no canceller) the stamps decide alone.
 Confirmed jumps need no echo: they are samples lost or inserted, which the echo shows only after the fact.
