@@ -35,7 +35,7 @@ def test_the_indicator_is_due_every_half_second_and_the_recording_is_full_at_its
         full.append(rec.full)
     assert due == [24, 49, 74, 99, 124, 149], due  # after each 0.5 s of audio (blocks of 20 ms)
     assert full.index(True) == 99 and all(full[99:]), full.index(True)  # from 2.0 s on
-    assert abs(rec.held_s - 3.0) < 1e-9
+    assert abs(rec.held_s - 3.0) < 1e-9 and rec.shown_s == rec.held_s  # what the status shows: the last refresh
 
 
 def test_a_recording_of_nothing_or_only_silence_makes_no_turn_and_says_why():

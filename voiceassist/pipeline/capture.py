@@ -130,7 +130,6 @@ class CaptureStage:
         self._silent_s = 0.0  # digital silence so far, s
         self._silence_warned = False
         self._rec: Recording | None = None  # push-to-talk recording in progress
-        self._recording_s: float | None = None  # s recorded, as the status shows it (None: not recording)
         self._hearing = False
         self._device_lost = False
         self._utt_echo = False  # the current speech overlapped the assistant's playback (or its echo tail)
@@ -176,7 +175,7 @@ class CaptureStage:
                 if message != last_error:  # once, not once per block
                     self._error(message, source="app")
                 last_error = message
-                self._seg, self._rec, self._recording_s, self._hearing = None, None, None, False
+                self._seg, self._rec, self._hearing = None, None, False
 
     def _read_control(self) -> None:
         for msg in take_waiting(self.control):
@@ -200,7 +199,8 @@ class CaptureStage:
 
     def _report(self, t: float | None = None, detail: str = "", force: bool = False) -> None:
         waiting = self.wake is not None and self.wake.state is WakeState.WAITING
-        msg: StatusReport = CaptureReport(self._device_lost, self._hearing, self._recording_s, waiting)
+        recording_s = None if self._rec is None else self._rec.shown_s  # as the indicator last showed it
+        msg: StatusReport = CaptureReport(self._device_lost, self._hearing, recording_s, waiting)
         self._report_to(msg, t=t, detail=detail, force=force)
 
     def _error(self, message: str, t: float | None = None, source: str = "audio", dropped: bool = False) -> None:
@@ -249,7 +249,6 @@ class CaptureStage:
     def _record(self, block: AudioBlock, t_end: float) -> None:
         assert self._rec is not None
         if self._rec.add(block):
-            self._recording_s = self._rec.held_s
             self._report(t_end)
         if self._rec.full:
             limit = self._rec.limit_s
@@ -491,15 +490,15 @@ class CaptureStage:
         """Follow the key: start a recording, or turn the finished one into a turn."""
         if self._mode != "ptt" or self._muted:
             if self._rec is not None:
-                self._rec, self._recording_s = None, None
+                self._rec = None
                 self._report()
             return
         if self._ptt_key.is_set() and self._rec is None:
             vad = self.config.vad
-            self._rec, self._recording_s = Recording(vad.max_chunk_s * vad.max_chunks_per_turn), 0.0
+            self._rec = Recording(vad.max_chunk_s * vad.max_chunks_per_turn)
             self._report(self._last_end_t)
         elif not self._ptt_key.is_set() and self._rec is not None:
-            rec, self._rec, self._recording_s = self._rec, None, None
+            rec, self._rec = self._rec, None
             self._finish_recording(rec)
 
     def _finish_recording(self, rec: Recording) -> None:
@@ -533,7 +532,7 @@ class CaptureStage:
                 elif isinstance(ev, Utterance):
                     self._on_utterance(ev, self._last_end_t)
         if self._rec is not None:
-            rec, self._rec, self._recording_s = self._rec, None, None
+            rec, self._rec = self._rec, None
             self._finish_recording(rec)
         self._hearing = False
         if self.wake is not None:
@@ -549,7 +548,6 @@ class CaptureStage:
         self._hearing = False
         self._seg = None
         self._rec = None
-        self._recording_s = None
         self._error(one_line(err))
         self._report(detail=self.source.name)
         while not self._stop.is_set():

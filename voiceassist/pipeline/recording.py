@@ -38,14 +38,14 @@ class Recording:
         self.limit_s = limit_s
         self.blocks: list[AudioBlock] = []
         self._samples = 0  # samples recorded (counted as they come: a sum per block would grow with the turn)
-        self._shown_s = 0.0  # held_s when the indicator was last refreshed
+        self.shown_s = 0.0  # held_s when the indicator was last refreshed (what the status shows), s
 
     def add(self, block: AudioBlock) -> bool:
         """Keep ``block``; True when the indicator is due again (every RECORDING_STATUS_EVERY_S of audio)."""
         self.blocks.append(block)
         self._samples += len(block.samples)
-        if self.held_s - self._shown_s >= RECORDING_STATUS_EVERY_S:
-            self._shown_s = self.held_s
+        if self.held_s - self.shown_s >= RECORDING_STATUS_EVERY_S:
+            self.shown_s = self.held_s
             return True
         return False
 
