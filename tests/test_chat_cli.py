@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from support.kiosk import popen_cli
+from support.kiosk import popen_cli, run_cli
 from support.speech import silence, speech_16k
 
-ROOT = Path(__file__).resolve().parents[1]
 TYPES = {"utterance", "reply_start", "token", "reply_done", "interrupted", "error", "status"}
 
 
 def _voiceassist(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "voiceassist", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(*args, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
