@@ -46,7 +46,10 @@ REFINE_BLOCKS = 60
 #   and of its monitor walk together; the samples do not), and the product followed it with hundreds of drift
 #   steps: 2 false barge-ins and a backchannel stop in 10 replies, against none with the rule before, side by
 #   side. The input is back on that rule (beyond 5 ms for 2 s, agreeing within 2 ms), which the stall's backlog
-#   (~4.5 ms, 150 ms) never meets; the output keeps its fast one, which a walk does not meet within 20 ms.
+#   (~4.5 ms, 150 ms) never meets. The output keeps its fast one; its stamps' slow walk does meet it once it is
+#   3 ms off (4–21 output steps in an 8-min run, 2026-12-07; BENCHMARKS.md, "The room's input no longer
+#   re-anchors on its stamps' walk"): left so, since that rule is what holds test_room's stall scenario (a
+#   level-relative output, tried 2026-12-08, re-anchored without an underflow: branch experiment/level-relative-room).
 STEP_S = 0.003  # the output's threshold (the input's is in IN_STEP)
 IN_STEP, OUT_STEP = (0.005, 2.0, 0.002), (STEP_S, 0.02, 0.0005)  # (threshold, confirm time, agree spread), s
 TRACE_BLOCKS = 16000  # blocks of stamps kept for ``trace`` (80 s at 5 ms)
